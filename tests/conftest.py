@@ -1,0 +1,59 @@
+"""Shared fixtures: seeded tiny models in the real Hugging Face, GGUF and Whisper formats.
+
+Each is built once per test session (in a session temporary directory) and reused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared_assets import assets_dir
+from synth import llama as synth_llama
+
+# A Llama 3 shape scaled down; the real tokenizer makes the embedding the largest tensor.
+LLAMA3_TINY_SHAPE = synth_llama.LlamaShape(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, rope_theta=500000.0,
+    rope_scaling=dict(synth_llama.LLAMA_3_2_1B.rope_scaling), tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    path = assets_dir()
+    if not path.is_dir():
+        pytest.skip(f"shared assets not found at {path} (set TUTOR_ASSETS)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer trained on the spot, with Llama 3's specials and template."""
+    return synth_llama.train_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """Tiny Llama (tied embeddings, Llama 3 RoPE scaling, rows of 256 for K-quants)."""
+    return synth_llama.build_checkpoint(tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer(assets):
+    return synth_llama.load_tokenizer(assets / "tokenizers" / "llama3")
+
+
+@pytest.fixture(scope="session")
+def llama3_tiny_dir(tmp_path_factory, llama3_tokenizer) -> Path:
+    """Tiny Llama with the real Llama 3 tokenizer and chat template (untied embeddings)."""
+    return synth_llama.build_checkpoint(tmp_path_factory.mktemp("llama3-tiny"), llama3_tokenizer,
+                                        LLAMA3_TINY_SHAPE)
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_path(tmp_path_factory) -> Path:
+    """Tiny English-only Whisper checkpoint, loadable by `whisper.load_model(path)`."""
+    from synth import whisper as synth_whisper
+
+    return synth_whisper.build_checkpoint(tmp_path_factory.mktemp("whisper") / "tiny.en.pt")

@@ -1,0 +1,1 @@
+"""The tutor's runtime: llama.cpp language model, Whisper speech, tutor modes."""
