@@ -93,8 +93,13 @@ def train_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
 
 def build_checkpoint(out_dir: Path, tokenizer: PreTrainedTokenizerFast | None,
                      shape: LlamaShape = LlamaShape(), seed: int = 0,
-                     dtype: torch.dtype = torch.float32) -> Path:
-    """Write a seeded random LlamaForCausalLM (and its tokenizer) as a Hugging Face checkpoint."""
+                     dtype: torch.dtype = torch.float32, fit_steps: int = 0) -> Path:
+    """Write a seeded random LlamaForCausalLM (and its tokenizer) as a Hugging Face checkpoint.
+
+    FIT_STEPS > 0 first fits the model briefly to the tokenizer's corpus: its next-token
+    distributions then have clear winners, as a trained model's do, so quantized and exact
+    arg-max predictions can be compared meaningfully.
+    """
     out_dir = Path(out_dir)
     vocab_size = shape.vocab_size or len(tokenizer)
     config = LlamaConfig(
@@ -118,6 +123,8 @@ def build_checkpoint(out_dir: Path, tokenizer: PreTrainedTokenizerFast | None,
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
                 param.add_(torch.randn_like(param) * 0.1)
+    if fit_steps:
+        _fit(model, tokenizer, fit_steps)
     model.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
@@ -128,3 +135,19 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     """Load a tokenizer directory (e.g. the shared Llama 3 tokenizer)."""
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
+
+
+def _fit(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, steps: int,
+         seq_len: int = 64, batch: int = 8) -> None:
+    ids = torch.tensor(tokenizer("\n\n".join(_corpus()))["input_ids"])
+    n = (len(ids) // seq_len) * seq_len
+    chunks = ids[:n].view(-1, seq_len)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        rows = torch.arange(step * batch, (step + 1) * batch) % len(chunks)
+        loss = model(chunks[rows], labels=chunks[rows]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
