@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from train.gguf_vocab import UnsupportedTokenizerError, add_vocab
+from train.quiet import quiet_logger
 from tutor.files import atomic_output
 
 SUPPORTED_MODEL_TYPES = ("llama",)
@@ -246,7 +247,9 @@ def quantize(src: Path, dst: Path, qtype: str, expected_bytes: int, threads: int
         done.set()
 
     worker = threading.Thread(target=run, daemon=True)
-    with tqdm(desc=f"Quantizing to {qtype}", total=expected_bytes, unit="B", unit_scale=True) as bar:
+    # llama.cpp logs every tensor through this logger; keep only errors so the bar stays readable.
+    with (quiet_logger("llama-cpp-python"),
+          tqdm(desc=f"Quantizing to {qtype}", total=expected_bytes, unit="B", unit_scale=True) as bar):
         worker.start()
         while not done.wait(0.2):  # llama.cpp has no progress callback: watch the file grow
             bar.n = min(dst.stat().st_size if dst.exists() else 0, expected_bytes)

@@ -13,6 +13,8 @@ from pathlib import Path
 import gguf
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from train.quiet import quiet_logger
+
 # Pre-tokenizer split regexes and the names llama.cpp knows them by (`tokenizer.ggml.pre`).
 LLAMA3_SPLIT_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -77,8 +79,11 @@ def add_vocab(writer: gguf.GGUFWriter, tokenizer_dir: Path, vocab_size: int) -> 
     tokens, types = token_table(tok, vocab_size)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges(gguf.SpecialVocab(tokenizer_dir, load_merges=True,
-                                              special_token_types=()).merges)
+    # SpecialVocab is used for its merges only (both merge formats); its guesses about special
+    # tokens, and its warnings about them, are replaced by the tokenizer's own answers below.
+    with quiet_logger("gguf.vocab"):
+        merges = gguf.SpecialVocab(tokenizer_dir, load_merges=True, special_token_types=()).merges
+    writer.add_token_merges(merges)
 
     writer.add_bos_token_id(tok.bos_token_id)
     writer.add_eos_token_id(tok.eos_token_id)
