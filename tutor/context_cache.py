@@ -1,0 +1,97 @@
+"""Saved llama.cpp KV caches, so that a follow-up turn evaluates only its new tokens.
+
+One llama.cpp context serves every student. What it holds (the "live" context) belongs to the
+conversation served last; before another student's prompt overwrites it, it is saved here, and
+when that student comes back their saved context is put back. Contexts are matched by text: a
+context is a run of tokens together with the exact bytes they spell, so the longest saved text
+that starts the new prompt wins, and no session ids are needed (API clients get the same reuse).
+The store is bounded in bytes and forgets the least recently used contexts first.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Context:
+    """Tokens in a KV cache, the bytes they spell, and (when saved) llama.cpp's copy of the cache."""
+
+    tokens: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)  # byte offset where each token's text ends
+    text: bytes = b""
+    blob: ctypes.Array | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.blob) if self.blob is not None else 0
+
+    def prefix(self, n: int) -> Context:
+        """The first N tokens of this context (without a saved cache)."""
+        return Context(self.tokens[:n], self.ends[:n], self.text[: self.ends[n - 1]] if n else b"")
+
+    def reusable_tokens(self, text: bytes) -> int:
+        """How many leading tokens spell a prefix of TEXT."""
+        common = _common_prefix(self.text, text)
+        return bisect.bisect_right(self.ends, common)
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # invariant: a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class ContextStore:
+    """Saved contexts, least recently used first out, within a byte budget."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[int, Context] = OrderedDict()
+        self._next_key = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(ctx.nbytes for ctx in self._items.values())
+
+    def best_match(self, text: bytes) -> tuple[int | None, int]:
+        """Key of the saved context reusing the most tokens for TEXT, and that token count."""
+        best_key, best_n = None, 0
+        for key, ctx in self._items.items():
+            n = ctx.reusable_tokens(text)
+            if n > best_n:
+                best_key, best_n = key, n
+        return best_key, best_n
+
+    def covers(self, tokens: list[int]) -> bool:
+        """Whether a saved context already starts with TOKENS (saving them again is pointless)."""
+        return any(ctx.tokens[: len(tokens)] == tokens for ctx in self._items.values())
+
+    def put(self, ctx: Context) -> None:
+        """Save CTX, dropping saved contexts it extends, then the oldest ones over budget."""
+        for key in [k for k, old in self._items.items()
+                    if ctx.tokens[: len(old.tokens)] == old.tokens]:
+            del self._items[key]
+        if ctx.nbytes > self.max_bytes:
+            return
+        self._items[self._next_key] = ctx
+        self._next_key += 1
+        while self.nbytes > self.max_bytes:
+            self._items.popitem(last=False)
+
+    def pop(self, key: int) -> Context:
+        return self._items.pop(key)

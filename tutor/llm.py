@@ -1,0 +1,224 @@
+"""The language model: a GGUF run by llama.cpp on CPU, streaming a tutor's answers.
+
+One `TutorLLM` serves every session. llama.cpp contexts are not thread-safe, so requests take
+turns on a lock; the KV cache of each conversation is kept (see `context_cache`) so that a
+follow-up question evaluates only its new tokens, also after other students were served.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from tutor.chat_format import LLAMA3_CHAT_TEMPLATE
+from tutor.context_cache import Context, ContextStore
+from tutor.conversation import Message
+from tutor.modes import Generation
+
+
+class ModelLoadError(RuntimeError):
+    """The GGUF could not be found, downloaded or loaded."""
+
+
+def resolve_model(spec: str) -> Path:
+    """A local GGUF path, or `OWNER/REPO/FILE.gguf` on the Hugging Face Hub (downloaded once).
+
+    The Hub download goes through huggingface_hub's cache and honours `HF_HUB_OFFLINE`.
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    parts = spec.split("/")
+    if len(parts) < 3 or not spec.endswith(".gguf"):
+        raise ModelLoadError(f"model {spec!r} not found: give a .gguf path or OWNER/REPO/FILE.gguf")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id="/".join(parts[:2]), filename="/".join(parts[2:])))
+    except Exception as e:  # offline, missing repo/file, network: all mean "not available"
+        raise ModelLoadError(f"cannot get {spec} from the Hugging Face Hub: "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+@dataclass
+class GenerationStats:
+    """What the last answer cost."""
+
+    prompt_tokens: int = 0  # tokens in the prompt
+    evaluated_tokens: int = 0  # prompt tokens llama.cpp actually evaluated (the rest reused)
+    generated_tokens: int = 0
+    time_to_first_token_s: float = 0.0
+    total_s: float = 0.0
+    stopped: str = ""  # "eot", "max_tokens" or "cancelled"
+
+    @property
+    def tokens_per_s(self) -> float:
+        gen_time = self.total_s - self.time_to_first_token_s
+        return (self.generated_tokens - 1) / gen_time if gen_time > 0 else 0.0
+
+
+class TutorLLM:
+    """A GGUF chat model with streaming, stop, and per-conversation KV cache reuse."""
+
+    def __init__(self, model_path: Path, n_ctx: int = 4096, n_threads: int | None = None,
+                 n_batch: int = 512, cache_bytes: int = 512 * 2**20) -> None:
+        threads = n_threads or os.cpu_count() or 1
+        try:
+            self.llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=n_ctx, n_batch=n_batch,
+                                       n_threads=threads, n_threads_batch=threads, verbose=False)
+        except Exception as e:
+            raise ModelLoadError(f"llama.cpp cannot load {model_path}: {e}") from None
+        self.model_path = Path(model_path)
+        self.n_ctx = self.llm.n_ctx()
+        self.template = self.llm.metadata.get("tokenizer.chat_template") or LLAMA3_CHAT_TEMPLATE
+        self.has_own_template = "tokenizer.chat_template" in self.llm.metadata
+        model = self.llm._model
+        self._vocab = model.vocab
+        eos, bos = self.llm.token_eos(), self.llm.token_bos()
+        self._formatter = Jinja2ChatFormatter(
+            template=self.template,
+            eos_token=self._piece(eos).decode(errors="replace") if eos >= 0 else "",
+            bos_token=self._piece(bos).decode(errors="replace") if bos >= 0 else "")
+        self._lock = threading.Lock()
+        self._live = Context()
+        self._saved = ContextStore(cache_bytes)
+        self.stats = GenerationStats()
+
+    # -- prompt ---------------------------------------------------------------------------
+    def render(self, messages: list[Message]) -> str:
+        """The prompt text for MESSAGES, ending with the assistant's header."""
+        return self._formatter(messages=messages).prompt
+
+    def tokenize(self, text: str | bytes) -> list[int]:
+        data = text.encode() if isinstance(text, str) else text
+        return self.llm.tokenize(data, add_bos=False, special=True)
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        return len(self.tokenize(self.render(messages)))
+
+    def _piece(self, token: int) -> bytes:
+        """Exact bytes of one token (special tokens as their text)."""
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        if n < 0:  # longer than the buffer: llama.cpp says how long
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n]
+
+    def _extend(self, ctx: Context, tokens: list[int]) -> None:
+        for token in tokens:
+            piece = self._piece(token)
+            ctx.tokens.append(token)
+            ctx.text += piece
+            ctx.ends.append(len(ctx.text))
+
+    # -- KV cache bookkeeping ---------------------------------------------------------------
+    def _save_live(self) -> None:
+        """Keep the live context before it is overwritten (unless already kept)."""
+        live = self._live
+        if not live.tokens or self._saved.covers(live.tokens):
+            return
+        ctx = self.llm._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        blob = (ctypes.c_uint8 * size)()
+        llama_cpp.llama_state_seq_get_data(ctx, blob, size, 0)
+        self._saved.put(Context(list(live.tokens), list(live.ends), live.text, blob))
+
+    def _restore(self, saved: Context) -> None:
+        """Make SAVED the live context."""
+        self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        if llama_cpp.llama_state_seq_set_data(self.llm._ctx.ctx, saved.blob, len(saved.blob), 0) == 0:
+            self.llm.n_tokens = 0
+            self._live = Context()
+            return
+        n = len(saved.tokens)
+        self.llm.input_ids[:n] = saved.tokens
+        self.llm.n_tokens = n
+        self.llm._requires_eval = True  # logits are not part of the saved state
+        self._live = saved.prefix(n)
+
+    def _prompt_tokens(self, prompt: bytes) -> list[int]:
+        """Prompt tokens that reuse the longest cached context spelling a prefix of PROMPT."""
+        reuse = self._live.reusable_tokens(prompt)
+        key, saved_reuse = self._saved.best_match(prompt)
+        if key is not None and saved_reuse > reuse:
+            self._save_live()
+            self._restore(self._saved.pop(key))
+            reuse = self._live.reusable_tokens(prompt)
+        elif reuse < len(self._live.tokens):
+            self._save_live()
+        self._live = self._live.prefix(reuse)
+        rest = self.tokenize(prompt[len(self._live.text):])
+        return self._live.tokens + rest
+
+    # -- generation -------------------------------------------------------------------------
+    def stream(self, messages: list[Message], generation: Generation, max_tokens: int | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str]:
+        """Yield the answer to MESSAGES piece by piece until end-of-turn, MAX_TOKENS or CANCEL.
+
+        Closing the generator (e.g. the user pressed Stop) ends generation and frees the model.
+        """
+        prompt = self.render(messages).encode()
+        with self._lock:
+            start = time.perf_counter()
+            tokens = self._prompt_tokens(prompt)
+            budget = min(max_tokens or generation.max_tokens, self.n_ctx - len(tokens))
+            stats = GenerationStats(prompt_tokens=len(tokens), stopped="max_tokens")
+            llama_cpp.llama_perf_context_reset(self.llm._ctx.ctx)
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            generated: list[int] = []
+            try:
+                if budget <= 0:
+                    return
+                for token in self.llm.generate(
+                        tokens, temp=generation.temperature, top_p=generation.top_p,
+                        top_k=generation.top_k, min_p=generation.min_p,
+                        repeat_penalty=generation.repeat_penalty, reset=True):
+                    if not generated:
+                        stats.time_to_first_token_s = time.perf_counter() - start
+                        # llama.cpp tallies prompt batches as n_p_eval when it syncs for sampling
+                        # (a 1-token prompt counts in n_eval; both read as at least 1).
+                        perf = llama_cpp.llama_perf_context(self.llm._ctx.ctx)
+                        stats.evaluated_tokens = perf.n_p_eval
+                    if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                        stats.stopped = "eot"
+                        break
+                    generated.append(token)
+                    text = decoder.decode(self._piece(token))
+                    if text:
+                        yield text
+                    if cancel is not None and cancel.is_set():
+                        stats.stopped = "cancelled"
+                        break
+                    if len(generated) >= budget:
+                        break
+            except GeneratorExit:
+                stats.stopped = "cancelled"
+                raise
+            finally:
+                # The KV cache now holds the prompt and every generated token but the last.
+                evaluated = self.llm.input_ids[: self.llm.n_tokens].tolist()
+                keep = len(self._live.tokens)
+                if evaluated[:keep] != self._live.tokens:  # llama.cpp re-evaluated from scratch
+                    keep = 0
+                self._live = self._live.prefix(keep)
+                self._extend(self._live, evaluated[keep:])
+                stats.generated_tokens = len(generated)
+                stats.total_s = time.perf_counter() - start
+                self.stats = stats
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+
+    def answer(self, messages: list[Message], generation: Generation, **kwargs) -> str:
+        """The whole answer at once."""
+        return "".join(self.stream(messages, generation, **kwargs))

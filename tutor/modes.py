@@ -1,0 +1,75 @@
+"""Tutor modes: one YAML file per mode in `prompts/`, validated at start-up.
+
+Adding a mode is adding a file: `prompts/NAME.yaml` with a title, a description, the system
+prompt and the generation settings. A broken file stops start-up with a message naming the file
+and the field, instead of failing on the first student's question.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
+
+
+class Generation(BaseModel):
+    """Sampling settings of a mode."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    top_k: int = Field(40, ge=0)
+    min_p: float = Field(0.05, ge=0.0, le=1.0)
+    repeat_penalty: float = Field(1.1, ge=1.0, le=2.0)
+    max_tokens: int = Field(384, ge=16, le=8192)
+
+
+class TutorMode(BaseModel):
+    """A mode: how the tutor answers (system prompt) and how it samples."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    title: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+    system_prompt: str = Field(min_length=1)
+    generation: Generation = Generation()
+
+
+class ModeError(ValueError):
+    """A mode file is missing, unreadable or invalid, or a mode name is unknown."""
+
+
+def load_mode(path: Path) -> TutorMode:
+    """Read and validate one mode file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ModeError(f"{path}: cannot read mode file: {e}") from None
+    if not isinstance(data, dict):
+        raise ModeError(f"{path}: expected a mapping of title, description, system_prompt, "
+                        "generation")
+    try:
+        return TutorMode(name=Path(path).stem, **data)
+    except (ValidationError, TypeError) as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
+                             for err in e.errors()) if isinstance(e, ValidationError) else str(e)
+        raise ModeError(f"{path}: {problems}") from None
+
+
+def load_modes(directory: Path = PROMPTS_DIR) -> dict[str, TutorMode]:
+    """All modes in DIRECTORY by name, in file-name order."""
+    files = sorted(Path(directory).glob("*.yaml"))
+    if not files:
+        raise ModeError(f"no tutor modes found: {directory} has no *.yaml files")
+    return {mode.name: mode for mode in map(load_mode, files)}
+
+
+def get_mode(modes: dict[str, TutorMode], name: str) -> TutorMode:
+    """The mode called NAME, or a ModeError listing the known ones."""
+    try:
+        return modes[name]
+    except (KeyError, TypeError):
+        raise ModeError(f"unknown mode {name!r}; choose one of: {', '.join(modes)}") from None
