@@ -27,7 +27,7 @@ class LlamaShape:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     vocab_size: int | None = None
-    max_position_embeddings: int = 2048
+    max_position_embeddings: int = 8192
     rope_theta: float = 10000.0
     # Llama 3 RoPE scaling; a small original context makes the scaling change many dims.
     rope_scaling: dict = field(default_factory=lambda: {

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from tutor.errors import TutorError
+
 Message = dict[str, str]
 TRIM_BLOCK_TURNS = 4  # user+assistant pairs dropped at a time once the window is full
 MIN_ANSWER_TOKENS = 64
 
 
-class ContextOverflowError(ValueError):
+class ContextOverflowError(TutorError):
     """Even the system prompt and the question alone do not fit the context window."""
 
 

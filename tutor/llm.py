@@ -10,11 +10,13 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -40,13 +42,32 @@ def resolve_model(spec: str) -> Path:
     parts = spec.split("/")
     if len(parts) < 3 or not spec.endswith(".gguf"):
         raise ModelLoadError(f"model {spec!r} not found: give a .gguf path or OWNER/REPO/FILE.gguf")
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
 
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
     try:
-        return Path(hf_hub_download(repo_id="/".join(parts[:2]), filename="/".join(parts[2:])))
-    except Exception as e:  # offline, missing repo/file, network: all mean "not available"
+        try:  # the cache first: no network round-trip when the model was downloaded before
+            return Path(hf_hub_download(repo_id=repo_id, filename=filename, local_files_only=True))
+        except Exception:
+            if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
+                raise ModelLoadError(f"{spec} is not in the Hugging Face cache and the Hub "
+                                     "cannot be reached (offline)") from None
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+    except ModelLoadError:
+        raise
+    except Exception as e:  # missing repo or file, interrupted download
         raise ModelLoadError(f"cannot get {spec} from the Hugging Face Hub: "
                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether URL's host accepts a connection: huggingface_hub retries for ~30 s when offline."""
+    parsed = urlparse(url)
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 @dataclass

@@ -12,6 +12,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tutor.errors import TutorError
+
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
 
 
@@ -38,7 +40,7 @@ class TutorMode(BaseModel):
     generation: Generation = Generation()
 
 
-class ModeError(ValueError):
+class ModeError(TutorError):
     """A mode file is missing, unreadable or invalid, or a mode name is unknown."""
 
 

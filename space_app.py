@@ -1,0 +1,228 @@
+"""Voice tutor: record a question, pick a tutor mode, read the answer as it streams in.
+
+    python space_app.py [--model GGUF_PATH_or_OWNER/REPO/FILE.gguf] [--whisper base.en] ...
+
+Runs as a Hugging Face Space (README front matter: sdk gradio, app_file space_app.py) or
+locally. Every flag has an environment variable (see --help). Without network and without
+cached models the app starts on small stand-in models and says so on the page.
+
+API (gradio_client): `/transcribe` (recording, language → text) and
+`/ask` (question, mode, history → the answer, streamed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import gradio as gr
+
+from tutor.audio import AudioLimits
+from tutor.errors import TutorError
+from tutor.llm import ModelLoadError, TutorLLM, resolve_model
+from tutor.modes import PROMPTS_DIR, load_modes
+from tutor.service import Tutor
+from tutor.transcribe import Transcriber, TranscriberLoadError, load_whisper
+
+log = logging.getLogger("voice-tutor")
+
+DEFAULT_MODEL = "bartowski/Llama-3.2-1B-Instruct-GGUF/Llama-3.2-1B-Instruct-Q4_K_M.gguf"
+DEFAULT_WHISPER = "base.en"
+SOMETHING_WENT_WRONG = "Something went wrong on our side. Please try again."
+EXAMPLES = [
+    "How do I solve 3x + 5 = 20?",
+    "Why does ice float on water?",
+    "What is the derivative of x squared times sine of x?",
+    "A patient has a fever, a stiff neck and a headache. What should I consider?",
+]
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False},
+         {"left": "\\(", "right": "\\)", "display": False}, {"left": "\\[", "right": "\\]", "display": True}]
+LANGUAGES = [("English", "en"), ("Detect automatically", "auto"), ("French", "fr"), ("German", "de"),
+             ("Spanish", "es"), ("Italian", "it"), ("Portuguese", "pt"), ("Dutch", "nl")]
+
+
+def _setting(help: str, env: str, default, type=str):
+    return field(default=default, metadata={"help": help, "env": env, "type": type})
+
+
+@dataclass
+class Settings:
+    """Everything configurable, each with a flag and an environment variable."""
+
+    model: str = _setting("GGUF path, or OWNER/REPO/FILE.gguf on the Hugging Face Hub",
+                          "TUTOR_MODEL", DEFAULT_MODEL)
+    whisper: str = _setting("Whisper model name (base.en, small, ...) or checkpoint path",
+                            "TUTOR_WHISPER", DEFAULT_WHISPER)
+    language: str = _setting("spoken language code, or 'auto'", "TUTOR_LANGUAGE", "en")
+    threads: int = _setting("CPU threads for llama.cpp and Whisper (0: all cores)",
+                            "TUTOR_THREADS", 0, int)
+    n_ctx: int = _setting("context window of the language model, in tokens", "TUTOR_N_CTX",
+                          4096, int)
+    cache_mb: int = _setting("memory for saved conversation KV caches, in MB", "TUTOR_CACHE_MB",
+                             512, int)
+    prompts: str = _setting("folder of tutor mode files", "TUTOR_PROMPTS", str(PROMPTS_DIR))
+    mode: str = _setting("mode selected when the page opens", "TUTOR_MODE", "hint")
+    max_audio_seconds: float = _setting("longest recording accepted, in seconds",
+                                        "TUTOR_MAX_AUDIO_SECONDS", 120.0, float)
+    queue_size: int = _setting("requests that may wait in the queue", "TUTOR_QUEUE_SIZE", 16, int)
+    host: str = _setting("address to listen on (0.0.0.0 on a Space)", "GRADIO_SERVER_NAME",
+                         "127.0.0.1")
+    port: int = _setting("port to listen on", "GRADIO_SERVER_PORT", 7860, int)
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> Settings:
+        parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        for f in fields(cls):
+            meta = f.metadata
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=meta["type"],
+                                default=meta["type"](os.environ.get(meta["env"], f.default)),
+                                help=f"{meta['help']} [env {meta['env']}]")
+        return cls(**vars(parser.parse_args(argv)))
+
+
+@dataclass
+class LoadedModels:
+    tutor: Tutor
+    notice: str | None  # shown on the page when stand-ins replace the real models
+
+
+def load(settings: Settings) -> LoadedModels:
+    """Load the models; fall back to stand-ins only for defaults that cannot be had."""
+    modes = load_modes(Path(settings.prompts))
+    if settings.mode not in modes:
+        raise TutorError(f"--mode {settings.mode!r} is not one of: {', '.join(modes)}")
+    missing = []
+    try:
+        model_path = resolve_model(settings.model)
+    except ModelLoadError as e:
+        if settings.model != DEFAULT_MODEL:
+            raise
+        from synth.standin import standin_llm
+
+        missing.append(f"language model ({e})")
+        model_path = standin_llm()
+    try:
+        whisper_model = load_whisper(settings.whisper)
+    except TranscriberLoadError as e:
+        if settings.whisper != DEFAULT_WHISPER:
+            raise
+        from synth.standin import standin_whisper
+
+        missing.append(f"speech model ({e})")
+        whisper_model = load_whisper(str(standin_whisper()))
+    threads = settings.threads or os.cpu_count() or 1
+    llm = TutorLLM(model_path, n_ctx=settings.n_ctx, n_threads=threads,
+                   cache_bytes=settings.cache_mb * 2**20)
+    tutor = Tutor(llm, Transcriber(whisper_model, settings.language, threads), modes,
+                  AudioLimits(max_seconds=settings.max_audio_seconds))
+    notice = None
+    if missing:
+        notice = ("⚠️ **Stand-in models: answers are not meaningful.** The real "
+                  + " and ".join(missing) + " could not be loaded, so small local stand-ins "
+                  "are running. To use real models, run online once (they are cached), or pass "
+                  "`--model PATH.gguf --whisper base.en` (or set `TUTOR_MODEL`, `TUTOR_WHISPER`).")
+    return LoadedModels(tutor, notice)
+
+
+def _user_error(e: Exception) -> gr.Error:
+    """One clear message for the page; details of unexpected failures go to the server log."""
+    if isinstance(e, TutorError):
+        return gr.Error(str(e), print_exception=False)
+    log.exception("request failed")
+    return gr.Error(SOMETHING_WENT_WRONG, print_exception=False)
+
+
+def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
+    tutor = models.tutor
+
+    def transcribe(recording: str | None, language: str = "en") -> str:
+        """Text of a recorded or uploaded question (WAV, FLAC or OGG)."""
+        try:
+            return tutor.transcribe(recording, language)
+        except Exception as e:
+            raise _user_error(e) from None
+
+    def respond(question: str, mode: str, history: list[dict]):
+        try:
+            stream = tutor.ask(question, mode, history)
+        except Exception as e:
+            raise _user_error(e) from None
+        turn = list(history or []) + [{"role": "user", "content": question.strip()},
+                                      {"role": "assistant", "content": ""}]
+        yield turn, ""
+        try:
+            for answer in stream:
+                turn[-1] = {"role": "assistant", "content": answer}
+                yield turn, ""
+        except Exception as e:
+            raise _user_error(e) from None
+
+    def ask(question: str, mode: str = settings.mode,
+            history: list[dict] | None = None) -> Iterator[str]:
+        """Stream the tutor's answer to QUESTION in MODE after HISTORY ({role, content} messages)."""
+        try:
+            yield from tutor.ask(question, mode, history)
+        except Exception as e:
+            raise _user_error(e) from None
+
+    with gr.Blocks(title="Voice tutor") as app:
+        gr.Markdown("# 🎓 Voice tutor\nRecord or type a question, pick how the tutor should "
+                    "help, and read the answer as it is written.")
+        if models.notice:
+            gr.Markdown(models.notice, elem_id="standin-notice")
+        with gr.Row():
+            with gr.Column(scale=2):
+                recording = gr.Audio(sources=["microphone", "upload"], type="filepath",
+                                     label="Ask by voice", elem_id="recording")
+                language = gr.Dropdown(LANGUAGES, value=settings.language, label="Spoken language",
+                                       elem_id="language")
+                question = gr.Textbox(label="Your question (edit it, or just type)", lines=3,
+                                      elem_id="question", placeholder="e.g. How do I solve 3x + 5 = 20?")
+                mode = gr.Radio([(m.title, m.name) for m in tutor.modes.values()],
+                                value=settings.mode, label="Tutor mode", elem_id="mode",
+                                info=" · ".join(f"{m.title}: {m.description}"
+                                                for m in tutor.modes.values()))
+                with gr.Row():
+                    send = gr.Button("Ask", variant="primary", elem_id="send")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    new = gr.Button("New conversation", elem_id="new")
+                gr.Examples(EXAMPLES, inputs=[question], label="Try one of these")
+            with gr.Column(scale=3):
+                chat = gr.Chatbot(label="Tutor", elem_id="chat", height=560, latex_delimiters=LATEX,
+                                  buttons=["copy"], feedback_options=None)
+        recording.stop_recording(transcribe, [recording, language], [question],
+                                 api_name="transcribe")
+        recording.upload(transcribe, [recording, language], [question], api_visibility="private")
+        answering = [
+            send.click(respond, [question, mode, chat], [chat, question], concurrency_id="llm",
+                       api_visibility="private"),
+            question.submit(respond, [question, mode, chat], [chat, question],
+                            concurrency_id="llm", api_visibility="private"),
+        ]
+        stop.click(None, cancels=answering)
+        new.click(lambda: ([], ""), outputs=[chat, question], cancels=answering,
+                  api_visibility="private")
+        gr.api(ask, api_name="ask", concurrency_id="llm")
+    app.queue(max_size=settings.queue_size, default_concurrency_limit=1)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    settings = Settings.from_args(argv)
+    try:
+        models = load(settings)
+    except (TutorError, ModelLoadError, TranscriberLoadError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if models.notice:
+        log.warning("running on stand-in models: answers are not meaningful")
+    build_app(models, settings).launch(server_name=settings.host, server_port=settings.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Small stand-in models for running the app offline (answers are not meaningful).
+
+When the real models are neither cached nor downloadable, the app still starts on these: a tiny
+Llama (fitted for a few seconds to English text, exported to GGUF through the project's own
+exporter) and a tiny random Whisper. They are built once into a cache folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from synth import llama as synth_llama
+from synth import whisper as synth_whisper
+
+CACHE_DIR = Path(os.environ.get("TUTOR_CACHE", Path.home() / ".cache" / "voice-tutor"))
+
+
+def standin_llm(cache_dir: Path = CACHE_DIR) -> Path:
+    """Path of the stand-in GGUF, built on first use."""
+    from train.export import export
+
+    path = cache_dir / "standin-llama-q8_0.gguf"
+    if not path.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+            checkpoint = synth_llama.build_checkpoint(Path(tmp), synth_llama.train_tokenizer(),
+                                                      fit_steps=60)
+            export(checkpoint, path, "Q8_0", name="stand-in (not a real model)")
+    return path
+
+
+def standin_whisper(cache_dir: Path = CACHE_DIR) -> Path:
+    """Path of the stand-in Whisper checkpoint, built on first use."""
+    path = cache_dir / "standin-whisper-tiny-en.pt"
+    if not path.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        synth_whisper.build_checkpoint(path)
+    return path

@@ -1,0 +1,121 @@
+"""Recordings → the float32 16 kHz mono array Whisper wants, with no ffmpeg.
+
+Browsers and uploads deliver any sample rate (8–96 kHz), mono or stereo, as WAV, FLAC or OGG.
+Files are decoded with soundfile, channels are averaged, and soxr resamples. Recordings that
+cannot help (empty, a click, silence, far too long, broken samples) are refused with a message
+for the student: Whisper invents text from silence, so it must never see it.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+from tutor.errors import TutorError
+
+SAMPLE_RATE = 16000
+FRAME_S = 0.03
+
+
+class AudioError(TutorError):
+    """A recording that cannot be transcribed; the message is meant for the student."""
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    """What a usable recording looks like."""
+
+    min_seconds: float = 0.5
+    max_seconds: float = 120.0
+    # Speech needs some frames clearly above the noise floor; a click or hiss has (almost) none.
+    speech_dbfs: float = -45.0
+    min_speech_seconds: float = 0.25
+
+
+def _to_float(samples: np.ndarray) -> np.ndarray:
+    """Integer PCM → float in [-1, 1]; float stays float."""
+    samples = np.asarray(samples)
+    if samples.dtype.kind in "iu":
+        info = np.iinfo(samples.dtype)
+        scale = max(abs(info.min), info.max)
+        offset = 0 if info.min < 0 else (info.max + 1) / 2  # unsigned PCM is centred on mid-scale
+        return ((samples.astype(np.float64) - offset) / scale).astype(np.float32)
+    if samples.dtype.kind == "f":
+        return samples.astype(np.float32)
+    raise AudioError("The recording is not audio samples.")
+
+
+def _refuse_if_too_long(seconds: float, limits: AudioLimits) -> None:
+    if seconds > limits.max_seconds:
+        raise AudioError(f"The recording is too long ({seconds / 60:.1f} min; the limit is "
+                         f"{limits.max_seconds / 60:g} min). Please ask a shorter question.")
+
+
+def read(source: str | Path | bytes | tuple[int, np.ndarray],
+         limits: AudioLimits = AudioLimits()) -> tuple[np.ndarray, int]:
+    """Decode SOURCE (a file path, file bytes, or Gradio's (rate, samples)) to (samples, rate).
+
+    Samples are float32, shaped (frames, channels). A file over the length limit is refused
+    from its header, before its samples are read.
+    """
+    if isinstance(source, tuple):
+        rate, samples = source
+        samples = _to_float(samples)
+    else:
+        data = io.BytesIO(source) if isinstance(source, bytes) else source
+        try:
+            with soundfile.SoundFile(data) as f:
+                _refuse_if_too_long(f.frames / f.samplerate, limits)
+                samples, rate = f.read(dtype="float32", always_2d=True), f.samplerate
+        except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
+            raise AudioError("That file is not a readable recording: "
+                             "please send WAV, FLAC or OGG audio.") from None
+        except OSError:
+            raise AudioError("The recording could not be opened.") from None
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    if samples.ndim != 2 or not rate or int(rate) <= 0:
+        raise AudioError("The recording is not audio samples.")
+    return samples, int(rate)
+
+
+def to_whisper(samples: np.ndarray, rate: int) -> np.ndarray:
+    """(frames, channels) at RATE → float32 mono at 16 kHz."""
+    mono = samples.mean(axis=1, dtype=np.float64)
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
+    return np.ascontiguousarray(np.clip(mono, -1.0, 1.0), dtype=np.float32)
+
+
+def check(samples: np.ndarray, rate: int, limits: AudioLimits) -> None:
+    """Refuse recordings Whisper should not see, with a message saying why."""
+    seconds = len(samples) / rate
+    if len(samples) == 0:
+        raise AudioError("The recording is empty: hold the microphone button and speak.")
+    if not np.isfinite(samples).all():
+        raise AudioError("The recording is damaged (it contains invalid samples). Please record again.")
+    if seconds < limits.min_seconds:
+        raise AudioError(f"The recording is too short ({seconds:.1f} s): please ask your "
+                         "question in a full sentence.")
+    _refuse_if_too_long(seconds, limits)
+    frame = max(1, int(FRAME_S * rate))
+    mono = samples.mean(axis=1) if samples.ndim == 2 else samples
+    n = len(mono) // frame
+    rms = np.sqrt(np.mean(mono[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1))
+    loud = rms > 10 ** (limits.speech_dbfs / 20)
+    if loud.sum() * frame / rate < limits.min_speech_seconds:
+        raise AudioError("No speech was heard in the recording: check the microphone and speak "
+                         "a little louder.")
+
+
+def load(source: str | Path | bytes | tuple[int, np.ndarray],
+         limits: AudioLimits = AudioLimits()) -> np.ndarray:
+    """Decode, check and convert a recording for Whisper."""
+    samples, rate = read(source, limits)
+    check(samples, rate, limits)
+    return to_whisper(samples, rate)

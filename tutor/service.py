@@ -1,0 +1,67 @@
+"""The tutor as a service: recording → question, question + mode + history → streamed answer.
+
+Everything the app does, without the user interface: the Gradio app and its API endpoints are
+thin layers over `Tutor`, and tests can drive it directly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tutor import audio
+from tutor.conversation import fit_messages, normalize_history
+from tutor.errors import TutorError
+from tutor.llm import TutorLLM
+from tutor.modes import TutorMode, get_mode
+from tutor.transcribe import Transcriber
+
+MAX_QUESTION_CHARS = 20000
+
+
+class Tutor:
+    """A language model, a transcriber and the tutor modes, ready to serve students."""
+
+    def __init__(self, llm: TutorLLM, transcriber: Transcriber, modes: dict[str, TutorMode],
+                 audio_limits: audio.AudioLimits = audio.AudioLimits()) -> None:
+        self.llm = llm
+        self.transcriber = transcriber
+        self.modes = modes
+        self.audio_limits = audio_limits
+
+    def transcribe(self, recording: str | Path | bytes | tuple[int, np.ndarray] | None,
+                   language: str | None = None) -> str:
+        """The question spoken in RECORDING (a path, bytes or (rate, samples))."""
+        if recording is None:
+            raise audio.AudioError("No recording yet: press the microphone button and speak.")
+        return self.transcriber.transcribe(audio.load(recording, self.audio_limits), language)
+
+    def ask(self, question: str, mode: str, history: Sequence[dict] | None = None,
+            cancel: threading.Event | None = None) -> Iterator[str]:
+        """Stream the answer to QUESTION in MODE after HISTORY: each item is the answer so far.
+
+        The question, mode and window are checked before this returns, so a bad request fails
+        here, with a TutorError, before anything is streamed.
+        """
+        tutor_mode = get_mode(self.modes, mode)
+        question = (question or "").strip()
+        if not question:
+            raise TutorError("Please type or record a question first.")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise TutorError(f"The question is too long ({len(question)} characters; the limit is "
+                             f"{MAX_QUESTION_CHARS}). Please shorten it.")
+        messages, budget, _ = fit_messages(
+            tutor_mode.system_prompt, normalize_history(history), question, self.llm.count_tokens,
+            self.llm.n_ctx, tutor_mode.generation.max_tokens)
+        return self._accumulate(self.llm.stream(messages, tutor_mode.generation,
+                                                max_tokens=budget, cancel=cancel))
+
+    @staticmethod
+    def _accumulate(pieces: Iterator[str]) -> Iterator[str]:
+        answer = ""
+        for piece in pieces:
+            answer += piece
+            yield answer
