@@ -58,3 +58,11 @@ def tiny_whisper_path(tmp_path_factory) -> Path:
     from synth import whisper as synth_whisper
 
     return synth_whisper.build_checkpoint(tmp_path_factory.mktemp("whisper") / "tiny.en.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_llama_dir, tmp_path_factory) -> Path:
+    """The tiny Llama as a Q8_0 GGUF, as the app serves it."""
+    from train.export import export
+
+    return export(tiny_llama_dir, tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf", "Q8_0").path

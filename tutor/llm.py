@@ -74,6 +74,7 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 class GenerationStats:
     """What the last answer cost."""
 
+    prompt: str = ""  # the rendered prompt
     prompt_tokens: int = 0  # tokens in the prompt
     evaluated_tokens: int = 0  # prompt tokens llama.cpp actually evaluated (the rest reused)
     generated_tokens: int = 0
@@ -193,7 +194,8 @@ class TutorLLM:
             start = time.perf_counter()
             tokens = self._prompt_tokens(prompt)
             budget = min(max_tokens or generation.max_tokens, self.n_ctx - len(tokens))
-            stats = GenerationStats(prompt_tokens=len(tokens), stopped="max_tokens")
+            stats = GenerationStats(prompt=prompt.decode(), prompt_tokens=len(tokens),
+                                    stopped="max_tokens")
             llama_cpp.llama_perf_context_reset(self.llm._ctx.ctx)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             generated: list[int] = []
