@@ -72,6 +72,8 @@ def read(source: str | Path | bytes | tuple[int, np.ndarray],
             with soundfile.SoundFile(data) as f:
                 _refuse_if_too_long(f.frames / f.samplerate, limits)
                 samples, rate = f.read(dtype="float32", always_2d=True), f.samplerate
+        except AudioError:
+            raise
         except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
             raise AudioError("That file is not a readable recording: "
                              "please send WAV, FLAC or OGG audio.") from None

@@ -1,0 +1,84 @@
+"""Decoding, downmixing, resampling and gating of recordings (soundfile + soxr, no ffmpeg)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from audio_files import tone, write
+from tutor import audio
+
+
+def _peak_hz(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / audio.SAMPLE_RATE)[spectrum.argmax()])
+
+
+@pytest.mark.parametrize("rate, channels, fmt", [
+    (8000, 1, "WAV"), (22050, 1, "WAV"), (44100, 2, "FLAC"), (48000, 2, "OGG"),
+    (96000, 1, "WAV"), (48000, 6, "WAV")])
+def test_any_rate_and_channel_count_becomes_16k_mono(rate, channels, fmt, tmp_path):
+    path = write(tmp_path / f"tone.{fmt.lower()}", tone(2.0, rate, channels, freq=1000.0), rate,
+                 format=fmt)
+    samples = audio.load(path)
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    assert abs(len(samples) - 2 * audio.SAMPLE_RATE) <= audio.SAMPLE_RATE * 0.01
+    assert abs(_peak_hz(samples) - 1000.0) < 5  # resampled, not just relabelled
+
+
+def test_integer_samples_from_the_browser(tmp_path):
+    pcm = (tone(1.0, 44100, 2) * 32767).astype(np.int16)
+    samples = audio.load((44100, pcm))
+    assert len(samples) == audio.SAMPLE_RATE and 0.2 < np.abs(samples).max() <= 0.31
+
+
+def test_shared_speech_clips_decode(assets):
+    rows = [json.loads(line) for line in (assets / "speech" / "transcripts.jsonl").open()]
+    for row in rows[:3] + [r for r in rows if r["channels"] == 2]:
+        samples = audio.load(assets / "speech" / row["audio"])
+        assert abs(len(samples) / audio.SAMPLE_RATE - row["duration_s"]) < 0.05
+
+
+def _bad_recordings(tmp_path):
+    silence = np.zeros((16000 * 3, 1), np.float32)
+    click = np.zeros((int(0.2 * 44100), 1), np.float32)
+    click[100:120] = 0.9
+    long_click = np.zeros((16000 * 3, 1), np.float32)
+    long_click[8000:8050] = 0.9
+    nan = tone(2.0, 16000)
+    nan[1000:1100] = np.nan
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 4)
+    text = tmp_path / "notes.wav"
+    text.write_text("these are my lecture notes, not audio")
+    return {
+        "empty": ((16000, np.zeros(0, np.int16)), "empty"),
+        "0.2 s click": (write(tmp_path / "click.wav", click, 44100), "too short"),
+        "silence": (write(tmp_path / "silence.wav", silence, 16000), "No speech"),
+        "a click in silence": (write(tmp_path / "lclick.wav", long_click, 16000), "No speech"),
+        "10 minutes": (write(tmp_path / "long.wav", np.zeros((600 * 16000, 1), np.int16), 16000,
+                             subtype="PCM_16"), "too long"),
+        "corrupt wav": (corrupt, "not a readable recording"),
+        "not audio": (text, "not a readable recording"),
+        "NaN samples": (write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT"), "damaged"),
+    }
+
+
+BAD_CASES = ["empty", "0.2 s click", "silence", "a click in silence", "10 minutes", "corrupt wav",
+             "not audio", "NaN samples"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_recordings_are_refused_with_a_reason(case, tmp_path):
+    source, words = _bad_recordings(tmp_path)[case]
+    with pytest.raises(audio.AudioError, match=words):
+        audio.load(source, audio.AudioLimits(max_seconds=120))
+
+
+def test_length_cap_is_configurable(tmp_path):
+    path = write(tmp_path / "tone.wav", tone(5.0, 16000), 16000)
+    assert len(audio.load(path, audio.AudioLimits(max_seconds=10)))
+    with pytest.raises(audio.AudioError, match="too long"):
+        audio.load(path, audio.AudioLimits(max_seconds=4))
