@@ -1,0 +1,135 @@
+"""The running app through gradio_client: /transcribe, /ask, sessions and bad input."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import yaml
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from app_server import running_app
+from audio_files import tone, write
+from test_audio import BAD_CASES, _bad_recordings
+from tutor import audio
+from tutor.modes import PROMPTS_DIR
+from tutor.transcribe import Transcriber, load_whisper
+
+
+@pytest.fixture(scope="module")
+def greedy_prompts(tmp_path_factory):
+    """The shipped modes with temperature 0, so that answers are reproducible."""
+    folder = tmp_path_factory.mktemp("prompts")
+    for path in PROMPTS_DIR.glob("*.yaml"):
+        mode = yaml.safe_load(path.read_text())
+        mode["generation"]["temperature"] = 0.0
+        mode["generation"]["max_tokens"] = 48
+        (folder / path.name).write_text(yaml.safe_dump(mode))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_gguf, tiny_whisper_path, greedy_prompts, tmp_path_factory):
+    log = tmp_path_factory.mktemp("logs") / "app.log"
+    with running_app("--model", str(tiny_gguf), "--whisper", str(tiny_whisper_path),
+                     "--prompts", str(greedy_prompts), "--n-ctx", "1024", "--threads", "2",
+                     "--max-audio-seconds", "60", log=log) as url:
+        yield url
+
+
+@pytest.fixture
+def client(app_url) -> Client:
+    return Client(app_url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def local_transcriber(tiny_whisper_path) -> Transcriber:
+    return Transcriber(load_whisper(str(tiny_whisper_path)), threads=2)
+
+
+def _ask(client: Client, question: str, mode: str, history=None) -> list[str]:
+    """Every streamed update of one /ask call (AppError if the request failed)."""
+    job = client.submit(question, mode, history or [], api_name="/ask")
+    updates = list(job)
+    job.result()  # iterating a failed job just ends; its result raises the app's error
+    return updates
+
+
+@pytest.mark.parametrize("clip", ["ljspeech/LJ001-0002.wav", "whisper/jfk.flac"])
+def test_transcribe_real_clips(clip, client, assets, local_transcriber):
+    """22.05 kHz mono WAV and 44.1 kHz stereo FLAC: same text as Whisper on the decoded clip."""
+    path = assets / "speech" / clip
+    text = client.predict(handle_file(str(path)), "en", api_name="/transcribe")
+    assert text and text == local_transcriber.transcribe(audio.load(path))
+
+
+@pytest.mark.parametrize("mode", ["hint", "step_by_step", "explain", "medical_school"])
+def test_ask_streams_in_every_mode(mode, client):
+    updates = _ask(client, "How do I solve 3x + 5 = 20?", mode)
+    assert len(set(updates)) >= 2
+    assert all(b.startswith(a) for a, b in zip(updates, updates[1:]))  # the answer grows
+
+
+def test_concurrent_sessions_never_see_each_others_history(app_url):
+    """Each answer, asked concurrently with another student's, equals the one asked alone."""
+    histories = {
+        "a": [{"role": "user", "content": "What is a prime number?"},
+              {"role": "assistant", "content": "A number with exactly two divisors."}],
+        "b": [{"role": "user", "content": "What does a cell membrane do?"},
+              {"role": "assistant", "content": "It controls what enters and leaves the cell."}],
+    }
+    questions = {"a": "Is 1 prime?", "b": "How does it do that?"}
+    alone = {k: _ask(Client(app_url, verbose=False), questions[k], "explain", histories[k])[-1]
+             for k in histories}
+    together: dict[str, str] = {}
+
+    def run(key: str) -> None:
+        session = Client(app_url, verbose=False)
+        for _ in range(2):  # twice, so the two conversations interleave on the model
+            together[key] = _ask(session, questions[key], "explain", histories[key])[-1]
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in histories]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert together == alone
+    assert alone["a"] != alone["b"]
+
+
+def _assert_clear_error(error: AppError, words: str) -> None:
+    message = str(error)
+    assert words in message and "Traceback" not in message and "File \"" not in message
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_recordings_get_a_message_and_the_app_keeps_serving(case, client, tmp_path):
+    source, words = _bad_recordings(tmp_path)[case]
+    if isinstance(source, tuple):  # the empty recording: as the browser would upload it
+        source = write(tmp_path / "empty.wav", np.zeros((0, 1), np.int16), 16000)
+    with pytest.raises(AppError) as error:
+        client.predict(handle_file(str(source)), "en", api_name="/transcribe")
+    _assert_clear_error(error.value, words)
+    assert _ask(client, "Still there?", "hint")[-1]
+
+
+@pytest.mark.parametrize("rate", [8000, 96000])
+def test_unusual_sample_rates_are_transcribed(rate, client, tmp_path, local_transcriber):
+    path = write(tmp_path / f"tone-{rate}.wav", tone(2.0, rate, amplitude=0.5), rate)
+    text = client.predict(handle_file(str(path)), "en", api_name="/transcribe")
+    assert text == local_transcriber.transcribe(audio.load(path))
+
+
+@pytest.mark.parametrize("question, mode, words", [
+    ("word " * 3000, "hint", "too long"),
+    ("What is 2 + 2?", "no_such_mode", "unknown mode 'no_such_mode'"),
+    ("   ", "hint", "type or record a question"),
+])
+def test_bad_questions_get_a_message_and_the_app_keeps_serving(question, mode, words, client):
+    with pytest.raises(AppError) as error:
+        _ask(client, question, mode)
+    _assert_clear_error(error.value, words)
+    assert _ask(client, "Still there?", "hint")[-1]
