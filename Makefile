@@ -2,7 +2,10 @@
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: app test system-deps
+LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' requirements.txt)
+REFERENCE_DIR := .cache/reference
+
+.PHONY: app test system-deps reference-converter
 
 app:
 	$(PYTHON) -m pip install -r requirements.txt
@@ -14,6 +17,14 @@ system-deps:
 	  ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	   $(SUDO) apt-get install -y -qq chromium chromium-driver)
 
+# llama.cpp's own HF→GGUF converter ships in the llama-cpp-python source release (PyPI): the
+# tests use it as an independent writer of GGUF files to check the exporter and the app against.
+reference-converter:
+	@ls $(REFERENCE_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz >/dev/null 2>&1 || \
+	  $(PYTHON) -m pip download --quiet --no-deps --no-binary :all: \
+	    llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(REFERENCE_DIR)
+
 test: system-deps
 	$(PYTHON) -m pip install -r requirements-dev.txt
+	$(MAKE) reference-converter
 	$(PYTHON) -m pytest

@@ -171,7 +171,7 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
             raise _user_error(e) from None
 
     with gr.Blocks(title="Voice tutor") as app:
-        gr.Markdown("# 🎓 Voice tutor\nRecord or type a question, pick how the tutor should "
+        gr.Markdown("# Voice tutor\nRecord or type a question, pick how the tutor should "
                     "help, and read the answer as it is written.")
         if models.notice:
             gr.Markdown(models.notice, elem_id="standin-notice")

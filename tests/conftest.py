@@ -5,6 +5,7 @@ Each is built once per test session (in a session temporary directory) and reuse
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,23 @@ def tiny_gguf(tiny_llama_dir, tmp_path_factory) -> Path:
     from train.export import export
 
     return export(tiny_llama_dir, tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf", "Q8_0").path
+
+
+@pytest.fixture(scope="session")
+def slow_gguf(tiny_tokenizer, tmp_path_factory) -> Path:
+    """A ~25M-parameter F32 Llama: slow enough (~100 tokens/s here) that streaming is visible."""
+    from train.export import export
+
+    shape = synth_llama.LlamaShape(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                                   num_attention_heads=8, num_key_value_heads=4)
+    checkpoint = synth_llama.build_checkpoint(tmp_path_factory.mktemp("slow-llama"),
+                                              tiny_tokenizer, shape)
+    return export(checkpoint, tmp_path_factory.mktemp("gguf") / "slow-f32.gguf", "F32").path
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests leave files for people to look at (screenshots)."""
+    path = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parents[1] / "artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

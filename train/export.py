@@ -118,30 +118,38 @@ def _rope_parameters(config: dict) -> dict:
 
 
 def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
-    """Per-frequency divisors of Llama 3 RoPE scaling, as llama.cpp's `rope_freqs` tensor wants."""
+    """Per-frequency divisors of Llama 3 RoPE scaling, as llama.cpp's `rope_freqs` tensor wants.
+
+    Computed in float32 tensor arithmetic, as transformers and llama.cpp's own converter do,
+    so that the factors agree with both to the bit.
+    """
     base = rope["rope_theta"]
     factor = rope.get("factor", 8.0)
     low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
     old_ctx = rope.get("original_max_position_embeddings", 8192)
     low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     factors = []
-    for i in range(0, head_dim, 2):
-        wavelen = 2 * math.pi * base ** (i / head_dim)
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
         if wavelen < high_wavelen:
             factors.append(1.0)
         elif wavelen > low_wavelen:
             factors.append(factor)
         else:
             smooth = (old_ctx / wavelen - low) / (high - low)
-            factors.append(1 / ((1 - smooth) / factor + smooth))
+            factors.append(float(1 / ((1 - smooth) / factor + smooth)))
     return np.asarray(factors, dtype=np.float32)
 
 
 def _add_hparams(writer: gguf.GGUFWriter, config: dict, name: str, file_type: int) -> None:
     n_head = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    writer.add_type("model")
     writer.add_name(name)
     writer.add_file_type(file_type)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_vocab_size(config["vocab_size"])
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
     writer.add_block_count(config["num_hidden_layers"])
@@ -150,9 +158,8 @@ def _add_hparams(writer: gguf.GGUFWriter, config: dict, name: str, file_type: in
     writer.add_head_count_kv(config.get("num_key_value_heads") or n_head)
     writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
     writer.add_rope_dimension_count(head_dim)
-    if head_dim != config["hidden_size"] // n_head:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
     rope = _rope_parameters(config)
     writer.add_rope_freq_base(rope["rope_theta"])
     if rope["rope_type"] == "linear":

@@ -1,0 +1,112 @@
+"""The page in a real headless Chromium with a fake microphone: record, transcribe, ask, stream."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+import yaml
+
+from app_server import running_app
+from tutor.modes import PROMPTS_DIR
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="needs Debian's chromium and chromium-driver "
+                                       "(make test installs them)")
+
+# Records the length of tutor message number arguments[0] at every DOM change, so that growth is
+# seen even when updates come faster than a test could poll.
+WATCH_ANSWER = """
+if (window.__watch) window.__watch.disconnect();
+window.__lengths = [];
+const chat = document.querySelector('#chat'), index = arguments[0];
+window.__watch = new MutationObserver(() => {
+  const bots = chat.querySelectorAll('[data-testid="bot"]');
+  const n = bots.length > index ? bots[index].textContent.trim().length : 0;
+  const seen = window.__lengths;
+  if (!seen.length || seen[seen.length - 1] !== n) seen.push(n);
+});
+window.__watch.observe(chat, {childList: true, subtree: true, characterData: true});
+"""
+
+
+@pytest.fixture(scope="module")
+def app_url(slow_gguf, tiny_whisper_path, tmp_path_factory):
+    prompts = tmp_path_factory.mktemp("prompts")
+    for path in PROMPTS_DIR.glob("*.yaml"):  # long, reproducible answers
+        mode = yaml.safe_load(path.read_text())
+        mode["generation"].update(temperature=0.0, max_tokens=160)
+        (prompts / path.name).write_text(yaml.safe_dump(mode))
+    log = tmp_path_factory.mktemp("logs") / "app.log"
+    with running_app("--model", str(slow_gguf), "--whisper", str(tiny_whisper_path),
+                     "--prompts", str(prompts), "--threads", "2", "--n-ctx", "2048",
+                     log=log) as url:
+        yield url
+
+
+@pytest.fixture
+def browser(assets):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ["--headless=new", "--no-sandbox", "--disable-gpu",
+                "--disable-background-networking", "--disable-component-update",
+                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={assets / 'speech/ljspeech/LJ001-0001.wav'}",
+                "--window-size=1400,1100"]:
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _wait(condition, timeout: float = 60.0, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError("the page did not get there in time")
+
+
+def _answer_done(driver) -> bool:
+    tracker = driver.find_element("css selector", "#chat [data-testid='status-tracker']")
+    return "hide" in tracker.get_attribute("class")
+
+
+def test_record_transcribe_and_stream_in_every_mode(browser, app_url, artifacts_dir):
+    by = "css selector"
+    browser.get(app_url)
+    _wait(lambda: browser.find_elements(by, "#recording button.record-button"))
+    browser.find_element(by, "#recording button.record-button").click()
+    time.sleep(3)  # the fake microphone plays the clip meanwhile
+    browser.find_element(by, "#recording button.stop-button").click()
+    question = browser.find_element(by, "#question textarea")
+    transcript = _wait(lambda: question.get_attribute("value"))
+    assert transcript.strip()
+
+    modes = browser.find_elements(by, "#mode label")
+    assert len(modes) >= 4
+    for i in range(len(modes)):
+        label = browser.find_elements(by, "#mode label")[i]
+        label.click()
+        if i:  # the first question came from the microphone; then type follow-ups
+            question.send_keys(f"Follow-up number {i}?")
+        n_before = len(browser.find_elements(by, "#chat [data-testid='bot']"))
+        browser.execute_script(WATCH_ANSWER, n_before)
+        browser.find_element(by, "#send").click()
+        _wait(lambda: len(browser.find_elements(by, "#chat [data-testid='bot']")) > n_before)
+        _wait(lambda: _answer_done(browser), timeout=120)
+        lengths = [n for n in browser.execute_script("return window.__lengths") if n > 0]
+        final = browser.find_elements(by, "#chat [data-testid='bot']")[-1].text.strip()
+        assert final, label.text
+        assert len(lengths) >= 3, (label.text, lengths)  # two partial steps, then complete
+        assert lengths == sorted(lengths) and lengths[-1] >= len(final) - 5
+    users = [m.text for m in browser.find_elements(by, "#chat [data-testid='user']")]
+    assert users[0].strip() == transcript.strip() and len(users) == len(modes)
+    browser.save_screenshot(str(artifacts_dir / "browser-tutor.png"))
