@@ -34,6 +34,7 @@ class TutorMode(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str
+    order: int = 100  # position in the mode selector
     title: str = Field(min_length=1)
     description: str = Field(min_length=1)
     system_prompt: str = Field(min_length=1)
@@ -62,11 +63,12 @@ def load_mode(path: Path) -> TutorMode:
 
 
 def load_modes(directory: Path = PROMPTS_DIR) -> dict[str, TutorMode]:
-    """All modes in DIRECTORY by name, in file-name order."""
+    """All modes in DIRECTORY by name, ordered by their `order` field, then name."""
     files = sorted(Path(directory).glob("*.yaml"))
     if not files:
         raise ModeError(f"no tutor modes found: {directory} has no *.yaml files")
-    return {mode.name: mode for mode in map(load_mode, files)}
+    modes = sorted(map(load_mode, files), key=lambda m: (m.order, m.name))
+    return {mode.name: mode for mode in modes}
 
 
 def get_mode(modes: dict[str, TutorMode], name: str) -> TutorMode:
