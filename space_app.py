@@ -96,25 +96,24 @@ def load(settings: Settings) -> LoadedModels:
     modes = load_modes(Path(settings.prompts))
     if settings.mode not in modes:
         raise TutorError(f"--mode {settings.mode!r} is not one of: {', '.join(modes)}")
-    missing = []
-    try:
-        model_path = resolve_model(settings.model)
-    except ModelLoadError as e:
-        if settings.model != DEFAULT_MODEL:
-            raise
-        from synth.standin import standin_llm
+    missing: list[str] = []
 
-        missing.append(f"language model ({e})")
-        model_path = standin_llm()
-    try:
-        whisper_model = load_whisper(settings.whisper)
-    except TranscriberLoadError as e:
-        if settings.whisper != DEFAULT_WHISPER:
-            raise
-        from synth.standin import standin_whisper
+    def with_standin(load_fn, spec: str, default: str, standin: str, what: str):
+        """LOAD_FN(SPEC); if SPEC is the default and cannot be had, LOAD_FN(the stand-in)."""
+        try:
+            return load_fn(spec)
+        except (ModelLoadError, TranscriberLoadError) as e:
+            if spec != default:
+                raise
+            import synth.standin
 
-        missing.append(f"speech model ({e})")
-        whisper_model = load_whisper(str(standin_whisper()))
+            missing.append(f"{what} ({e})")
+            return load_fn(str(getattr(synth.standin, standin)()))
+
+    model_path = with_standin(resolve_model, settings.model, DEFAULT_MODEL, "standin_llm",
+                              "language model")
+    whisper_model = with_standin(load_whisper, settings.whisper, DEFAULT_WHISPER,
+                                 "standin_whisper", "speech model")
     threads = settings.threads or os.cpu_count() or 1
     llm = TutorLLM(model_path, n_ctx=settings.n_ctx, n_threads=threads,
                    cache_bytes=settings.cache_mb * 2**20)
