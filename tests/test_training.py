@@ -1,0 +1,182 @@
+"""Fine-tuning: data cleaning, assistant-only labels, end-to-end run, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train.backends import unsloth_usable
+from train.config import ConfigError, DataConfig, Source, load_config
+from train.data import clean, from_sharegpt
+from train.encode import IGNORE, encode
+from tutor.llm import TutorLLM
+from tutor.modes import Generation
+
+ROOT = Path(__file__).parents[1]
+TINY_CONFIG = ROOT / "train" / "configs" / "tiny-cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def finetome_rows(assets) -> list[dict]:
+    return [json.loads(line) for line in (assets / "finetome" / "finetome50.jsonl").open()]
+
+
+def test_only_assistant_tokens_are_trained(finetome_rows, llama3_tokenizer):
+    """A real system turn and three real user/assistant exchanges, chained into one conversation."""
+    with_system = [r for r in finetome_rows if r["conversations"][0]["from"] == "system"]
+    messages = from_sharegpt(with_system[0])
+    for row in with_system[1:3]:
+        messages += from_sharegpt(row)[1:]
+    assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * 3
+    ids, labels = encode(llama3_tokenizer, messages)
+    assert len(ids) == len(labels)
+
+    trained = llama3_tokenizer.decode([i for i, lab in zip(ids, labels) if lab != IGNORE])
+    expected = "".join(m["content"].strip() + "<|eot_id|>" for m in messages
+                       if m["role"] == "assistant")
+    assert trained == expected  # every assistant token, its end-of-turn included, and nothing else
+    ignored = llama3_tokenizer.decode([i for i, lab in zip(ids, labels) if lab == IGNORE])
+    for m in messages:
+        if m["role"] != "assistant":
+            assert m["content"].strip() in ignored
+    assert all(lab in (IGNORE, i) for i, lab in zip(ids, labels))
+
+
+def test_malformed_rows_are_counted_per_reason(tmp_path):
+    good = {"conversations": [{"from": "human", "value": "What is 2 + 2?"},
+                              {"from": "gpt", "value": "It is 4, because two pairs make four."}],
+            "score": 4.5}
+
+    def conv(*turns, score=4.5):
+        return {"conversations": [{"from": f, "value": v} for f, v in turns], "score": score}
+
+    rows = [
+        good,
+        {"source": "x"},  # missing_fields
+        {"conversations": [{"from": "human"}]},  # missing_fields
+        conv(("narrator", "Once"), ("gpt", "upon")),  # unknown_role
+        conv(("human", "Hi"), ("gpt", "   ")),  # empty_turn
+        conv(("gpt", "Hello"), ("human", "Hi")),  # bad_role_order
+        conv(("human", "Hi"), ("human", "Again?"), ("gpt", "Yes")),  # bad_role_order
+        conv(("human", "Hi"), ("gpt", "Hello"), ("human", "Bye")),  # not_ending_on_assistant
+        conv(("human", "Is this low quality?"), ("gpt", "Probably."), score=2.0),  # below_score
+        good,  # duplicate
+        conv(("human", "What is 2 + 2 ?"), ("gpt", "It is 4 because two pairs make four")),
+        conv(("human", "Tell me everything. " * 200), ("gpt", "Too long to train on.")),
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
+    cfg = DataConfig(sources=[Source(name="messy", format="sharegpt", path=str(path),
+                                     min_score=3.0)])
+    kept, reports = clean(cfg, lambda messages: sum(len(m["content"]) for m in messages) // 4,
+                          max_tokens=200)
+    report = reports["messy"]
+    assert report.read == len(rows) + 1 and report.kept == len(kept["messy"]) == 1
+    assert dict(report.dropped) == {
+        "unparseable": 1, "missing_fields": 2, "unknown_role": 1, "empty_turn": 1,
+        "bad_role_order": 2, "not_ending_on_assistant": 1, "below_score": 1, "duplicate": 1,
+        "near_duplicate": 1, "over_token_budget": 1}
+
+
+def test_chatdoctor_rows_become_system_user_assistant(assets):
+    source = Source(name="doc", format="chatdoctor", path="assets:chatdoctor/genmedgpt5k.json",
+                    system_prompt="You are a clinical tutor.")
+    kept, reports = clean(DataConfig(sources=[source], dedup=False), lambda m: 10, 100)
+    first = kept["doc"][0].messages
+    assert [m["role"] for m in first] == ["system", "user", "assistant"]
+    assert first[0]["content"] == "You are a clinical tutor." and reports["doc"].read == 5452
+
+
+def test_bad_config_gives_a_clear_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("output_dir: x\nmodel: {base: m}\ndata: {sources: []}\n"
+                    "train: {learning_rate: -1, bacth_size: 2}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert "data.sources" in message and "train.learning_rate" in message
+    assert "train.bacth_size: Extra inputs are not permitted" in message
+
+
+def test_gpu_backend_is_guarded():
+    assert unsloth_usable() == (torch.cuda.is_available() and _has_unsloth())
+
+
+def _has_unsloth() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("unsloth") is not None
+
+
+def _finetune(out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "train.finetune", "--config", str(TINY_CONFIG),
+                             "--output-dir", str(out), *extra], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(assets, tmp_path_factory) -> Path:
+    """The tiny CPU config, run end to end once, uninterrupted."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    proc = _finetune(out)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def test_tiny_config_runs_end_to_end_and_the_app_serves_it(tiny_run):
+    record = json.loads((tiny_run / "run.json").read_text())
+    final = record["final_metrics"]
+    assert final["eval_loss_final"] < final["eval_loss_start"]
+    assert record["backend"].startswith("transformers+peft") and record["git_commit"]
+    assert {"torch", "transformers", "peft", "trl"} <= set(record["versions"])
+    report = json.loads((tiny_run / "data_report.json").read_text())
+    assert set(report["train_by_source"]) >= {"finetome", "chatdoctor"}
+    for name in ("loss_curve.png", "token_lengths.png", "metrics.jsonl"):
+        assert (tiny_run / name).stat().st_size > 0
+    # The GGUF carries the training chat template; the app's engine loads it and answers.
+    llm = TutorLLM(Path(record["gguf"]["path"]), n_ctx=512, n_threads=2)
+    assert llm.has_own_template
+    answer = llm.answer([{"role": "system", "content": "You are a tutor."},
+                         {"role": "user", "content": "What causes a fever?"}],
+                        Generation(temperature=0.0, max_tokens=16))
+    assert llm.stats.generated_tokens > 0 and isinstance(answer, str)
+    assert llm.stats.prompt.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
+
+
+def test_resume_after_kill_reaches_the_same_state(tiny_run, tmp_path):
+    out = tmp_path / "killed"
+    proc = _finetune(out)
+    first_checkpoint = out / "checkpoints" / "checkpoint-10" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not first_checkpoint.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "adapter").exists()  # it really died before the end
+
+    resumed = _finetune(out, "--resume")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+
+    expected = load_file(tiny_run / "adapter" / "adapter_model.safetensors")
+    got = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+
+    def losses(run: Path) -> list[tuple]:
+        return [(m["step"], round(m.get("loss", m.get("eval_loss")), 4))
+                for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                if "loss" in m or "eval_loss" in m]
+
+    assert losses(out) == losses(tiny_run)
