@@ -180,3 +180,16 @@ def test_resume_after_kill_reaches_the_same_state(tiny_run, tmp_path):
                 if "loss" in m or "eval_loss" in m]
 
     assert losses(out) == losses(tiny_run)
+
+
+def test_local_parquet_and_json_sources_read_alike(finetome_rows, tmp_path):
+    import pandas as pd
+
+    parquet = tmp_path / "rows.parquet"
+    pd.DataFrame(finetome_rows).to_parquet(parquet)
+    counts = {}
+    for name, path in [("parquet", parquet), ("jsonl", "assets:finetome/finetome50.jsonl")]:
+        source = Source(name=name, format="sharegpt", path=str(path))
+        kept, _ = clean(DataConfig(sources=[source], dedup=False), lambda m: 1, 10)
+        counts[name] = [e.messages for e in kept[name]]
+    assert counts["parquet"] == counts["jsonl"] and len(counts["jsonl"]) == 50

@@ -217,6 +217,10 @@ def write_report(reports: dict[str, SourceReport], train: list[Example], val: li
         "train": len(train), "validation": len(val),
         "train_by_source": dict(Counter(e.source for e in train)),
     }
+    used = Counter(e.source for e in train + val)
+    for name, entry in report["sources"].items():  # what the caps and ratios left out
+        entry["used"] = used[name]
+        entry["left_out_by_mix"] = entry["kept"] - used[name]
     with atomic_output(out_dir / "data_report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2))
     fig, ax = plt.subplots(figsize=(7, 4))
