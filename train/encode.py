@@ -8,6 +8,8 @@ and its end-of-turn token — keep their label; every system, user and header to
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from transformers import PreTrainedTokenizerBase
 
 Message = dict[str, str]
@@ -18,13 +20,19 @@ class TemplateError(ValueError):
     """The chat template does not render conversations prefix by prefix."""
 
 
-def assistant_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message]
-                    ) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant replies."""
-    def render(msgs: list[Message], generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(msgs, tokenize=False,
-                                             add_generation_prompt=generation_prompt)
+Render = Callable[[list[Message], bool], str]  # (messages, add_generation_prompt) → text
 
+
+def hf_render(tokenizer: PreTrainedTokenizerBase) -> Render:
+    """A Hugging Face tokenizer's chat template as a Render function."""
+    def render(messages: list[Message], generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+    return render
+
+
+def assistant_spans(render: Render, messages: list[Message]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant replies."""
     text = render(messages, False)
     spans = []
     for i, message in enumerate(messages):
@@ -39,13 +47,16 @@ def assistant_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message]
     return text, spans
 
 
+def mask_labels(ids: list[int], ranges: list[tuple[int, int]], spans: list[tuple[int, int]]
+                ) -> list[int]:
+    """Each token's id where its text range lies inside a span, else IGNORE."""
+    return [token if any(s <= start and end <= e for s, e in spans) else IGNORE
+            for token, (start, end) in zip(ids, ranges)]
+
+
 def encode(tokenizer: PreTrainedTokenizerBase, messages: list[Message]
            ) -> tuple[list[int], list[int]]:
     """input_ids and labels (IGNORE outside the assistant replies)."""
-    text, spans = assistant_spans(tokenizer, messages)
+    text, spans = assistant_spans(hf_render(tokenizer), messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    labels = []
-    for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
-        inside = any(s <= start and end <= e for s, e in spans)
-        labels.append(token if inside else IGNORE)
-    return encoded["input_ids"], labels
+    return encoded["input_ids"], mask_labels(encoded["input_ids"], encoded["offset_mapping"], spans)

@@ -31,3 +31,24 @@ def plot_loss_curve(metrics: list[dict], path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     save(fig, path)
+
+
+def plot_bars(groups: dict[str, dict[str, dict]], path: Path, title: str,
+              ylabel: str = "score") -> None:
+    """Grouped bars: one group per metric, one bar per name, error bars = std.
+
+    GROUPS maps a name (model or condition) to {metric: {"mean": m, "std": s}}.
+    """
+    names = list(groups)
+    metrics = list(next(iter(groups.values())))
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(metrics)), 4))
+    for i, name in enumerate(names):
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(metrics))]
+        ax.bar(xs, [groups[name][m]["mean"] for m in metrics], width,
+               yerr=[groups[name][m]["std"] for m in metrics], capsize=3, label=name)
+    ax.set_xticks(range(len(metrics)), metrics)
+    ax.set(ylabel=ylabel, title=title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    save(fig, path)

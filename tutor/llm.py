@@ -106,19 +106,21 @@ class TutorLLM:
         model = self.llm._model
         self._vocab = model.vocab
         eos, bos = self.llm.token_eos(), self.llm.token_bos()
-        self._formatter = Jinja2ChatFormatter(
-            template=self.template,
-            eos_token=self._piece(eos).decode(errors="replace") if eos >= 0 else "",
-            bos_token=self._piece(bos).decode(errors="replace") if bos >= 0 else "")
+        self._formatters = {  # with and without the assistant header at the end
+            flag: Jinja2ChatFormatter(
+                template=self.template, add_generation_prompt=flag,
+                eos_token=self.piece(eos).decode(errors="replace") if eos >= 0 else "",
+                bos_token=self.piece(bos).decode(errors="replace") if bos >= 0 else "")
+            for flag in (False, True)}
         self._lock = threading.Lock()
         self._live = Context()
         self._saved = ContextStore(cache_bytes)
         self.stats = GenerationStats()
 
     # -- prompt ---------------------------------------------------------------------------
-    def render(self, messages: list[Message]) -> str:
-        """The prompt text for MESSAGES, ending with the assistant's header."""
-        return self._formatter(messages=messages).prompt
+    def render(self, messages: list[Message], generation_prompt: bool = True) -> str:
+        """MESSAGES in the chat template, ending with the assistant's header unless told not to."""
+        return self._formatters[generation_prompt](messages=messages).prompt
 
     def tokenize(self, text: str | bytes) -> list[int]:
         data = text.encode() if isinstance(text, str) else text
@@ -127,7 +129,7 @@ class TutorLLM:
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self.tokenize(self.render(messages)))
 
-    def _piece(self, token: int) -> bytes:
+    def piece(self, token: int) -> bytes:
         """Exact bytes of one token (special tokens as their text)."""
         buf = ctypes.create_string_buffer(256)
         n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
@@ -138,7 +140,7 @@ class TutorLLM:
 
     def _extend(self, ctx: Context, tokens: list[int]) -> None:
         for token in tokens:
-            piece = self._piece(token)
+            piece = self.piece(token)
             ctx.tokens.append(token)
             ctx.text += piece
             ctx.ends.append(len(ctx.text))
@@ -216,7 +218,7 @@ class TutorLLM:
                         stats.stopped = "eot"
                         break
                     generated.append(token)
-                    text = decoder.decode(self._piece(token))
+                    text = decoder.decode(self.piece(token))
                     if text:
                         yield text
                     if cancel is not None and cancel.is_set():
