@@ -44,6 +44,8 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.05, gt=0, lt=1)
     dedup: bool = True
     near_duplicate_threshold: float = Field(0.85, gt=0, le=1)  # Jaccard similarity, MinHash
+    seed: int = 0  # mixing and the train/validation split (kept apart from the training seed)
+    exclude: str | None = None  # JSONL of {"messages": [...]} never to train on (a held-out set)
 
 
 class SyntheticModel(Strict):

@@ -2,7 +2,7 @@
 
 Every row that is dropped is counted under a reason, per source; nothing is dropped silently.
 Reasons: unparseable, missing_fields, unknown_role, empty_turn, bad_role_order,
-not_ending_on_assistant, below_score, duplicate, near_duplicate, over_token_budget.
+not_ending_on_assistant, below_score, held_out, duplicate, near_duplicate, over_token_budget.
 """
 
 from __future__ import annotations
@@ -122,6 +122,18 @@ def standardize(row: dict | None, source: Source) -> list[Message]:
     return messages
 
 
+def fingerprint(messages: list[Message]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+
+
+def read_excluded(path: str | None) -> set[str]:
+    """Fingerprints of the conversations in an exclusion file (a held-out set)."""
+    if path is None:
+        return set()
+    lines = resolve_path(path).read_text(encoding="utf-8").splitlines()
+    return {fingerprint(json.loads(line)["messages"]) for line in lines if line.strip()}
+
+
 def _normalized(messages: list[Message]) -> str:
     text = " ".join(f"{m['role']}: {m['content']}" for m in messages).lower()
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text)).strip()
@@ -136,7 +148,7 @@ class Deduplicator:
         self.num_perm = num_perm
 
     def check(self, messages: list[Message]) -> None:
-        exact = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+        exact = fingerprint(messages)
         if exact in self.seen:
             raise Rejected("duplicate")
         words = _normalized(messages).split()
@@ -153,6 +165,7 @@ def clean(cfg: DataConfig, count_tokens: Callable[[list[Message]], int], max_tok
           ) -> tuple[dict[str, list[Example]], dict[str, SourceReport]]:
     """Read, standardize and filter every source; examples and a report per source."""
     dedup = Deduplicator(cfg.near_duplicate_threshold) if cfg.dedup else None
+    excluded = read_excluded(cfg.exclude)
     kept: dict[str, list[Example]] = {}
     reports: dict[str, SourceReport] = {}
     for source in cfg.sources:
@@ -162,6 +175,8 @@ def clean(cfg: DataConfig, count_tokens: Callable[[list[Message]], int], max_tok
             report.read += 1
             try:
                 messages = standardize(row, source)
+                if excluded and fingerprint(messages) in excluded:
+                    raise Rejected("held_out")
                 if dedup is not None:
                     dedup.check(messages)
                 n_tokens = count_tokens(messages)
@@ -176,9 +191,9 @@ def clean(cfg: DataConfig, count_tokens: Callable[[list[Message]], int], max_tok
     return kept, reports
 
 
-def mix(cfg: DataConfig, kept: dict[str, list[Example]], seed: int) -> list[Example]:
+def mix(cfg: DataConfig, kept: dict[str, list[Example]]) -> list[Example]:
     """Apply each source's cap, then its ratio of the mix (the largest mix the ratios allow)."""
-    rng = random.Random(seed)
+    rng = random.Random(cfg.seed)
     pools = {}
     for source in cfg.sources:
         pool = list(kept[source.name])

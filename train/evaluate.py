@@ -36,7 +36,7 @@ def held_out(config_path: Path, count_tokens, limit: int) -> list[list[dict]]:
     """The validation conversations of a training config (at most LIMIT)."""
     cfg = load_config(config_path)
     kept, _ = clean(cfg.data, count_tokens, cfg.train.seq_len)
-    _, val = split(mix(cfg.data, kept, cfg.train.seed), cfg.data.val_fraction)
+    _, val = split(mix(cfg.data, kept), cfg.data.val_fraction)
     return [example.messages for example in val[:limit]]
 
 

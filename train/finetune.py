@@ -83,10 +83,10 @@ def prepare_data(cfg: RunConfig, tokenizer, out: Path):
     import datasets
 
     def count_tokens(messages):
-        return len(encode(tokenizer, messages)[0])
+        return len(tokenizer.apply_chat_template(messages, tokenize=True)["input_ids"])
 
     kept, reports = clean(cfg.data, count_tokens, cfg.train.seq_len)
-    train_rows, val_rows = split(mix(cfg.data, kept, cfg.train.seed), cfg.data.val_fraction)
+    train_rows, val_rows = split(mix(cfg.data, kept), cfg.data.val_fraction)
     report = write_report(reports, train_rows, val_rows, out)
     print(f"data: {report['train']} train / {report['validation']} validation rows; dropped "
           + ", ".join(f"{name}: {dict(r['dropped']) or 'none'}"
