@@ -57,6 +57,8 @@ class Settings:
                           "TUTOR_MODEL", DEFAULT_MODEL)
     whisper: str = _setting("Whisper model name (base.en, small, ...) or checkpoint path",
                             "TUTOR_WHISPER", DEFAULT_WHISPER)
+    whisper_precision: str = _setting("Whisper weights: int8 (fast on CPU) or fp32",
+                                      "TUTOR_WHISPER_PRECISION", "int8")
     language: str = _setting("spoken language code, or 'auto'", "TUTOR_LANGUAGE", "en")
     threads: int = _setting("CPU threads for llama.cpp and Whisper (0: all cores)",
                             "TUTOR_THREADS", 0, int)
@@ -117,7 +119,8 @@ def load(settings: Settings) -> LoadedModels:
     threads = settings.threads or os.cpu_count() or 1
     llm = TutorLLM(model_path, n_ctx=settings.n_ctx, n_threads=threads,
                    cache_bytes=settings.cache_mb * 2**20)
-    tutor = Tutor(llm, Transcriber(whisper_model, settings.language, threads), modes,
+    transcriber = Transcriber(whisper_model, settings.language, threads, settings.whisper_precision)
+    tutor = Tutor(llm, transcriber, modes,
                   AudioLimits(max_seconds=settings.max_audio_seconds))
     notice = None
     if missing:

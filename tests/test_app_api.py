@@ -11,7 +11,7 @@ import yaml
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from app_server import running_app
+from app_process import running_app
 from audio_files import tone, write
 from test_audio import BAD_CASES, _bad_recordings
 from tutor import audio
@@ -36,8 +36,8 @@ def app_url(tiny_gguf, tiny_whisper_path, greedy_prompts, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "app.log"
     with running_app("--model", str(tiny_gguf), "--whisper", str(tiny_whisper_path),
                      "--prompts", str(greedy_prompts), "--n-ctx", "1024", "--threads", "2",
-                     "--max-audio-seconds", "60", log=log) as url:
-        yield url
+                     "--max-audio-seconds", "60", log=log) as app:
+        yield app.url
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from app_server import running_app
+from app_process import running_app
 from tutor.modes import PROMPTS_DIR
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -42,8 +42,8 @@ def app_url(slow_gguf, tiny_whisper_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "app.log"
     with running_app("--model", str(slow_gguf), "--whisper", str(tiny_whisper_path),
                      "--prompts", str(prompts), "--threads", "2", "--n-ctx", "2048",
-                     log=log) as url:
-        yield url
+                     log=log) as app:
+        yield app.url
 
 
 @pytest.fixture

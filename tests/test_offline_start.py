@@ -7,13 +7,14 @@ import urllib.request
 
 from gradio_client import Client
 
-from app_server import running_app
+from app_process import running_app
 
 
 def test_app_starts_offline_on_standins_and_says_so(tmp_path):
     fresh = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
              "XDG_CACHE_HOME": str(tmp_path / "xdg"), "TUTOR_CACHE": str(tmp_path / "tutor")}
-    with running_app(env=fresh, log=tmp_path / "app.log") as url:
+    with running_app(env=fresh, log=tmp_path / "app.log") as app:
+        url = app.url
         config = json.load(urllib.request.urlopen(url + "config"))
         texts = [str(c.get("props", {}).get("value", "")) for c in config["components"]]
         notice = next(t for t in texts if "Stand-in models" in t)

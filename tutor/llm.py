@@ -117,6 +117,14 @@ class TutorLLM:
         self._saved = ContextStore(cache_bytes)
         self.stats = GenerationStats()
 
+    def forget(self) -> None:
+        """Drop every cached conversation: the next prompt is evaluated from scratch."""
+        with self._lock:
+            self.llm.reset()
+            self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            self._live = Context()
+            self._saved = ContextStore(self._saved.max_bytes)
+
     # -- prompt ---------------------------------------------------------------------------
     def render(self, messages: list[Message], generation_prompt: bool = True) -> str:
         """MESSAGES in the chat template, ending with the assistant's header unless told not to."""

@@ -1,4 +1,4 @@
-"""Run space_app.py in a subprocess on a free loopback port, as a user would."""
+"""Run space_app.py in a subprocess on a free loopback port, as a user would (tests, benchmarks)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,16 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class RunningApp:
+    url: str
+    pid: int
 
 
 def free_port() -> int:
@@ -23,8 +30,8 @@ def free_port() -> int:
 
 @contextmanager
 def running_app(*args: str, env: dict[str, str] | None = None, log: Path | None = None,
-                timeout: float = 180.0) -> Iterator[str]:
-    """Start `python space_app.py ARGS` and yield its URL once it answers HTTP."""
+                timeout: float = 180.0) -> Iterator[RunningApp]:
+    """Start `python space_app.py ARGS` and yield it once it answers HTTP."""
     port = free_port()
     out = open(log, "w") if log else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "space_app.py", "--port", str(port), *args], cwd=ROOT,
@@ -44,7 +51,7 @@ def running_app(*args: str, env: dict[str, str] | None = None, log: Path | None 
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the app did not answer at {url} in {timeout} s") from None
                 time.sleep(0.3)
-        yield url
+        yield RunningApp(url, proc.pid)
     finally:
         proc.terminate()
         try:

@@ -1,0 +1,51 @@
+"""The benchmark's models: real architectures, synthetic seeded weights, built once and cached.
+
+Llama-3.2-1B-Instruct's shape with the real Llama 3 tokenizer, exported through the project's
+own exporter to Q4_K_M; Whisper `base`'s shape in openai-whisper's checkpoint format. Random
+weights cost the same to run as trained ones.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from shared_assets import assets_dir
+from synth import llama as synth_llama
+from synth import whisper as synth_whisper
+from synth.standin import CACHE_DIR
+
+BENCH_DIR = CACHE_DIR / "bench"
+
+
+def llama_1b_q4(cache: Path = BENCH_DIR) -> Path:
+    """Llama-3.2-1B-shaped Q4_K_M GGUF (≈ 0.8 GB), built on first use (a few minutes)."""
+    from train.export import export
+
+    path = cache / "llama-3.2-1b-shape-Q4_K_M.gguf"
+    if path.is_file():
+        return path
+    tokenizer_dir = assets_dir() / "tokenizers" / "llama3"
+    if not tokenizer_dir.is_dir():
+        raise SystemExit(f"the Llama 3 tokenizer is needed from {tokenizer_dir} (TUTOR_ASSETS)")
+    checkpoint = cache / "llama-3.2-1b-shape-hf"
+    if not (checkpoint / "config.json").is_file():
+        tmp = cache / "llama-3.2-1b-shape-hf.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        synth_llama.build_checkpoint(tmp, synth_llama.load_tokenizer(tokenizer_dir),
+                                     synth_llama.LLAMA_3_2_1B, dtype=torch.bfloat16)
+        tmp.rename(checkpoint)
+    export(checkpoint, path, "Q4_K_M", name="Llama-3.2-1B shape, synthetic weights")
+    shutil.rmtree(checkpoint)  # 2.5 GB that the benchmark no longer needs
+    return path
+
+
+def whisper_base(cache: Path = BENCH_DIR) -> Path:
+    """Whisper-base-shaped checkpoint."""
+    path = cache / "whisper-base-shape.pt"
+    if not path.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        synth_whisper.build_checkpoint(path, synth_whisper.BASE)
+    return path

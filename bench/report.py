@@ -1,0 +1,79 @@
+"""The benchmark report: a Markdown table against the goals, JSON, and a chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from train.plots import plot_bars
+from tutor.files import atomic_output
+
+# (label, value path, goal text, goal check)
+GOALS = [
+    ("engine / raw generation tokens/s", "llm.engine_vs_raw_tokens_per_s", "≥ 0.97",
+     lambda v: v >= 0.97),
+    ("app / raw generation tokens/s", "app_vs_raw_tokens_per_s", "≥ 0.93", lambda v: v >= 0.93),
+    ("3rd-turn first token, cached / fresh", "follow_up.cached_vs_fresh", "≤ 0.2",
+     lambda v: v <= 0.2),
+    ("3rd-turn first token, other student between / fresh", "follow_up.interleaved_vs_fresh",
+     "≤ 0.2", lambda v: v <= 0.2),
+    ("Whisper base, ~5 s clip, tutor transcriber (s)", "speech.tutor int8", "≤ 0.45",
+     lambda v: v <= 0.45),
+    ("voice → first token, first question (s)", "voice.first_question_s", "≤ 2.5",
+     lambda v: v <= 2.5),
+    ("voice → first token, follow-up (s)", "voice.follow_up_s", "≤ 1.0", lambda v: v <= 1.0),
+    ("app peak RSS (GB)", "memory_gb", "≤ 2.0", lambda v: v <= 2.0),
+    ("app tokens/s ÷ bandwidth ceiling", "app_bandwidth_fraction", "≥ 0.8", lambda v: v >= 0.8),
+]
+
+
+def _get(results: dict, path: str):
+    node = results
+    for key in path.split("."):
+        node = node[key]
+    return node
+
+
+def markdown(results: dict) -> str:
+    llm, speech = results["llm"], results["speech"]
+    lines = [
+        "| measurement | raw llama-cpp-python | tutor engine | app (gradio_client) |",
+        "|---|---|---|---|",
+        f"| generation tokens/s | {llm['raw']['tokens_per_s']:.1f} | "
+        f"{llm['engine']['tokens_per_s']:.1f} | {results['app']['tokens_per_s']:.1f} |",
+        f"| first token, fresh {llm['prompt_tokens']}-token prompt (s) | "
+        f"{llm['raw']['ttft_s']:.2f} | {llm['engine']['ttft_s']:.2f} | "
+        f"{results['app']['ttft_s']:.2f} (mode prompt cached) |",
+        "",
+        "| measurement | openai-whisper fp32 | tutor int8 | ratio |", "|---|---|---|---|",
+        f"| {speech['clip']} ({speech['clip_seconds']:.1f} s, {speech['decoded_tokens']} tokens) "
+        f"| {speech['openai-whisper fp32']:.2f} s | {speech['tutor int8']:.2f} s | "
+        f"{speech['tutor_vs_shipped']:.2f} |",
+        "", "| goal | measured | target | met |", "|---|---|---|---|"]
+    for label, path, target, check in GOALS:
+        value = _get(results, path)
+        lines.append(f"| {label} | {value:.3f} | {target} | {'yes' if check(value) else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=2))
+    with atomic_output(out / "report.md") as tmp:
+        tmp.write_text(markdown(results))
+    zero = {"std": 0.0}
+    llm = results["llm"]
+    plot_bars({name: {"generation tokens/s": {"mean": value, **zero}}
+               for name, value in [("raw llama-cpp-python", llm["raw"]["tokens_per_s"]),
+                                   ("tutor engine", llm["engine"]["tokens_per_s"]),
+                                   ("app", results["app"]["tokens_per_s"]),
+                                   ("bandwidth ceiling",
+                                    results["ceiling"]["ceiling_tokens_per_s"])]},
+              out / "generation.png", title="Llama-3.2-1B shape, Q4_K_M, 2 threads (medians)",
+              ylabel="tokens/s")
+    plot_bars({name: {"seconds": {"mean": value, **zero}}
+               for name, value in [("openai-whisper fp32", results["speech"]["openai-whisper fp32"]),
+                                   ("tutor int8", results["speech"]["tutor int8"])]},
+              out / "speech.png", title="Whisper base shape, ~5 s clip, 30 tokens (medians)",
+              ylabel="seconds")
