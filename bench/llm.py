@@ -115,8 +115,8 @@ def follow_up(model: Path, repeats: int, n_tokens: int, threads: int) -> dict:
             a.append(engine.answer(chat_messages(system, a), Generation(temperature=0.0,
                                                                        max_tokens=n_tokens)))
             a.append(f"Thanks. Can you explain step {turn + 2} again?")
-        timed_cached = engine_run(engine, chat_messages(system, a), 8, fresh=False)
-        timed_fresh = engine_run(engine, chat_messages(system, a), 8, fresh=True)
+        timed_cached = engine_run(engine, chat_messages(system, a), 16, fresh=False)
+        timed_fresh = engine_run(engine, chat_messages(system, a), 16, fresh=True)
         engine.forget()
         a, b = a[:1], b
         for turn in range(2):  # students A and B take turns on the one model
@@ -124,7 +124,7 @@ def follow_up(model: Path, repeats: int, n_tokens: int, threads: int) -> dict:
                 conv.append(engine.answer(chat_messages(system, conv),
                                           Generation(temperature=0.0, max_tokens=n_tokens)))
                 conv.append(f"Thanks. Can you explain step {turn + 2} again?")
-        timed_interleaved = engine_run(engine, chat_messages(system, a), 8, fresh=False)
+        timed_interleaved = engine_run(engine, chat_messages(system, a), 16, fresh=False)
         if i:
             cached.append(timed_cached.ttft_s)
             fresh.append(timed_fresh.ttft_s)

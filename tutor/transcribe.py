@@ -101,7 +101,7 @@ class Transcriber:
             result = self.model.transcribe(
                 audio.astype(np.float32, copy=False), language=None if language == "auto" else language,
                 **{"fp16": False, "temperature": 0.0, "condition_on_previous_text": False,
-                   "verbose": None, **decode_options})
+                   "without_timestamps": True, "verbose": None, **decode_options})
         text = result["text"].strip()
         if not text:
             raise AudioError(f"No speech was recognised in the {len(audio) / SAMPLE_RATE:.1f} s "
