@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -101,16 +102,20 @@ def evaluate_cell(adapter: Path, heldout: list[list[dict]], max_new_tokens: int)
     return {"heldout_loss": nll / tokens, **{k: statistics.fmean(v) for k, v in scores.items()}}
 
 
-def run_cell(base_data: dict, condition: Condition, seed: int, root: Path, heldout_file: Path,
-             base_model: str) -> Path:
-    """Train one cell in its own process (resumable) and return its folder."""
-    cell = root / "cells" / f"{condition.name}-seed{seed}"
-    cell.mkdir(parents=True, exist_ok=True)
+def cell_config(base_data: dict, condition: Condition, seed: int, cell: Path,
+                heldout_file: Path, base_model: str) -> dict:
+    """The run config of one cell: the base, the condition's changes, the seed, no export."""
     overrides = {"model.base": base_model, "model.synthetic": None, "export.enabled": False,
                  "train.seed": seed, "data.exclude": str(heldout_file), **condition.set}
     config = apply_overrides(base_data, overrides)
     config["output_dir"] = str(cell)
     RunConfig.model_validate(config)  # fail early, with the field's name
+    return config
+
+
+def train_cell(cell: Path, config: dict) -> None:
+    """Train one cell in its own process; an interrupted cell resumes from its checkpoint."""
+    cell.mkdir(parents=True, exist_ok=True)
     with atomic_output(cell / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(config, sort_keys=False))
     result = subprocess.run([sys.executable, "-m", "train.finetune", "--config",
@@ -118,7 +123,6 @@ def run_cell(base_data: dict, condition: Condition, seed: int, root: Path, heldo
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"cell {cell.name} failed:\n{result.stderr[-3000:]}")
-    return cell
 
 
 def aggregate(cells: dict[str, list[dict]]) -> dict[str, dict]:
@@ -162,9 +166,13 @@ def run_grid(grid: Grid) -> dict[str, dict]:
     jobs = [(c, s) for c in grid.conditions for s in grid.seeds]
     for condition, seed in tqdm(jobs, desc="grid cells"):
         cell = root / "cells" / f"{condition.name}-seed{seed}"
+        config = cell_config(base_data, condition, seed, cell, heldout_file, base_model)
         result_file = cell / "result.json"
+        saved = cell / "config.yaml"
+        if saved.is_file() and yaml.safe_load(saved.read_text()) != config:
+            shutil.rmtree(cell)  # the grid file changed this cell: its results no longer apply
         if not result_file.is_file():
-            run_cell(base_data, condition, seed, root, heldout_file, base_model)
+            train_cell(cell, config)
             record = json.loads((cell / "run.json").read_text())
             result = {"condition": condition.name, "seed": seed,
                       "train_rows": record["train_rows"],
