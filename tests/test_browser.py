@@ -111,3 +111,29 @@ def test_record_transcribe_and_stream_in_every_mode(browser, app_url, artifacts_
     users = [m.text for m in browser.find_elements(by, "#chat [data-testid='user']")]
     assert users[0].strip() == transcript.strip() and len(users) == len(modes)
     browser.save_screenshot(str(artifacts_dir / "browser-tutor.png"))
+
+
+def test_stop_halts_the_answer_and_the_next_question_is_answered(browser, app_url):
+    from gradio_client import Client
+
+    by = "css selector"
+    story = "Tell me a long story about fractions."
+    job = Client(app_url, verbose=False).submit(story, "hint", [], api_name="/ask")
+    full = list(job)[-1]  # the whole answer, for comparison
+    browser.get(app_url)
+    question = _wait(lambda: browser.find_elements(by, "#question textarea"))[0]
+
+    def bots():
+        return browser.find_elements(by, "#chat [data-testid='bot']")
+
+    question.send_keys(story)
+    browser.find_element(by, "#send").click()
+    _wait(lambda: bots() and len(bots()[-1].text) > 0, every=0.02)
+    browser.find_element(by, "#stop").click()
+    stopped = _wait(lambda: _answer_done(browser) and bots()[-1].text)
+    time.sleep(1.0)
+    assert bots()[-1].text == stopped  # nothing more arrives after Stop
+    assert len(stopped) < 0.8 * len(full)
+    question.send_keys("And a short one?")
+    browser.find_element(by, "#send").click()
+    _wait(lambda: len(bots()) == 2 and _answer_done(browser) and bots()[-1].text, timeout=120)

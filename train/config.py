@@ -57,6 +57,9 @@ class SyntheticModel(Strict):
     num_hidden_layers: int = 2
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
+    # Steps of full-parameter fitting to English text first, so that the base model writes
+    # common words (ROUGE then has something to compare) rather than random tokens.
+    fit_steps: int = Field(0, ge=0)
 
 
 class ModelConfig(Strict):

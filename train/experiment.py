@@ -46,6 +46,7 @@ class Grid(BaseModel):
     base_config: str
     output_dir: str
     seeds: list[int] = Field(min_length=1)
+    common: dict[str, object] = {}  # changes applied to every cell (e.g. fewer evaluations)
     conditions: list[Condition] = Field(min_length=1)
     eval_examples: int = 20
     eval_max_new_tokens: int = 48
@@ -102,11 +103,12 @@ def evaluate_cell(adapter: Path, heldout: list[list[dict]], max_new_tokens: int)
     return {"heldout_loss": nll / tokens, **{k: statistics.fmean(v) for k, v in scores.items()}}
 
 
-def cell_config(base_data: dict, condition: Condition, seed: int, cell: Path,
+def cell_config(grid: Grid, base_data: dict, condition: Condition, seed: int, cell: Path,
                 heldout_file: Path, base_model: str) -> dict:
     """The run config of one cell: the base, the condition's changes, the seed, no export."""
     overrides = {"model.base": base_model, "model.synthetic": None, "export.enabled": False,
-                 "train.seed": seed, "data.exclude": str(heldout_file), **condition.set}
+                 "train.seed": seed, "data.exclude": str(heldout_file), **grid.common,
+                 **condition.set}
     config = apply_overrides(base_data, overrides)
     config["output_dir"] = str(cell)
     RunConfig.model_validate(config)  # fail early, with the field's name
@@ -166,7 +168,7 @@ def run_grid(grid: Grid) -> dict[str, dict]:
     jobs = [(c, s) for c in grid.conditions for s in grid.seeds]
     for condition, seed in tqdm(jobs, desc="grid cells"):
         cell = root / "cells" / f"{condition.name}-seed{seed}"
-        config = cell_config(base_data, condition, seed, cell, heldout_file, base_model)
+        config = cell_config(grid, base_data, condition, seed, cell, heldout_file, base_model)
         result_file = cell / "result.json"
         saved = cell / "config.yaml"
         if saved.is_file() and yaml.safe_load(saved.read_text()) != config:

@@ -61,7 +61,8 @@ def base_model_dir(cfg: RunConfig, out: Path) -> str:
         tokenizer = synth_llama.load_tokenizer(resolve_path(spec.tokenizer))
         tmp = out / "base.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        synth_llama.build_checkpoint(tmp, tokenizer, shape, seed=cfg.train.seed)
+        synth_llama.build_checkpoint(tmp, tokenizer, shape, seed=cfg.train.seed,
+                                     fit_steps=spec.fit_steps)
         tmp.rename(path)
     return str(path)
 
