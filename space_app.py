@@ -13,8 +13,10 @@ API (gradio_client): `/transcribe` (recording, language → text) and
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -32,6 +34,7 @@ log = logging.getLogger("voice-tutor")
 
 DEFAULT_MODEL = "bartowski/Llama-3.2-1B-Instruct-GGUF/Llama-3.2-1B-Instruct-Q4_K_M.gguf"
 DEFAULT_WHISPER = "base.en"
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 SOMETHING_WENT_WRONG = "Something went wrong on our side. Please try again."
 EXAMPLES = [
     "How do I solve 3x + 5 = 20?",
@@ -65,12 +68,15 @@ class Settings:
     n_ctx: int = _setting("context window of the language model, in tokens", "TUTOR_N_CTX",
                           4096, int)
     cache_mb: int = _setting("memory for saved conversation KV caches, in MB", "TUTOR_CACHE_MB",
-                             512, int)
+                             128, int)
     prompts: str = _setting("folder of tutor mode files", "TUTOR_PROMPTS", str(PROMPTS_DIR))
     mode: str = _setting("mode selected when the page opens", "TUTOR_MODE", "hint")
     max_audio_seconds: float = _setting("longest recording accepted, in seconds",
                                         "TUTOR_MAX_AUDIO_SECONDS", 120.0, float)
     queue_size: int = _setting("requests that may wait in the queue", "TUTOR_QUEUE_SIZE", 16, int)
+    update_interval: float = _setting("seconds between streamed answer updates (fewer updates "
+                                      "leave more CPU to the model)", "TUTOR_UPDATE_INTERVAL",
+                                      0.08, float)
     host: str = _setting("address to listen on (0.0.0.0 on a Space)", "GRADIO_SERVER_NAME",
                          "127.0.0.1")
     port: int = _setting("port to listen on", "GRADIO_SERVER_PORT", 7860, int)
@@ -117,11 +123,14 @@ def load(settings: Settings) -> LoadedModels:
     whisper_model = with_standin(load_whisper, settings.whisper, DEFAULT_WHISPER,
                                  "standin_whisper", "speech model")
     threads = settings.threads or os.cpu_count() or 1
+    # Whisper first: its fp32 → int8 conversion briefly needs twice its size, which is
+    # returned before llama.cpp takes its share (see return_freed_memory_to_the_system).
+    transcriber = Transcriber(whisper_model, settings.language, threads, settings.whisper_precision)
+    del whisper_model
+    release_freed_memory()
     llm = TutorLLM(model_path, n_ctx=settings.n_ctx, n_threads=threads,
                    cache_bytes=settings.cache_mb * 2**20)
-    transcriber = Transcriber(whisper_model, settings.language, threads, settings.whisper_precision)
-    tutor = Tutor(llm, transcriber, modes,
-                  AudioLimits(max_seconds=settings.max_audio_seconds))
+    tutor = Tutor(llm, transcriber, modes, AudioLimits(max_seconds=settings.max_audio_seconds))
     notice = None
     if missing:
         notice = ("⚠️ **Stand-in models: answers are not meaningful.** The real "
@@ -129,6 +138,43 @@ def load(settings: Settings) -> LoadedModels:
                   "are running. To use real models, run online once (they are cached), or pass "
                   "`--model PATH.gguf --whisper base.en` (or set `TUTOR_MODEL`, `TUTOR_WHISPER`).")
     return LoadedModels(tutor, notice)
+
+
+def return_freed_memory_to_the_system() -> None:
+    """Make glibc give large freed blocks back to the OS at once (peak RSS is what a Space pays).
+
+    By default glibc raises its mmap threshold after big frees, and model-sized temporary
+    buffers then stay in the heap after they are freed.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+
+
+def release_freed_memory() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def coalesce(updates: Iterator[str], interval_s: float) -> Iterator[str]:
+    """Pass on the first update at once, then at most one per INTERVAL_S, and always the last.
+
+    Each streamed update costs Python time on the 2 shared cores (diffing, JSON, the event loop)
+    that llama.cpp would otherwise use; a few updates a second read just as smoothly.
+    """
+    last, pending = float("-inf"), None
+    for update in updates:
+        pending = update
+        now = time.monotonic()
+        if now - last >= interval_s:
+            last, pending = now, None
+            yield update
+    if pending is not None:
+        yield pending
 
 
 def _user_error(e: Exception) -> gr.Error:
@@ -158,7 +204,7 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
                                       {"role": "assistant", "content": ""}]
         yield turn, ""
         try:
-            for answer in stream:
+            for answer in coalesce(stream, settings.update_interval):
                 turn[-1] = {"role": "assistant", "content": answer}
                 yield turn, ""
         except Exception as e:
@@ -168,7 +214,7 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
             history: list[dict] | None = None) -> Iterator[str]:
         """Stream the tutor's answer to QUESTION in MODE after HISTORY ({role, content} messages)."""
         try:
-            yield from tutor.ask(question, mode, history)
+            yield from coalesce(tutor.ask(question, mode, history), settings.update_interval)
         except Exception as e:
             raise _user_error(e) from None
 
@@ -217,6 +263,7 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = Settings.from_args(argv)
+    return_freed_memory_to_the_system()
     try:
         models = load(settings)
     except (TutorError, ModelLoadError, TranscriberLoadError) as e:

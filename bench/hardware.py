@@ -10,7 +10,7 @@ import gguf
 import torch
 
 
-def read_bandwidth(threads: int, gib: float = 1.0, repeats: int = 7) -> float:
+def read_bandwidth(threads: int, gib: float = 1.0, repeats: int = 15) -> float:
     """Bytes per second that THREADS threads read from memory (sum over a large array)."""
     torch.set_num_threads(threads)
     data = torch.ones(int(gib * 2**30 / 4), dtype=torch.float32)

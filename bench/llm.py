@@ -11,6 +11,7 @@ import llama_cpp
 
 from tutor.llm import TutorLLM
 from tutor.modes import Generation, load_modes
+from tutor.threads import DedicatedThread
 
 QUESTIONS = [
     "A farmer has 3 fields of 12.5 hectares and sells a third of the total. How many hectares "
@@ -63,13 +64,15 @@ def raw_run(llm: llama_cpp.Llama, prompt: str, n_tokens: int) -> Timing:
     return Timing(first - start, (count - 1) / (end - first), count)
 
 
-def engine_run(engine: TutorLLM, messages: list[dict], n_tokens: int, fresh: bool) -> Timing:
+def engine_run(engine: TutorLLM, messages: list[dict], n_tokens: int, fresh: bool,
+               repeat_penalty: float = 1.0) -> Timing:
     """One answer through TutorLLM.stream, timed from the call to the first piece."""
     if fresh:
         engine.forget()
     start = time.perf_counter()
     first = None
-    for _ in engine.stream(messages, Generation(temperature=0.0, max_tokens=n_tokens)):
+    greedy = Generation(temperature=0.0, max_tokens=n_tokens, repeat_penalty=repeat_penalty)
+    for _ in engine.stream(messages, greedy):
         first = first or time.perf_counter()
     end = time.perf_counter()
     n = engine.stats.generated_tokens
@@ -77,21 +80,29 @@ def engine_run(engine: TutorLLM, messages: list[dict], n_tokens: int, fresh: boo
 
 
 def generation(model: Path, repeats: int, n_tokens: int, threads: int) -> dict:
-    """Raw vs engine, alternating, fresh prompts: medians and ratios."""
-    raw = llama_cpp.Llama(model_path=str(model), n_ctx=4096, n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
+    """Raw vs engine (same greedy sampling), alternating, fresh prompts: medians and ratios.
+
+    A third variant prices llama.cpp's repetition penalty (a pass over the 128k vocabulary per
+    token), which is why the modes leave it off.
+    """
+    # Raw llama-cpp-python gets a thread of its own too, as the engine has (see tutor.threads).
+    raw_thread = DedicatedThread("raw")
+    raw = raw_thread.run(llama_cpp.Llama, model_path=str(model), n_ctx=4096, n_threads=threads,
+                         n_threads_batch=threads, verbose=False)
     engine = TutorLLM(model, n_ctx=4096, n_threads=threads)
     system = long_system_prompt()
-    runs: dict[str, list[Timing]] = {"raw": [], "engine": []}
+    runs: dict[str, list[Timing]] = {"raw": [], "engine": [], "engine, repeat_penalty 1.1": []}
     prompt_tokens = 0
     for i in range(repeats + 1):  # the first round warms caches up and is not counted
         messages = chat_messages(system, [QUESTIONS[i % len(QUESTIONS)]])
         prompt = engine.render(messages)
         prompt_tokens = len(engine.tokenize(prompt))
-        r, e = raw_run(raw, prompt, n_tokens), engine_run(engine, messages, n_tokens, fresh=True)
+        timings = [raw_thread.run(raw_run, raw, prompt, n_tokens),
+                   engine_run(engine, messages, n_tokens, True),
+                   engine_run(engine, messages, n_tokens, True, repeat_penalty=1.1)]
         if i:
-            runs["raw"].append(r)
-            runs["engine"].append(e)
+            for name, timing in zip(runs, timings):
+                runs[name].append(timing)
     out = {"prompt_tokens": prompt_tokens, "new_tokens": n_tokens, "repeats": repeats}
     for name, timings in runs.items():
         out[name] = {"ttft_s": median([t.ttft_s for t in timings]),

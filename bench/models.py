@@ -47,7 +47,7 @@ SPOKEN_QUESTION_TOKENS = 30  # what Whisper decodes for a ~5 s spoken question
 
 def whisper_base(cache: Path = BENCH_DIR) -> Path:
     """Whisper-base-shaped checkpoint whose transcripts end after 30 tokens, like real ones."""
-    path = cache / f"whisper-base-shape-end{SPOKEN_QUESTION_TOKENS}.pt"
+    path = cache / f"whisper-base-shape-ends-after-{SPOKEN_QUESTION_TOKENS}.pt"
     if not path.is_file():
         cache.mkdir(parents=True, exist_ok=True)
         synth_whisper.build_checkpoint(path, synth_whisper.BASE, end_after=SPOKEN_QUESTION_TOKENS)

@@ -41,6 +41,12 @@ def markdown(results: dict) -> str:
         "|---|---|---|---|",
         f"| generation tokens/s | {llm['raw']['tokens_per_s']:.1f} | "
         f"{llm['engine']['tokens_per_s']:.1f} | {results['app']['tokens_per_s']:.1f} |",
+        f"| same, with repeat_penalty 1.1 | | "
+        f"{llm['engine, repeat_penalty 1.1']['tokens_per_s']:.1f} | |",
+        f"| fraction of the bandwidth ceiling ({results['ceiling']['ceiling_tokens_per_s']:.0f} "
+        f"tokens/s) | {results['raw_bandwidth_fraction']:.2f} | "
+        f"{llm['engine']['tokens_per_s'] / results['ceiling']['ceiling_tokens_per_s']:.2f} | "
+        f"{results['app_bandwidth_fraction']:.2f} |",
         f"| first token, fresh {llm['prompt_tokens']}-token prompt (s) | "
         f"{llm['raw']['ttft_s']:.2f} | {llm['engine']['ttft_s']:.2f} | "
         f"{results['app']['ttft_s']:.2f} (mode prompt cached) |",

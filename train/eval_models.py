@@ -48,8 +48,10 @@ class GGUFModel:
 
         self.name = name
         self.engine = TutorLLM(path, n_ctx=n_ctx, n_threads=threads)
-        self.scorer = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512,
-                                      logits_all=True, n_threads=threads, verbose=False)
+        # On the engine's llama.cpp thread, like every llama.cpp call (see tutor.threads).
+        self.scorer = self.engine.thread.run(
+            llama_cpp.Llama, model_path=str(path), n_ctx=n_ctx, n_batch=512, logits_all=True,
+            n_threads=threads, verbose=False)
         self.render: Render = self.engine.render
 
     def count_tokens(self, messages: list[Message]) -> int:
@@ -65,9 +67,12 @@ class GGUFModel:
             offset += piece
         byte_spans = [(len(text[:s].encode()), len(text[:e].encode())) for s, e in spans]
         labels = mask_labels(ids, ranges, byte_spans)
+        return _nll(self.engine.thread.run(self._logits, ids), ids, labels)
+
+    def _logits(self, ids: list[int]) -> np.ndarray:
         self.scorer.reset()
         self.scorer.eval(ids)
-        return _nll(np.asarray(self.scorer.scores[: len(ids)]), ids, labels)
+        return np.array(self.scorer.scores[: len(ids)])
 
     def reply(self, messages: list[Message], generation: Generation, seed: int) -> Reply:
         self.engine.llm.set_seed(seed)

@@ -1,7 +1,7 @@
 """The language model: a GGUF run by llama.cpp on CPU, streaming a tutor's answers.
 
 One `TutorLLM` serves every session. llama.cpp contexts are not thread-safe, so requests take
-turns on a lock; the KV cache of each conversation is kept (see `context_cache`) so that a
+turns on one dedicated thread (see `threads`); the KV cache of each conversation is kept (see `context_cache`) so that a
 follow-up question evaluates only its new tokens, also after other students were served.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
+import queue
 import socket
 import threading
 import time
@@ -25,6 +26,9 @@ from tutor.chat_format import LLAMA3_CHAT_TEMPLATE
 from tutor.context_cache import Context, ContextStore
 from tutor.conversation import Message
 from tutor.modes import Generation
+from tutor.threads import DedicatedThread
+
+_DONE = object()  # end of a stream of pieces
 
 
 class ModelLoadError(RuntimeError):
@@ -92,11 +96,16 @@ class TutorLLM:
     """A GGUF chat model with streaming, stop, and per-conversation KV cache reuse."""
 
     def __init__(self, model_path: Path, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_batch: int = 512, cache_bytes: int = 512 * 2**20) -> None:
+                 n_batch: int = 512, cache_bytes: int = 128 * 2**20) -> None:
         threads = n_threads or os.cpu_count() or 1
+        self.thread = DedicatedThread("llama.cpp")  # every llama.cpp call runs here
         try:
-            self.llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=n_ctx, n_batch=n_batch,
-                                       n_threads=threads, n_threads_batch=threads, verbose=False)
+            # No mmap: llama.cpp repacks most weights into a faster layout in its own memory,
+            # and with mmap the file's pages of those tensors would stay resident too (+0.45 GB
+            # for a 1B Q4_K_M model).
+            self.llm = self.thread.run(
+                llama_cpp.Llama, model_path=str(model_path), n_ctx=n_ctx, n_batch=n_batch,
+                n_threads=threads, n_threads_batch=threads, use_mmap=False, verbose=False)
         except Exception as e:
             raise ModelLoadError(f"llama.cpp cannot load {model_path}: {e}") from None
         self.model_path = Path(model_path)
@@ -112,18 +121,19 @@ class TutorLLM:
                 eos_token=self.piece(eos).decode(errors="replace") if eos >= 0 else "",
                 bos_token=self.piece(bos).decode(errors="replace") if bos >= 0 else "")
             for flag in (False, True)}
-        self._lock = threading.Lock()
         self._live = Context()
         self._saved = ContextStore(cache_bytes)
         self.stats = GenerationStats()
 
     def forget(self) -> None:
         """Drop every cached conversation: the next prompt is evaluated from scratch."""
-        with self._lock:
+        def drop() -> None:
             self.llm.reset()
             self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
             self._live = Context()
             self._saved = ContextStore(self._saved.max_bytes)
+
+        self.thread.run(drop)
 
     # -- prompt ---------------------------------------------------------------------------
     def render(self, messages: list[Message], generation_prompt: bool = True) -> str:
@@ -146,11 +156,11 @@ class TutorLLM:
             n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
         return buf.raw[:n]
 
-    def _extend(self, ctx: Context, tokens: list[int]) -> None:
-        for token in tokens:
-            piece = self.piece(token)
+    def _extend(self, ctx: Context, tokens: list[int], texts: list[bytes] | None = None) -> None:
+        """Append TOKENS to CTX, spelled by TEXTS (default: the tokens' own bytes)."""
+        for token, text in zip(tokens, texts or [self.piece(t) for t in tokens]):
             ctx.tokens.append(token)
-            ctx.text += piece
+            ctx.text += text
             ctx.ends.append(len(ctx.text))
 
     # -- KV cache bookkeeping ---------------------------------------------------------------
@@ -197,60 +207,88 @@ class TutorLLM:
                cancel: threading.Event | None = None) -> Iterator[str]:
         """Yield the answer to MESSAGES piece by piece until end-of-turn, MAX_TOKENS or CANCEL.
 
-        Closing the generator (e.g. the user pressed Stop) ends generation and frees the model.
+        Generation runs on the llama.cpp thread, one request at a time; closing this generator
+        (e.g. the user pressed Stop) ends it after the current token.
         """
         prompt = self.render(messages).encode()
-        with self._lock:
-            start = time.perf_counter()
+        pieces: queue.Queue = queue.Queue()
+        consumer_gone = threading.Event()
+        job = self.thread.submit(self._generate, prompt, generation, max_tokens,
+                                 [e for e in (cancel, consumer_gone) if e is not None], pieces)
+        try:
+            while (piece := pieces.get()) is not _DONE:
+                yield piece
+            job.result()  # an error on the llama.cpp thread surfaces here
+        finally:
+            consumer_gone.set()
+
+    def _generate(self, prompt: bytes, generation: Generation, max_tokens: int | None,
+                  stops: list[threading.Event], pieces: queue.Queue) -> None:
+        """The generation loop, on the llama.cpp thread: pieces go to PIECES, then _DONE."""
+        start = time.perf_counter()
+        stats = GenerationStats(prompt=prompt.decode(), stopped="max_tokens")
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        generated: list[int] = []
+        shown: list[bytes] = []  # what each generated token added to the text the user sees
+        tokens: list[int] = []
+        try:
             tokens = self._prompt_tokens(prompt)
             budget = min(max_tokens or generation.max_tokens, self.n_ctx - len(tokens))
-            stats = GenerationStats(prompt=prompt.decode(), prompt_tokens=len(tokens),
-                                    stopped="max_tokens")
+            stats.prompt_tokens = len(tokens)
             llama_cpp.llama_perf_context_reset(self.llm._ctx.ctx)
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            generated: list[int] = []
-            try:
-                if budget <= 0:
-                    return
-                for token in self.llm.generate(
-                        tokens, temp=generation.temperature, top_p=generation.top_p,
-                        top_k=generation.top_k, min_p=generation.min_p,
-                        repeat_penalty=generation.repeat_penalty, reset=True):
-                    if not generated:
-                        stats.time_to_first_token_s = time.perf_counter() - start
-                        # llama.cpp tallies prompt batches as n_p_eval when it syncs for sampling
-                        # (a 1-token prompt counts in n_eval; both read as at least 1).
-                        perf = llama_cpp.llama_perf_context(self.llm._ctx.ctx)
-                        stats.evaluated_tokens = perf.n_p_eval
-                    if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                        stats.stopped = "eot"
-                        break
-                    generated.append(token)
-                    text = decoder.decode(self.piece(token))
-                    if text:
-                        yield text
-                    if cancel is not None and cancel.is_set():
-                        stats.stopped = "cancelled"
-                        break
-                    if len(generated) >= budget:
-                        break
-            except GeneratorExit:
-                stats.stopped = "cancelled"
-                raise
-            finally:
-                # The KV cache now holds the prompt and every generated token but the last.
-                evaluated = self.llm.input_ids[: self.llm.n_tokens].tolist()
-                keep = len(self._live.tokens)
-                if evaluated[:keep] != self._live.tokens:  # llama.cpp re-evaluated from scratch
-                    keep = 0
-                self._live = self._live.prefix(keep)
-                self._extend(self._live, evaluated[keep:])
-                stats.generated_tokens = len(generated)
-                stats.total_s = time.perf_counter() - start
-                self.stats = stats
+            if budget <= 0:
+                return
+            for token in self.llm.generate(
+                    tokens, temp=generation.temperature, top_p=generation.top_p,
+                    top_k=generation.top_k, min_p=generation.min_p,
+                    repeat_penalty=generation.repeat_penalty, reset=True):
+                if not generated:
+                    stats.time_to_first_token_s = time.perf_counter() - start
+                    # llama.cpp tallies prompt batches as n_p_eval when it syncs for sampling
+                    # (a 1-token prompt counts in n_eval; both read as at least 1).
+                    stats.evaluated_tokens = llama_cpp.llama_perf_context(self.llm._ctx.ctx).n_p_eval
+                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    stats.stopped = "eot"
+                    break
+                generated.append(token)
+                text = decoder.decode(self.piece(token))
+                shown.append(text.encode())
+                if text:
+                    pieces.put(text)
+                if any(stop.is_set() for stop in stops):
+                    stats.stopped = "cancelled"
+                    break
+                if len(generated) >= budget:
+                    break
             tail = decoder.decode(b"", final=True)
             if tail:
-                yield tail
+                pieces.put(tail)
+        finally:
+            self._record(tokens, generated, shown)
+            stats.generated_tokens = len(generated)
+            stats.total_s = time.perf_counter() - start
+            self.stats = stats
+            pieces.put(_DONE)
+
+    def _record(self, tokens: list[int], generated: list[int], shown: list[bytes]) -> None:
+        """Bring the live context up to what the KV cache now holds.
+
+        That is the prompt and every generated token but the last. Generated tokens are spelled
+        as the user saw them (a stray byte of a broken character shows as U+FFFD), so that the
+        next prompt, rendered from that text, still matches them.
+        """
+        evaluated = self.llm.input_ids[: self.llm.n_tokens].tolist()
+        keep = len(self._live.tokens)
+        if evaluated[:keep] != self._live.tokens:  # llama.cpp re-evaluated from scratch
+            keep = 0
+        self._live = self._live.prefix(keep)
+        n_prompt = len(tokens)
+        if keep <= n_prompt and evaluated[:n_prompt] == tokens:
+            self._extend(self._live, evaluated[keep:n_prompt])
+            answer = evaluated[n_prompt:]
+            self._extend(self._live, answer, shown[: len(answer)])
+        else:
+            self._extend(self._live, evaluated[keep:])
 
     def answer(self, messages: list[Message], generation: Generation, **kwargs) -> str:
         """The whole answer at once."""

@@ -6,6 +6,7 @@ thin layers over `Tutor`, and tests can drive it directly.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from tutor.modes import TutorMode, get_mode
 from tutor.transcribe import Transcriber
 
 MAX_QUESTION_CHARS = 20000
+log = logging.getLogger(__name__)
 
 
 class Tutor:
@@ -59,9 +61,12 @@ class Tutor:
         return self._accumulate(self.llm.stream(messages, tutor_mode.generation,
                                                 max_tokens=budget, cancel=cancel))
 
-    @staticmethod
-    def _accumulate(pieces: Iterator[str]) -> Iterator[str]:
+    def _accumulate(self, pieces: Iterator[str]) -> Iterator[str]:
         answer = ""
         for piece in pieces:
             answer += piece
             yield answer
+        s = self.llm.stats
+        log.info("answer: %d prompt tokens (%d evaluated), %d generated, first token %.2f s, "
+                 "%.1f tokens/s, stopped: %s", s.prompt_tokens, s.evaluated_tokens,
+                 s.generated_tokens, s.time_to_first_token_s, s.tokens_per_s, s.stopped)

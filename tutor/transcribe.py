@@ -9,7 +9,6 @@ decoding exactly as it is.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from torch import Tensor, nn
 from whisper.model import TextDecoder
 
 from tutor.audio import SAMPLE_RATE, AudioError
+from tutor.threads import DedicatedThread
 
 
 class TranscriberLoadError(RuntimeError):
@@ -82,10 +82,13 @@ class Transcriber:
                  precision: str = "int8") -> None:
         if precision not in ("int8", "fp32"):
             raise TranscriberLoadError(f"unknown Whisper precision {precision!r} (int8 or fp32)")
-        self.model = quantize_int8(model.eval()) if precision == "int8" else model.eval()
+        # One transcription at a time, always on the same thread (see tutor.threads).
+        self.thread = DedicatedThread("whisper")
+        if threads:
+            self.thread.run(torch.set_num_threads, threads)
+        self.model = self.thread.run(quantize_int8, model.eval()) if precision == "int8" \
+            else model.eval()
         self.language = language
-        self.threads = threads
-        self._lock = threading.Lock()  # one transcription at a time keeps latency predictable
 
     def transcribe(self, audio: np.ndarray, language: str | None = None, **decode_options) -> str:
         """Text of AUDIO (float32, 16 kHz, mono), or AudioError if Whisper heard no speech.
@@ -95,15 +98,16 @@ class Transcriber:
         language = language or self.language
         if not self.model.is_multilingual:
             language = "en"
-        with self._lock, torch.inference_mode():
-            if self.threads:
-                torch.set_num_threads(self.threads)
-            result = self.model.transcribe(
-                audio.astype(np.float32, copy=False), language=None if language == "auto" else language,
-                **{"fp16": False, "temperature": 0.0, "condition_on_previous_text": False,
-                   "without_timestamps": True, "verbose": None, **decode_options})
+        result = self.thread.run(self._transcribe, audio, language, decode_options)
         text = result["text"].strip()
         if not text:
             raise AudioError(f"No speech was recognised in the {len(audio) / SAMPLE_RATE:.1f} s "
                              "recording. Please try again.")
         return text
+
+    def _transcribe(self, audio: np.ndarray, language: str, decode_options: dict) -> dict:
+        with torch.inference_mode():
+            return self.model.transcribe(
+                audio.astype(np.float32, copy=False), language=None if language == "auto" else language,
+                **{"fp16": False, "temperature": 0.0, "condition_on_previous_text": False,
+                   "without_timestamps": True, "verbose": None, **decode_options})
