@@ -30,15 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     llama, whisper_ckpt = models.llama_1b_q4(), models.whisper_base()
     results: dict = {"threads": args.threads, "repeats": args.repeats}
     print("language model: raw vs engine …", flush=True)
-    results["llm"] = llm.generation(llama, args.repeats, args.new_tokens, args.threads)
+    engine = llm.TutorLLM(llama, n_ctx=4096, n_threads=args.threads)
+    results["llm"] = llm.generation(engine, args.repeats, args.new_tokens)
     print("follow-up turns …", flush=True)
-    results["follow_up"] = llm.follow_up(llama, args.repeats, 32, args.threads)
+    results["follow_up"] = llm.follow_up(engine, args.repeats, 32)
+    counter = engine
     print("speech …", flush=True)
     results["speech"] = speech.transcription(whisper_ckpt, args.repeats, args.threads)
     print("memory bandwidth …", flush=True)
     results["ceiling"] = hardware.ceiling(llama, args.threads)
     print("the app through gradio_client …", flush=True)
-    counter = llm.TutorLLM(llama, n_ctx=512, n_threads=1)
     with tempfile.TemporaryDirectory() as tmp, running_app(
             "--model", str(llama), "--whisper", str(whisper_ckpt), "--threads", str(args.threads),
             "--prompts", str(app.greedy_prompts(Path(tmp) / "prompts", args.new_tokens)),

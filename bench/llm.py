@@ -5,13 +5,11 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import llama_cpp
 
 from tutor.llm import TutorLLM
 from tutor.modes import Generation, load_modes
-from tutor.threads import DedicatedThread
 
 QUESTIONS = [
     "A farmer has 3 fields of 12.5 hectares and sells a third of the total. How many hectares "
@@ -79,17 +77,17 @@ def engine_run(engine: TutorLLM, messages: list[dict], n_tokens: int, fresh: boo
     return Timing(first - start, (n - 1) / (end - first) if n > 1 else 0.0, n)
 
 
-def generation(model: Path, repeats: int, n_tokens: int, threads: int) -> dict:
+def generation(engine: TutorLLM, repeats: int, n_tokens: int) -> dict:
     """Raw vs engine (same greedy sampling), alternating, fresh prompts: medians and ratios.
 
     A third variant prices llama.cpp's repetition penalty (a pass over the 128k vocabulary per
     token), which is why the modes leave it off.
     """
-    # Raw llama-cpp-python gets a thread of its own too, as the engine has (see tutor.threads).
-    raw_thread = DedicatedThread("raw")
-    raw = raw_thread.run(llama_cpp.Llama, model_path=str(model), n_ctx=4096, n_threads=threads,
-                         n_threads_batch=threads, verbose=False)
-    engine = TutorLLM(model, n_ctx=4096, n_threads=threads)
+    # Raw llama-cpp-python runs on the engine's thread too: one OpenMP team in this process, as
+    # in the app (two calling threads would slow both; see tutor.threads).
+    threads = engine.llm.context_params.n_threads
+    raw = engine.thread.run(llama_cpp.Llama, model_path=str(engine.model_path), n_ctx=4096,
+                            n_threads=threads, n_threads_batch=threads, verbose=False)
     system = long_system_prompt()
     runs: dict[str, list[Timing]] = {"raw": [], "engine": [], "engine, repeat_penalty 1.1": []}
     prompt_tokens = 0
@@ -97,7 +95,7 @@ def generation(model: Path, repeats: int, n_tokens: int, threads: int) -> dict:
         messages = chat_messages(system, [QUESTIONS[i % len(QUESTIONS)]])
         prompt = engine.render(messages)
         prompt_tokens = len(engine.tokenize(prompt))
-        timings = [raw_thread.run(raw_run, raw, prompt, n_tokens),
+        timings = [engine.thread.run(raw_run, raw, prompt, n_tokens),
                    engine_run(engine, messages, n_tokens, True),
                    engine_run(engine, messages, n_tokens, True, repeat_penalty=1.1)]
         if i:
@@ -114,9 +112,8 @@ def generation(model: Path, repeats: int, n_tokens: int, threads: int) -> dict:
     return out
 
 
-def follow_up(model: Path, repeats: int, n_tokens: int, threads: int) -> dict:
+def follow_up(engine: TutorLLM, repeats: int, n_tokens: int) -> dict:
     """Third-turn time to first token, cached vs fresh; alone and with another student between."""
-    engine = TutorLLM(model, n_ctx=4096, n_threads=threads)
     system = long_system_prompt()
     cached, interleaved, fresh = [], [], []
     for i in range(repeats + 1):

@@ -8,9 +8,10 @@ from bench import hardware, llm, speech
 
 
 def test_llm_benchmark_parts_run(tiny_gguf):
-    result = llm.generation(tiny_gguf, repeats=1, n_tokens=16, threads=2)
+    engine = llm.TutorLLM(tiny_gguf, n_ctx=1024, n_threads=2)
+    result = llm.generation(engine, repeats=1, n_tokens=16)
     assert result["raw"]["tokens_per_s"] > 0 and result["engine"]["tokens_per_s"] > 0
-    follow = llm.follow_up(tiny_gguf, repeats=1, n_tokens=16, threads=2)
+    follow = llm.follow_up(engine, repeats=1, n_tokens=16)
     assert follow["third_turn_cached_s"] > 0 and follow["third_turn_prompt_tokens"] > 0
     assert hardware.weight_bytes(tiny_gguf) < tiny_gguf.stat().st_size
 
