@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import statistics
+from statistics import median
 import time
 from dataclasses import dataclass
 
@@ -26,10 +26,6 @@ class Timing:
     ttft_s: float
     tokens_per_s: float
     tokens: int
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def chat_messages(mode_prompt: str, turns: list[str]) -> list[dict]:

@@ -29,10 +29,9 @@ from tqdm import tqdm
 
 from train.config import RunConfig, load_config, resolve_path
 from train.data import clean, mix, split
+from train.evaluate import ROUGE_KEYS, mean_std
 from train.plots import plot_bars
 from tutor.files import atomic_output
-
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 
 
 class Condition(BaseModel):
@@ -129,13 +128,9 @@ def train_cell(cell: Path, config: dict) -> None:
 
 def aggregate(cells: dict[str, list[dict]]) -> dict[str, dict]:
     """Mean ± std over seeds for each condition."""
-    def ms(values):
-        return {"mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-    return {name: {"seeds": len(rows), "train_rows": ms([r["train_rows"] for r in rows]),
-                   "heldout_loss": ms([r["heldout_loss"] for r in rows]),
-                   **{k: ms([r[k] for r in rows]) for k in ROUGE_KEYS}}
+    return {name: {"seeds": len(rows), "train_rows": mean_std([r["train_rows"] for r in rows]),
+                   "heldout_loss": mean_std([r["heldout_loss"] for r in rows]),
+                   **{k: mean_std([r[k] for r in rows]) for k in ROUGE_KEYS}}
             for name, rows in cells.items()}
 
 
