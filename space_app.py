@@ -25,7 +25,7 @@ import gradio as gr
 
 from tutor.audio import AudioLimits
 from tutor.errors import TutorError
-from tutor.llm import ModelLoadError, TutorLLM, resolve_model
+from tutor.llm import DEFAULT_KV_TOKENS, ModelLoadError, TutorLLM, resolve_model
 from tutor.modes import PROMPTS_DIR, load_modes
 from tutor.service import Tutor
 from tutor.transcribe import Transcriber, TranscriberLoadError, load_whisper
@@ -34,6 +34,8 @@ log = logging.getLogger("voice-tutor")
 
 DEFAULT_MODEL = "bartowski/Llama-3.2-1B-Instruct-GGUF/Llama-3.2-1B-Instruct-Q4_K_M.gguf"
 DEFAULT_WHISPER = "base.en"
+DEFAULT_PARALLEL = 4  # chosen by `python -m bench` on 2 cores (README "Results")
+MAX_PARALLEL = 64
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 SOMETHING_WENT_WRONG = "Something went wrong on our side. Please try again."
 EXAMPLES = [
@@ -67,6 +69,10 @@ class Settings:
                             "TUTOR_THREADS", 0, int)
     n_ctx: int = _setting("context window of the language model, in tokens", "TUTOR_N_CTX",
                           4096, int)
+    parallel: int = _setting("answers generated at once (continuous batching); more wait in "
+                             "the queue", "TUTOR_PARALLEL", DEFAULT_PARALLEL, int)
+    kv_tokens: int = _setting("KV cache shared by all conversations, in tokens",
+                              "TUTOR_KV_TOKENS", DEFAULT_KV_TOKENS, int)
     cache_mb: int = _setting("memory for saved conversation KV caches, in MB", "TUTOR_CACHE_MB",
                              128, int)
     prompts: str = _setting("folder of tutor mode files", "TUTOR_PROMPTS", str(PROMPTS_DIR))
@@ -104,6 +110,11 @@ def load(settings: Settings) -> LoadedModels:
     modes = load_modes(Path(settings.prompts))
     if settings.mode not in modes:
         raise TutorError(f"--mode {settings.mode!r} is not one of: {', '.join(modes)}")
+    if not 1 <= settings.parallel <= MAX_PARALLEL:
+        raise TutorError(f"--parallel must be between 1 and {MAX_PARALLEL}")
+    if settings.kv_tokens < settings.n_ctx:
+        raise TutorError(f"--kv-tokens ({settings.kv_tokens}) must be at least --n-ctx "
+                         f"({settings.n_ctx}): one conversation must fit")
     missing: list[str] = []
 
     def with_standin(load_fn, spec: str, default: str, standin: str, what: str):
@@ -129,7 +140,8 @@ def load(settings: Settings) -> LoadedModels:
     del whisper_model
     release_freed_memory()
     llm = TutorLLM(model_path, n_ctx=settings.n_ctx, n_threads=threads,
-                   cache_bytes=settings.cache_mb * 2**20)
+                   cache_bytes=settings.cache_mb * 2**20, parallel=settings.parallel,
+                   kv_tokens=settings.kv_tokens)
     tutor = Tutor(llm, transcriber, modes, AudioLimits(max_seconds=settings.max_audio_seconds))
     notice = None
     if missing:
@@ -248,14 +260,17 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
         recording.upload(transcribe, [recording, language], [question], api_visibility="private")
         answering = [
             send.click(respond, [question, mode, chat], [chat, question], concurrency_id="llm",
-                       api_visibility="private"),
+                       concurrency_limit=settings.parallel, api_visibility="private"),
             question.submit(respond, [question, mode, chat], [chat, question],
-                            concurrency_id="llm", api_visibility="private"),
+                            concurrency_id="llm", concurrency_limit=settings.parallel,
+                            api_visibility="private"),
         ]
         stop.click(None, cancels=answering)
         new.click(lambda: ([], ""), outputs=[chat, question], cancels=answering,
                   api_visibility="private")
-        gr.api(ask, api_name="ask", concurrency_id="llm")
+        gr.api(ask, api_name="ask", concurrency_id="llm", concurrency_limit=settings.parallel)
+    # N answers stream at once (the engine batches them); the rest wait in the bounded queue,
+    # where Gradio shows each student their place in line.
     app.queue(max_size=settings.queue_size, default_concurrency_limit=1)
     return app
 

@@ -81,7 +81,7 @@ def generation(engine: TutorLLM, repeats: int, n_tokens: int) -> dict:
     """
     # Raw llama-cpp-python runs on the engine's thread too: one OpenMP team in this process, as
     # in the app (two calling threads would slow both; see tutor.threads).
-    threads = engine.llm.context_params.n_threads
+    threads = engine.n_threads
     raw = engine.thread.run(llama_cpp.Llama, model_path=str(engine.model_path), n_ctx=4096,
                             n_threads=threads, n_threads_batch=threads, verbose=False)
     system = long_system_prompt()

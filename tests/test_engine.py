@@ -106,8 +106,9 @@ def test_saved_caches_stay_within_their_memory_bound(tiny_gguf):
     for i in range(12):
         llm.answer(_conversation(f"Tutor number {i}.", f"Question {i}: " + "why? " * 40),
                    GREEDY, max_tokens=4)
-    assert 0 < len(llm._saved) < 11
-    assert llm._saved.nbytes <= 2 * 2**20
+    count, nbytes = llm.saved_conversations()
+    assert 0 < count < 11
+    assert nbytes <= 2 * 2**20
 
 
 def test_trimming_keeps_system_prompt_and_question_and_fits(llm):

@@ -117,12 +117,11 @@ def test_llama3_chat_template_prompt_matches_hf(llama3_llm, llama3_tokenizer):
         {"role": "assistant", "content": "Exactly."},
         {"role": "user", "content": "And 7 x 9?"},
     ]
-    model = llama3_llm._model
-    # The same inputs llama-cpp-python gives its default chat handler.
+    # The same inputs llama-cpp-python gives its default chat handler: the special tokens' text.
+    special = lambda token: llama3_llm.detokenize([token], special=True).decode()  # noqa: E731
     formatter = Jinja2ChatFormatter(
         template=llama3_llm.metadata["tokenizer.chat_template"],
-        eos_token=model.token_get_text(llama3_llm.token_eos()),
-        bos_token=model.token_get_text(llama3_llm.token_bos()))
+        eos_token=special(llama3_llm.token_eos()), bos_token=special(llama3_llm.token_bos()))
     prompt = formatter(messages=messages).prompt
     expected = llama3_tokenizer.apply_chat_template(messages, tokenize=False,
                                                     add_generation_prompt=True)

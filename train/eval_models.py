@@ -75,9 +75,10 @@ class GGUFModel:
         return np.array(self.scorer.scores[: len(ids)])
 
     def reply(self, messages: list[Message], generation: Generation, seed: int) -> Reply:
-        self.engine.llm.set_seed(seed)
-        text = self.engine.answer(messages, generation)
-        stats = self.engine.stats
+        from tutor.llm import GenerationStats
+
+        stats = GenerationStats()
+        text = self.engine.answer(messages, generation, seed=seed, stats=stats)
         return Reply(text, stats.generated_tokens, stats.time_to_first_token_s, stats.tokens_per_s)
 
 

@@ -1,11 +1,11 @@
-"""Saved llama.cpp KV caches, so that a follow-up turn evaluates only its new tokens.
+"""What a KV cache holds, matched by text; and saved KV caches, bounded in bytes.
 
-One llama.cpp context serves every student. What it holds (the "live" context) belongs to the
-conversation served last; before another student's prompt overwrites it, it is saved here, and
-when that student comes back their saved context is put back. Contexts are matched by text: a
-context is a run of tokens together with the exact bytes they spell, so the longest saved text
-that starts the new prompt wins, and no session ids are needed (API clients get the same reuse).
-The store is bounded in bytes and forgets the least recently used contexts first.
+One llama.cpp context serves every student, with one sequence per conversation slot. When a
+slot is needed for another conversation, what it held is saved here (llama.cpp's per-sequence
+state), and when that student comes back their saved context is put back. Contexts are matched
+by text: a context is a run of tokens together with the exact bytes they spell, so the longest
+text that starts the new prompt wins, and no session ids are needed (API clients get the same
+reuse). The store is bounded in bytes and forgets the least recently used contexts first.
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ class Context:
     def prefix(self, n: int) -> Context:
         """The first N tokens of this context (without a saved cache)."""
         return Context(self.tokens[:n], self.ends[:n], self.text[: self.ends[n - 1]] if n else b"")
+
+    def extend(self, tokens: list[int], texts: list[bytes]) -> None:
+        """Append TOKENS, spelled by TEXTS (one per token)."""
+        for token, text in zip(tokens, texts, strict=True):
+            self.tokens.append(token)
+            self.text += text
+            self.ends.append(len(self.text))
 
     def reusable_tokens(self, text: bytes) -> int:
         """How many leading tokens spell a prefix of TEXT."""
@@ -93,5 +100,11 @@ class ContextStore:
         while self.nbytes > self.max_bytes:
             self._items.popitem(last=False)
 
+    def peek(self, key: int) -> Context:
+        return self._items[key]
+
     def pop(self, key: int) -> Context:
         return self._items.pop(key)
+
+    def clear(self) -> None:
+        self._items.clear()

@@ -1,34 +1,38 @@
-"""The language model: a GGUF run by llama.cpp on CPU, streaming a tutor's answers.
+"""The language model: a GGUF run by llama.cpp on CPU, streaming several tutors' answers at once.
 
-One `TutorLLM` serves every session. llama.cpp contexts are not thread-safe, so requests take
-turns on one dedicated thread (see `threads`); the KV cache of each conversation is kept (see `context_cache`) so that a
-follow-up question evaluates only its new tokens, also after other students were served.
+One `TutorLLM` serves every session. Up to `parallel` answers are generated together, one
+token each per llama.cpp decode step (continuous batching, see `batching`), on one dedicated
+thread (see `threads`); each mode's system prompt is evaluated once and shared, and the KV cache
+of each conversation is kept (see `context_cache`) so that a follow-up question evaluates only
+its new tokens, also after other students were served.
 """
 
 from __future__ import annotations
 
-import codecs
-import ctypes
+import logging
 import os
-import queue
 import socket
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from tutor.batching import DONE, GenerationStats, Request, Scheduler
 from tutor.chat_format import LLAMA3_CHAT_TEMPLATE
-from tutor.context_cache import Context, ContextStore
+from tutor.context_cache import ContextStore
 from tutor.conversation import Message
+from tutor.llama_runtime import ContextOptions, LlamaContext, LlamaError, LlamaModel
 from tutor.modes import Generation
 from tutor.threads import DedicatedThread
 
-_DONE = object()  # end of a stream of pieces
+log = logging.getLogger(__name__)
+__all__ = ["GenerationStats", "ModelLoadError", "TutorLLM", "resolve_model"]
+
+MAX_PINNED_PREFIXES = 8  # mode prompts kept evaluated in the KV cache
+DEFAULT_KV_TOKENS = 8192  # KV cache cells shared by all conversations (256 MB for a 1B Llama 3)
+DEFAULT_PREFILL_CHUNK = 64  # prompt tokens per step while other answers stream
 
 
 class ModelLoadError(RuntimeError):
@@ -74,66 +78,58 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-@dataclass
-class GenerationStats:
-    """What the last answer cost."""
-
-    prompt: str = ""  # the rendered prompt
-    prompt_tokens: int = 0  # tokens in the prompt
-    evaluated_tokens: int = 0  # prompt tokens llama.cpp actually evaluated (the rest reused)
-    generated_tokens: int = 0
-    time_to_first_token_s: float = 0.0
-    total_s: float = 0.0
-    stopped: str = ""  # "eot", "max_tokens" or "cancelled"
-
-    @property
-    def tokens_per_s(self) -> float:
-        gen_time = self.total_s - self.time_to_first_token_s
-        return (self.generated_tokens - 1) / gen_time if gen_time > 0 else 0.0
-
-
 class TutorLLM:
-    """A GGUF chat model with streaming, stop, and per-conversation KV cache reuse."""
+    """A GGUF chat model serving up to PARALLEL streamed answers at once, with cached prefixes."""
 
     def __init__(self, model_path: Path, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_batch: int = 512, cache_bytes: int = 128 * 2**20) -> None:
+                 n_batch: int = 512, cache_bytes: int = 128 * 2**20, parallel: int = 1,
+                 kv_tokens: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+                 kv_f32: bool = False) -> None:
+        """N_CTX is one conversation's window; KV_TOKENS the cache shared by all of them."""
+        if parallel < 1:
+            raise ValueError("parallel must be at least 1")
         threads = n_threads or os.cpu_count() or 1
+        kv_tokens = kv_tokens or max(DEFAULT_KV_TOKENS, n_ctx)
         self.thread = DedicatedThread("llama.cpp")  # every llama.cpp call runs here
-        try:
-            # No mmap: llama.cpp repacks most weights into a faster layout in its own memory,
-            # and with mmap the file's pages of those tensors would stay resident too (+0.45 GB
-            # for a 1B Q4_K_M model).
-            self.llm = self.thread.run(
-                llama_cpp.Llama, model_path=str(model_path), n_ctx=n_ctx, n_batch=n_batch,
-                n_threads=threads, n_threads_batch=threads, use_mmap=False, verbose=False)
-        except Exception as e:
-            raise ModelLoadError(f"llama.cpp cannot load {model_path}: {e}") from None
         self.model_path = Path(model_path)
-        self.n_ctx = self.llm.n_ctx()
-        self.template = self.llm.metadata.get("tokenizer.chat_template") or LLAMA3_CHAT_TEMPLATE
-        self.has_own_template = "tokenizer.chat_template" in self.llm.metadata
-        model = self.llm._model
-        self._vocab = model.vocab
-        eos, bos = self.llm.token_eos(), self.llm.token_bos()
+        try:
+            self.model = self.thread.run(LlamaModel, self.model_path)
+            self.context = self.thread.run(LlamaContext, self.model, ContextOptions(
+                kv_tokens=kv_tokens, n_seq_max=parallel + MAX_PINNED_PREFIXES,
+                n_batch=max(n_batch, parallel + prefill_chunk), n_threads=threads,
+                kv_f32=kv_f32))
+        except LlamaError as e:
+            raise ModelLoadError(str(e)) from None
+        self.parallel, self.n_threads = parallel, threads
+        self.n_ctx = min(n_ctx, self.context.kv_tokens)
+        self.kv_tokens = self.context.kv_tokens
+        own_template = self.model.chat_template()
+        self.template = own_template or LLAMA3_CHAT_TEMPLATE
+        self.has_own_template = own_template is not None
+        eos, bos = self.model.eos, self.model.bos
         self._formatters = {  # with and without the assistant header at the end
             flag: Jinja2ChatFormatter(
                 template=self.template, add_generation_prompt=flag,
                 eos_token=self.piece(eos).decode(errors="replace") if eos >= 0 else "",
                 bos_token=self.piece(bos).decode(errors="replace") if bos >= 0 else "")
             for flag in (False, True)}
-        self._live = Context()
-        self._saved = ContextStore(cache_bytes)
-        self.stats = GenerationStats()
+        self._scheduler = Scheduler(self.model, self.context, parallel, self.n_ctx,
+                                    prefill_chunk, ContextStore(cache_bytes), MAX_PINNED_PREFIXES)
+        self._serving = False
+        self._lock = threading.Lock()
+        self.stats = GenerationStats()  # the last finished answer's
 
     def forget(self) -> None:
-        """Drop every cached conversation: the next prompt is evaluated from scratch."""
-        def drop() -> None:
-            self.llm.reset()
-            self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-            self._live = Context()
-            self._saved = ContextStore(self._saved.max_bytes)
+        """Drop every cached prefix and conversation: the next prompt is evaluated from scratch."""
+        self.thread.run(self._scheduler.reset)
 
-        self.thread.run(drop)
+    def pin(self, messages: list[Message]) -> int:
+        """Evaluate the prompt prefix of MESSAGES (e.g. a mode's system prompt) once, and keep it.
+
+        Every later prompt that starts with it copies its KV cache instead of evaluating it.
+        Returns the number of pinned tokens (0 if no room is left).
+        """
+        return self.thread.run(self._scheduler.pin, self.render(messages, False).encode())
 
     # -- prompt ---------------------------------------------------------------------------
     def render(self, messages: list[Message], generation_prompt: bool = True) -> str:
@@ -141,155 +137,71 @@ class TutorLLM:
         return self._formatters[generation_prompt](messages=messages).prompt
 
     def tokenize(self, text: str | bytes) -> list[int]:
-        data = text.encode() if isinstance(text, str) else text
-        return self.llm.tokenize(data, add_bos=False, special=True)
+        return self.model.tokenize(text.encode() if isinstance(text, str) else text)
 
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self.tokenize(self.render(messages)))
 
     def piece(self, token: int) -> bytes:
         """Exact bytes of one token (special tokens as their text)."""
-        buf = ctypes.create_string_buffer(256)
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
-        if n < 0:  # longer than the buffer: llama.cpp says how long
-            buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
-        return buf.raw[:n]
+        return self.model.piece(token)
 
-    def _extend(self, ctx: Context, tokens: list[int], texts: list[bytes] | None = None) -> None:
-        """Append TOKENS to CTX, spelled by TEXTS (default: the tokens' own bytes)."""
-        for token, text in zip(tokens, texts or [self.piece(t) for t in tokens]):
-            ctx.tokens.append(token)
-            ctx.text += text
-            ctx.ends.append(len(ctx.text))
+    # -- counters ---------------------------------------------------------------------------
+    def evaluated_tokens(self) -> int:
+        """Every token llama.cpp has evaluated so far, by its own counters."""
+        return self.thread.run(self.context.evaluated_tokens)
 
-    # -- KV cache bookkeeping ---------------------------------------------------------------
-    def _save_live(self) -> None:
-        """Keep the live context before it is overwritten (unless already kept)."""
-        live = self._live
-        if not live.tokens or self._saved.covers(live.tokens):
-            return
-        ctx = self.llm._ctx.ctx
-        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
-        blob = (ctypes.c_uint8 * size)()
-        llama_cpp.llama_state_seq_get_data(ctx, blob, size, 0)
-        self._saved.put(Context(list(live.tokens), list(live.ends), live.text, blob))
-
-    def _restore(self, saved: Context) -> None:
-        """Make SAVED the live context."""
-        self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-        if llama_cpp.llama_state_seq_set_data(self.llm._ctx.ctx, saved.blob, len(saved.blob), 0) == 0:
-            self.llm.n_tokens = 0
-            self._live = Context()
-            return
-        n = len(saved.tokens)
-        self.llm.input_ids[:n] = saved.tokens
-        self.llm.n_tokens = n
-        self.llm._requires_eval = True  # logits are not part of the saved state
-        self._live = saved.prefix(n)
-
-    def _prompt_tokens(self, prompt: bytes) -> list[int]:
-        """Prompt tokens that reuse the longest cached context spelling a prefix of PROMPT."""
-        reuse = self._live.reusable_tokens(prompt)
-        key, saved_reuse = self._saved.best_match(prompt)
-        if key is not None and saved_reuse > reuse:
-            self._save_live()
-            self._restore(self._saved.pop(key))
-            reuse = self._live.reusable_tokens(prompt)
-        elif reuse < len(self._live.tokens):
-            self._save_live()
-        self._live = self._live.prefix(reuse)
-        rest = self.tokenize(prompt[len(self._live.text):])
-        return self._live.tokens + rest
+    def saved_conversations(self) -> tuple[int, int]:
+        """(count, bytes) of conversation KV caches saved outside the llama.cpp context."""
+        store = self._scheduler.store
+        return self.thread.run(lambda: (len(store), store.nbytes))
 
     # -- generation -------------------------------------------------------------------------
     def stream(self, messages: list[Message], generation: Generation, max_tokens: int | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str]:
+               cancel: threading.Event | None = None, seed: int | None = None,
+               stats: GenerationStats | None = None) -> Iterator[str]:
         """Yield the answer to MESSAGES piece by piece until end-of-turn, MAX_TOKENS or CANCEL.
 
-        Generation runs on the llama.cpp thread, one request at a time; closing this generator
-        (e.g. the user pressed Stop) ends it after the current token.
+        The answer is generated together with the others in flight. Closing this generator (the
+        user pressed Stop, or left) frees its slot at the next decode step. STATS, if given, is
+        filled in as the answer goes; SEED overrides the mode's.
         """
-        prompt = self.render(messages).encode()
-        pieces: queue.Queue = queue.Queue()
+        prompt = self.render(messages)
         consumer_gone = threading.Event()
-        job = self.thread.submit(self._generate, prompt, generation, max_tokens,
-                                 [e for e in (cancel, consumer_gone) if e is not None], pieces)
+        request = Request(prompt.encode(), generation, max_tokens or generation.max_tokens, seed,
+                          [e for e in (cancel, consumer_gone) if e is not None],
+                          stats if stats is not None else GenerationStats())
+        request.stats.prompt = prompt
+        self._submit(request)
         try:
-            while (piece := pieces.get()) is not _DONE:
+            while (piece := request.pieces.get()) is not DONE:
+                if isinstance(piece, Exception):
+                    raise piece
                 yield piece
-            job.result()  # an error on the llama.cpp thread surfaces here
         finally:
             consumer_gone.set()
-
-    def _generate(self, prompt: bytes, generation: Generation, max_tokens: int | None,
-                  stops: list[threading.Event], pieces: queue.Queue) -> None:
-        """The generation loop, on the llama.cpp thread: pieces go to PIECES, then _DONE."""
-        start = time.perf_counter()
-        stats = GenerationStats(prompt=prompt.decode(), stopped="max_tokens")
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        generated: list[int] = []
-        shown: list[bytes] = []  # what each generated token added to the text the user sees
-        tokens: list[int] = []
-        try:
-            tokens = self._prompt_tokens(prompt)
-            budget = min(max_tokens or generation.max_tokens, self.n_ctx - len(tokens))
-            stats.prompt_tokens = len(tokens)
-            llama_cpp.llama_perf_context_reset(self.llm._ctx.ctx)
-            if budget <= 0:
-                return
-            for token in self.llm.generate(
-                    tokens, temp=generation.temperature, top_p=generation.top_p,
-                    top_k=generation.top_k, min_p=generation.min_p,
-                    repeat_penalty=generation.repeat_penalty, reset=True):
-                if not generated:
-                    stats.time_to_first_token_s = time.perf_counter() - start
-                    # llama.cpp tallies prompt batches as n_p_eval when it syncs for sampling
-                    # (a 1-token prompt counts in n_eval; both read as at least 1).
-                    stats.evaluated_tokens = llama_cpp.llama_perf_context(self.llm._ctx.ctx).n_p_eval
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    stats.stopped = "eot"
-                    break
-                generated.append(token)
-                text = decoder.decode(self.piece(token))
-                shown.append(text.encode())
-                if text:
-                    pieces.put(text)
-                if any(stop.is_set() for stop in stops):
-                    stats.stopped = "cancelled"
-                    break
-                if len(generated) >= budget:
-                    break
-            tail = decoder.decode(b"", final=True)
-            if tail:
-                pieces.put(tail)
-        finally:
-            self._record(tokens, generated, shown)
-            stats.generated_tokens = len(generated)
-            stats.total_s = time.perf_counter() - start
-            self.stats = stats
-            pieces.put(_DONE)
-
-    def _record(self, tokens: list[int], generated: list[int], shown: list[bytes]) -> None:
-        """Bring the live context up to what the KV cache now holds.
-
-        That is the prompt and every generated token but the last. Generated tokens are spelled
-        as the user saw them (a stray byte of a broken character shows as U+FFFD), so that the
-        next prompt, rendered from that text, still matches them.
-        """
-        evaluated = self.llm.input_ids[: self.llm.n_tokens].tolist()
-        keep = len(self._live.tokens)
-        if evaluated[:keep] != self._live.tokens:  # llama.cpp re-evaluated from scratch
-            keep = 0
-        self._live = self._live.prefix(keep)
-        n_prompt = len(tokens)
-        if keep <= n_prompt and evaluated[:n_prompt] == tokens:
-            self._extend(self._live, evaluated[keep:n_prompt])
-            answer = evaluated[n_prompt:]
-            self._extend(self._live, answer, shown[: len(answer)])
-        else:
-            self._extend(self._live, evaluated[keep:])
+            self.stats = request.stats
 
     def answer(self, messages: list[Message], generation: Generation, **kwargs) -> str:
         """The whole answer at once."""
         return "".join(self.stream(messages, generation, **kwargs))
+
+    def _submit(self, request: Request) -> None:
+        self._scheduler.inbox.put(request)
+        with self._lock:
+            if not self._serving:
+                self._serving = True
+                self.thread.submit(self._serve)
+
+    def _serve(self) -> None:
+        """The step loop, on the llama.cpp thread, for as long as there are answers to give."""
+        while True:
+            with self._lock:
+                if not self._scheduler.has_work():
+                    self._serving = False
+                    return
+            try:
+                self._scheduler.step()
+            except Exception as e:  # noqa: BLE001 - every waiting caller must hear of it
+                log.exception("the decode loop failed; ending the answers in flight")
+                self._scheduler.fail_all(e)

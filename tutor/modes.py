@@ -27,6 +27,7 @@ class Generation(BaseModel):
     min_p: float = Field(0.05, ge=0.0, le=1.0)
     repeat_penalty: float = Field(1.0, ge=1.0, le=2.0)  # 1.0 = off (1.1 costs ~2 % speed)
     max_tokens: int = Field(384, ge=16, le=8192)
+    seed: int | None = Field(None, ge=0, lt=2**32 - 1)  # None: a fresh random seed per answer
 
 
 class TutorMode(BaseModel):

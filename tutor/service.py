@@ -16,7 +16,7 @@ import numpy as np
 from tutor import audio
 from tutor.conversation import fit_messages, normalize_history
 from tutor.errors import TutorError
-from tutor.llm import TutorLLM
+from tutor.llm import GenerationStats, TutorLLM
 from tutor.modes import TutorMode, get_mode
 from tutor.transcribe import Transcriber
 
@@ -33,6 +33,8 @@ class Tutor:
         self.transcriber = transcriber
         self.modes = modes
         self.audio_limits = audio_limits
+        for mode in modes.values():  # every student's first question shares these
+            llm.pin([{"role": "system", "content": mode.system_prompt}])
 
     def transcribe(self, recording: str | Path | bytes | tuple[int, np.ndarray] | None,
                    language: str | None = None) -> str:
@@ -58,15 +60,19 @@ class Tutor:
         messages, budget, _ = fit_messages(
             tutor_mode.system_prompt, normalize_history(history), question, self.llm.count_tokens,
             self.llm.n_ctx, tutor_mode.generation.max_tokens)
+        stats = GenerationStats()
         return self._accumulate(self.llm.stream(messages, tutor_mode.generation,
-                                                max_tokens=budget, cancel=cancel))
+                                                max_tokens=budget, cancel=cancel, stats=stats),
+                                stats)
 
-    def _accumulate(self, pieces: Iterator[str]) -> Iterator[str]:
+    @staticmethod
+    def _accumulate(pieces: Iterator[str], s: GenerationStats) -> Iterator[str]:
         answer = ""
         for piece in pieces:
             answer += piece
             yield answer
-        s = self.llm.stats
-        log.info("answer: %d prompt tokens (%d evaluated), %d generated, first token %.2f s, "
-                 "%.1f tokens/s, stopped: %s", s.prompt_tokens, s.evaluated_tokens,
-                 s.generated_tokens, s.time_to_first_token_s, s.tokens_per_s, s.stopped)
+        log.info("answer: %d prompt tokens (%d reused from %s, %d evaluated), %d generated, "
+                 "waited %.2f s, first token %.2f s, %.1f tokens/s, stopped: %s",
+                 s.prompt_tokens, s.reused_tokens, s.reused_from or "nothing",
+                 s.evaluated_tokens, s.generated_tokens, s.queued_s, s.time_to_first_token_s,
+                 s.tokens_per_s, s.stopped)

@@ -1,0 +1,116 @@
+"""llama.cpp's own `llama-server`, the anchor of the concurrency benchmark (not an app dependency).
+
+Built once, cached, with CMake from the llama.cpp source that the llama-cpp-python source
+release vendors (the same llama.cpp the app runs), then started on loopback with
+`--parallel N` on the benchmark's GGUF.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from app_process import free_port
+from synth.standin import CACHE_DIR
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SDIST_DIRS = (PROJECT_ROOT / ".cache" / "reference", CACHE_DIR / "sdist")  # Makefile's first
+
+
+def _version() -> str:
+    return importlib.metadata.version("llama-cpp-python")
+
+
+def binary_path() -> Path:
+    return CACHE_DIR / f"llama-server-{_version()}" / "llama-server"
+
+
+def _sdist() -> Path:
+    """llama-cpp-python's source release (downloaded from PyPI once)."""
+    name = f"llama_cpp_python-{_version()}.tar.gz"
+    for folder in SDIST_DIRS:
+        if (folder / name).is_file():
+            return folder / name
+    SDIST_DIRS[1].mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                    "--no-binary", ":all:", f"llama-cpp-python=={_version()}",
+                    "-d", str(SDIST_DIRS[1])], check=True)
+    return SDIST_DIRS[1] / name
+
+
+def build() -> Path:
+    """The cached llama-server binary, built on first use (~10 min on 2 cores)."""
+    target = binary_path()
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        with tarfile.open(_sdist()) as sdist:
+            members = [m for m in sdist.getmembers() if "/vendor/llama.cpp/" in m.name]
+            sdist.extractall(tmp, members=members, filter="data")
+        source = next(Path(tmp).glob("*/vendor/llama.cpp"))
+        build_dir = source / "build"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log = target.parent / "build.log"  # the compiler's warnings run to megabytes
+        print(f"building llama-server once (~10 min on 2 cores; log: {log}) …", flush=True)
+        with open(log, "w") as out:
+            for command in (
+                    ["cmake", "-S", str(source), "-B", str(build_dir), "-DLLAMA_CURL=OFF",
+                     "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
+                     "-DLLAMA_BUILD_TESTS=OFF"],
+                    ["cmake", "--build", str(build_dir), "--target", "llama-server",
+                     "-j", str(os.cpu_count() or 2)]):
+                if subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode:
+                    raise RuntimeError(f"building llama-server failed; see {log}")
+        tmp_target = target.with_suffix(".tmp")
+        shutil.copy2(build_dir / "bin" / "llama-server", tmp_target)
+        tmp_target.rename(target)
+    return target
+
+
+@contextmanager
+def running(model: Path, parallel: int, kv_tokens: int, threads: int, log: Path
+            ) -> Iterator[str]:
+    """Start `llama-server --parallel PARALLEL` on MODEL; yield its base URL once healthy."""
+    port = free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(build()), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+             "--parallel", str(parallel), "-c", str(kv_tokens), "-t", str(threads),
+             "-tb", str(threads), "--no-mmap", "--kv-unified", "--no-webui"],
+            stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"llama-server exited with {proc.returncode}; see {log}")
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"llama-server did not become healthy; see {log}")
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":  # python -m bench.llama_server: build it now
+    print(build())

@@ -1,0 +1,397 @@
+"""Continuous batching: up to N conversations decode together in one llama.cpp context.
+
+On a CPU one decode step reads every weight once, however many sequences it serves, so N
+students sharing each step get far more tokens per second than N students taking turns. Each
+step (`Scheduler.step`, always on the llama.cpp thread):
+
+1. takes new requests, ends cancelled ones (Stop, a closed page) before spending work on them;
+2. admits waiting requests into free slots while the KV cache has room for their worst case;
+   a new prompt starts from the longest cached prefix of its text: the slot's own previous
+   conversation, another sequence in the cache (a live answer or a pinned mode prompt, copied
+   by sharing cells), or a saved conversation state;
+3. decodes one token for every generating conversation plus at most `prefill_chunk` prompt
+   tokens of newcomers (chunked prefill: a long prompt never freezes the others' streams for
+   more than one chunk; alone, a prompt goes in batches of n_batch);
+4. samples each sequence's next token with its own llama.cpp sampler chain and streams it.
+
+Sequence ids: 0..N-1 are the slots, N.. the pinned prefixes (mode prompts).
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from tutor.context_cache import Context, ContextStore
+from tutor.errors import TutorError
+from tutor.llama_runtime import LlamaContext, LlamaError, LlamaModel, Sampler
+from tutor.modes import Generation
+
+log = logging.getLogger(__name__)
+DONE = object()  # the end of a stream of pieces
+
+
+@dataclass
+class GenerationStats:
+    """What one answer cost."""
+
+    prompt: str = ""  # the rendered prompt
+    prompt_tokens: int = 0  # tokens in the prompt
+    reused_tokens: int = 0  # prompt tokens whose KV cache was reused
+    reused_from: str = ""  # "own" (the slot's last conversation), "sequence", "pinned", "saved"
+    evaluated_tokens: int = 0  # prompt tokens evaluated for this answer
+    generated_tokens: int = 0
+    queued_s: float = 0.0  # waiting for a slot
+    time_to_first_token_s: float = 0.0
+    total_s: float = 0.0
+    stopped: str = ""  # "eot", "max_tokens", "cancelled" or "error"
+
+    @property
+    def tokens_per_s(self) -> float:
+        gen_time = self.total_s - self.time_to_first_token_s
+        return (self.generated_tokens - 1) / gen_time if gen_time > 0 else 0.0
+
+
+@dataclass
+class Request:
+    """One answer to generate; its pieces of text go to `pieces`, then DONE (or an exception)."""
+
+    prompt: bytes
+    generation: Generation
+    max_tokens: int
+    seed: int | None
+    stops: list[threading.Event]
+    stats: GenerationStats
+    pieces: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def cancelled(self) -> bool:
+        return any(stop.is_set() for stop in self.stops)
+
+
+@dataclass
+class Slot:
+    """A sequence of the KV cache and the request it serves (None: idle, content kept warm)."""
+
+    seq: int
+    context: Context = field(default_factory=Context)  # what the KV cache holds for this seq
+    shared: int = 0  # leading tokens whose cells belong to a pinned prefix (not this slot's)
+    request: Request | None = None
+    reserved: int = 0  # KV cells this request may own at most (prompt + answer)
+    pending: list[int] = field(default_factory=list)  # tokens to decode next
+    pending_text: list[bytes] = field(default_factory=list)
+    budget: int = 0  # answer tokens allowed
+    generating: bool = False  # past the prompt
+    sampler: Sampler | None = None
+    decoder: codecs.IncrementalDecoder | None = None
+    last_used: float = 0.0
+
+    @property
+    def own_cells(self) -> int:
+        return self.reserved if self.request else len(self.context.tokens) - self.shared
+
+
+@dataclass
+class _Plan:
+    """Where a new prompt's cached prefix comes from, and the tokens that follow it."""
+
+    source: str  # "", "own", "sequence", "pinned", "saved"
+    reuse: int  # tokens of the prefix reused
+    tokens: list[int]  # the whole prompt
+    seq: int = -1  # the source sequence ("sequence", "pinned")
+    saved_key: int | None = None  # the source in the store ("saved")
+    shared: int = 0  # of the reused tokens, those whose cells belong to a pinned prefix
+    cells: int = 0  # KV cells this request may own at most
+
+
+class Scheduler:
+    """Slots, pinned prefixes, saved states and the step loop over one llama.cpp context."""
+
+    def __init__(self, model: LlamaModel, context: LlamaContext, n_slots: int, n_ctx: int,
+                 prefill_chunk: int, store: ContextStore, max_pinned: int) -> None:
+        self.model, self.context, self.store = model, context, store
+        self.n_ctx = n_ctx  # one conversation's window
+        self.prefill_chunk = prefill_chunk
+        self.max_pinned = max_pinned
+        self.slots = [Slot(seq) for seq in range(n_slots)]
+        self.pinned: dict[int, Context] = {}  # seq id → prefix
+        self.inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self.waiting: deque[Request] = deque()
+        self.finished: GenerationStats | None = None  # the last answer's stats
+
+    # -- state ------------------------------------------------------------------------------
+    def has_work(self) -> bool:
+        return (not self.inbox.empty() or bool(self.waiting)
+                or any(slot.request for slot in self.slots))
+
+    def reset(self) -> None:
+        """Forget every cached prefix and saved state (only while no request is served)."""
+        self.context.clear()
+        for slot in self.slots:
+            slot.context, slot.shared = Context(), 0
+        self.pinned.clear()
+        self.store.clear()
+
+    def pin(self, text: bytes) -> int:
+        """Evaluate TEXT once into a sequence of its own, kept for every prompt that starts so.
+
+        Returns how many tokens are pinned (0 when all pinned sequences are taken).
+        """
+        for prefix in self.pinned.values():
+            if prefix.text == text:
+                return len(prefix.tokens)
+        if len(self.pinned) >= self.max_pinned:
+            log.warning("not pinning another prefix: %d are pinned already", self.max_pinned)
+            return 0
+        seq = next(s for s in range(len(self.slots), len(self.slots) + self.max_pinned)
+                   if s not in self.pinned)
+        tokens = self.model.tokenize(text)
+        if sum(len(p.tokens) for p in self.pinned.values()) + len(tokens) > self.context.kv_tokens // 2:
+            log.warning("not pinning a %d-token prefix: the KV cache is too small", len(tokens))
+            return 0
+        for start in range(0, len(tokens), self.context.n_batch):
+            self.context.clear_batch()
+            for pos, token in enumerate(tokens[start:start + self.context.n_batch], start):
+                self.context.add(token, pos, seq, False)
+            if self.context.decode() != 0:
+                self.context.remove(seq)
+                return 0
+        prefix = Context()
+        prefix.extend(tokens, [self.model.piece(t) for t in tokens])
+        self.pinned[seq] = prefix
+        return len(tokens)
+
+    # -- the step -----------------------------------------------------------------------------
+    def step(self) -> None:
+        """One round: admit, decode one batch, sample. Returns at once when there is nothing to do."""
+        while not self.inbox.empty():
+            self.waiting.append(self.inbox.get())
+        self._end_cancelled()
+        self._admit()
+        active = [slot for slot in self.slots if slot.request]
+        if not active:
+            return
+        ctx = self.context
+        ctx.clear_batch()
+        outputs: list[tuple[Slot, int]] = []
+        taken: list[tuple[Slot, int]] = []
+        for slot in active:
+            if slot.generating:
+                outputs.append((slot, ctx.add(slot.pending[0], len(slot.context.tokens),
+                                              slot.seq, True)))
+                taken.append((slot, 1))
+        room = ctx.n_batch - ctx.n_batched
+        if outputs:
+            room = min(room, self.prefill_chunk)
+        for slot in sorted((s for s in active if not s.generating),
+                           key=lambda s: s.request.submitted):
+            if room <= 0:
+                break
+            chunk = slot.pending[:room]
+            start = len(slot.context.tokens)
+            for k, token in enumerate(chunk):
+                last = k == len(chunk) - 1 and len(chunk) == len(slot.pending)
+                index = ctx.add(token, start + k, slot.seq, last)
+                if last:
+                    outputs.append((slot, index))
+            taken.append((slot, len(chunk)))
+            slot.request.stats.evaluated_tokens += len(chunk)
+            room -= len(chunk)
+        status = ctx.decode()
+        if status != 0:
+            raise LlamaError(f"llama_decode failed with status {status} "
+                             f"({ctx.n_batched} tokens, {len(active)} sequences)")
+        for slot, n in taken:
+            slot.context.extend(slot.pending[:n], slot.pending_text[:n])
+            del slot.pending[:n], slot.pending_text[:n]
+        for slot, index in outputs:
+            slot.generating = True
+            self._emit(slot, slot.sampler.sample(ctx, index))
+
+    def fail_all(self, error: Exception) -> None:
+        """After an unexpected error: end every request with it, and start from a clean cache."""
+        for slot in self.slots:
+            if slot.request:
+                self._finish(slot, "error", error)
+        while self.waiting:
+            request = self.waiting.popleft()
+            request.stats.stopped = "error"
+            request.pieces.put(error)
+        self.reset()
+
+    # -- admission ------------------------------------------------------------------------------
+    def _end_cancelled(self) -> None:
+        for slot in self.slots:
+            if slot.request and slot.request.cancelled():
+                self._finish(slot, "cancelled")
+        for request in [r for r in self.waiting if r.cancelled()]:
+            self.waiting.remove(request)
+            request.stats.stopped = "cancelled"
+            request.pieces.put(DONE)
+
+    def _admit(self) -> None:
+        while self.waiting:
+            free = [slot for slot in self.slots if not slot.request]
+            if not free:
+                return
+            request = self.waiting[0]
+            # The slot already holding most of this prompt; else an empty one; else the LRU.
+            slot = max(free, key=lambda s: (s.context.reusable_tokens(request.prompt),
+                                            not s.context.tokens, -s.last_used))
+            plan = self._plan(request, slot)
+            while self._cells_in_use(slot) + plan.cells > self.context.kv_tokens:
+                if not self._evict_one_idle(keep=slot):
+                    break
+                plan = self._plan(request, slot)
+            if self._cells_in_use(slot) + plan.cells > self.context.kv_tokens:
+                if any(s.request for s in self.slots):
+                    return  # room comes back when answers finish
+                self.waiting.popleft()
+                request.stats.stopped = "error"
+                request.pieces.put(TutorError(
+                    "This conversation is too long for the tutor's memory. Please start a new "
+                    "conversation."))
+                continue
+            self.waiting.popleft()
+            self._start(slot, request, plan)
+
+    def _cells_in_use(self, excluding: Slot) -> int:
+        return (sum(len(p.tokens) for p in self.pinned.values())
+                + sum(slot.own_cells for slot in self.slots if slot is not excluding))
+
+    def _evict_one_idle(self, keep: Slot) -> bool:
+        """Save the least recently used idle slot's content to the store and free its cells."""
+        idle = [s for s in self.slots if not s.request and s is not keep and s.context.tokens]
+        if not idle:
+            return False
+        slot = min(idle, key=lambda s: s.last_used)
+        self._save(slot)
+        self.context.remove(slot.seq)
+        slot.context, slot.shared = Context(), 0
+        return True
+
+    def _plan(self, request: Request, slot: Slot) -> _Plan:
+        """The longest cached prefix of REQUEST's prompt for SLOT, and what it costs in KV cells."""
+        prompt = request.prompt
+        best, source = _Plan("", 0, []), Context()
+        own = slot.context.reusable_tokens(prompt)
+        if own:
+            best, source = _Plan("own", own, [], shared=min(own, slot.shared)), slot.context
+        for other in self.slots:
+            n = other.context.reusable_tokens(prompt) if other is not slot else 0
+            if n > best.reuse:
+                best = _Plan("sequence", n, [], seq=other.seq, shared=min(n, other.shared))
+                source = other.context
+        for seq, prefix in self.pinned.items():
+            n = prefix.reusable_tokens(prompt)
+            if n > best.reuse:
+                best, source = _Plan("pinned", n, [], seq=seq, shared=n), prefix
+        key, n = self.store.best_match(prompt)
+        if n > best.reuse:
+            best, source = _Plan("saved", n, [], saved_key=key), self.store.peek(key)
+        head = source.prefix(best.reuse)
+        best.tokens = head.tokens + self.model.tokenize(prompt[len(head.text):])
+        if best.tokens and best.reuse >= len(best.tokens):  # the last prompt token must be
+            best.reuse = len(best.tokens) - 1               # evaluated, for its logits
+            best.shared = min(best.shared, best.reuse)
+        budget = max(0, min(request.max_tokens, self.n_ctx - len(best.tokens)))
+        best.cells = len(best.tokens) + budget - best.shared
+        if best.source == "saved":  # restoring brings back the whole saved sequence first
+            best.cells = max(best.cells, len(source.tokens))
+        return best
+
+    def _start(self, slot: Slot, request: Request, plan: _Plan) -> None:
+        """Put REQUEST in SLOT, its cache starting from PLAN's prefix."""
+        ctx = self.context
+        if plan.source != "own" or plan.reuse < len(slot.context.tokens):
+            self._save(slot)  # the slot's last conversation may come back
+        if plan.source == "own":
+            ctx.remove(slot.seq, plan.reuse, -1)
+            slot.context = slot.context.prefix(plan.reuse)
+        elif plan.source in ("sequence", "pinned"):
+            source = (self.slots[plan.seq].context if plan.source == "sequence"
+                      else self.pinned[plan.seq])
+            ctx.remove(slot.seq)
+            ctx.copy(plan.seq, slot.seq, plan.reuse)
+            slot.context = source.prefix(plan.reuse)
+        elif plan.source == "saved":
+            saved = self.store.pop(plan.saved_key)
+            if ctx.restore(saved.blob, slot.seq):
+                ctx.remove(slot.seq, plan.reuse, -1)
+                slot.context = saved.prefix(plan.reuse)
+            else:  # did not fit after all: evaluate from scratch
+                plan = _Plan("", 0, plan.tokens, cells=plan.cells)
+                slot.context = Context()
+        else:
+            ctx.remove(slot.seq)
+            slot.context = Context()
+        stats = request.stats
+        stats.prompt_tokens = len(plan.tokens)
+        stats.reused_tokens, stats.reused_from = plan.reuse, plan.source
+        stats.queued_s = time.perf_counter() - request.submitted
+        slot.shared = plan.shared
+        slot.request, slot.reserved = request, plan.cells
+        slot.budget = min(request.max_tokens, self.n_ctx - len(plan.tokens))
+        slot.pending = plan.tokens[plan.reuse:]
+        slot.pending_text = [self.model.piece(t) for t in slot.pending]
+        slot.generating = False
+        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        slot.sampler = Sampler(self.model.n_vocab, request.generation, request.seed)
+        slot.sampler.accept(plan.tokens)
+        if slot.budget <= 0:
+            self._finish(slot, "max_tokens")
+
+    def _save(self, slot: Slot) -> None:
+        """Keep SLOT's content in the store, unless it is empty or kept elsewhere already."""
+        tokens = slot.context.tokens
+        if not tokens or self.store.covers(tokens) or any(
+                other is not slot and other.context.tokens[:len(tokens)] == tokens
+                for other in self.slots):
+            return
+        saved = slot.context.prefix(len(tokens))
+        saved.blob = self.context.save(slot.seq)
+        self.store.put(saved)
+
+    # -- output -----------------------------------------------------------------------------------
+    def _emit(self, slot: Slot, token: int) -> None:
+        request = slot.request
+        stats = request.stats
+        if stats.generated_tokens == 0:
+            stats.time_to_first_token_s = time.perf_counter() - request.submitted
+        if self.model.is_end_of_generation(token):
+            self._finish(slot, "eot")
+            return
+        stats.generated_tokens += 1
+        text = slot.decoder.decode(self.model.piece(token))
+        if text:
+            request.pieces.put(text)
+        # Spelled as the user saw it (a stray byte of a broken character shows as U+FFFD), so
+        # that the next prompt, rendered from that text, still matches the cache.
+        slot.pending, slot.pending_text = [token], [text.encode()]
+        if request.cancelled():
+            self._finish(slot, "cancelled")
+        elif stats.generated_tokens >= slot.budget:
+            self._finish(slot, "max_tokens")
+
+    def _finish(self, slot: Slot, reason: str, error: Exception | None = None) -> None:
+        request = slot.request
+        if slot.decoder is not None and error is None:
+            tail = slot.decoder.decode(b"", final=True)
+            if tail:
+                request.pieces.put(tail)
+        stats = request.stats
+        stats.stopped = reason
+        stats.total_s = time.perf_counter() - request.submitted
+        if slot.sampler:
+            slot.sampler.close()
+        slot.request, slot.sampler, slot.decoder = None, None, None
+        slot.pending, slot.pending_text, slot.reserved = [], [], 0
+        slot.generating = False
+        slot.last_used = time.perf_counter()
+        self.finished = stats
+        request.pieces.put(error if error is not None else DONE)
