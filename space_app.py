@@ -25,6 +25,7 @@ import gradio as gr
 
 from tutor.audio import AudioLimits
 from tutor.errors import TutorError
+from tutor.llama_runtime import KV_TYPES
 from tutor.llm import DEFAULT_KV_TOKENS, ModelLoadError, TutorLLM, resolve_model
 from tutor.modes import PROMPTS_DIR, load_modes
 from tutor.service import Tutor
@@ -73,6 +74,8 @@ class Settings:
                              "the queue", "TUTOR_PARALLEL", DEFAULT_PARALLEL, int)
     kv_tokens: int = _setting("KV cache shared by all conversations, in tokens",
                               "TUTOR_KV_TOKENS", DEFAULT_KV_TOKENS, int)
+    kv_type: str = _setting("KV cache cells: f16, q8_0 (half the memory) or f32 (exact, "
+                            "twice the memory)", "TUTOR_KV_TYPE", "f16")
     cache_mb: int = _setting("memory for saved conversation KV caches, in MB", "TUTOR_CACHE_MB",
                              128, int)
     prompts: str = _setting("folder of tutor mode files", "TUTOR_PROMPTS", str(PROMPTS_DIR))
@@ -112,6 +115,8 @@ def load(settings: Settings) -> LoadedModels:
         raise TutorError(f"--mode {settings.mode!r} is not one of: {', '.join(modes)}")
     if not 1 <= settings.parallel <= MAX_PARALLEL:
         raise TutorError(f"--parallel must be between 1 and {MAX_PARALLEL}")
+    if settings.kv_type not in KV_TYPES:
+        raise TutorError(f"--kv-type must be one of: {', '.join(KV_TYPES)}")
     if settings.kv_tokens < settings.n_ctx:
         raise TutorError(f"--kv-tokens ({settings.kv_tokens}) must be at least --n-ctx "
                          f"({settings.n_ctx}): one conversation must fit")
@@ -141,7 +146,7 @@ def load(settings: Settings) -> LoadedModels:
     release_freed_memory()
     llm = TutorLLM(model_path, n_ctx=settings.n_ctx, n_threads=threads,
                    cache_bytes=settings.cache_mb * 2**20, parallel=settings.parallel,
-                   kv_tokens=settings.kv_tokens)
+                   kv_tokens=settings.kv_tokens, kv_type=settings.kv_type)
     tutor = Tutor(llm, transcriber, modes, AudioLimits(max_seconds=settings.max_audio_seconds))
     notice = None
     if missing:

@@ -123,6 +123,7 @@ class Scheduler:
         self.inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self.waiting: deque[Request] = deque()
         self.finished: GenerationStats | None = None  # the last answer's stats
+        self.most_sequences_in_a_step = 0  # since start-up: how far batching went
 
     # -- state ------------------------------------------------------------------------------
     def has_work(self) -> bool:
@@ -202,6 +203,7 @@ class Scheduler:
             taken.append((slot, len(chunk)))
             slot.request.stats.evaluated_tokens += len(chunk)
             room -= len(chunk)
+        self.most_sequences_in_a_step = max(self.most_sequences_in_a_step, len(taken))
         status = ctx.decode()
         if status != 0:
             raise LlamaError(f"llama_decode failed with status {status} "
@@ -245,7 +247,8 @@ class Scheduler:
                                             not s.context.tokens, -s.last_used))
             plan = self._plan(request, slot)
             while self._cells_in_use(slot) + plan.cells > self.context.kv_tokens:
-                if not self._evict_one_idle(keep=slot):
+                # Room: idle conversations go to the store first, pinned prefixes last.
+                if not (self._evict_one_idle(keep=slot) or self._unpin_one()):
                     break
                 plan = self._plan(request, slot)
             if self._cells_in_use(slot) + plan.cells > self.context.kv_tokens:
@@ -273,6 +276,17 @@ class Scheduler:
         self._save(slot)
         self.context.remove(slot.seq)
         slot.context, slot.shared = Context(), 0
+        return True
+
+    def _unpin_one(self) -> bool:
+        """Drop the newest pinned prefix; sequences that shared its cells now own them."""
+        if not self.pinned:
+            return False
+        self.context.remove(max(self.pinned))
+        del self.pinned[max(self.pinned)]
+        for slot in self.slots:
+            slot.reserved += slot.shared if slot.request else 0
+            slot.shared = 0
         return True
 
     def _plan(self, request: Request, slot: Slot) -> _Plan:

@@ -21,6 +21,8 @@ import llama_cpp
 from tutor.modes import Generation
 
 PIECE_BUFFER_BYTES = 256  # enough for any single token's text; longer ones are retried
+KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+            "f32": llama_cpp.GGML_TYPE_F32}
 PENALTY_LAST_N = 64  # tokens the repetition penalty looks back over (llama.cpp's default)
 
 # llama-cpp-python routes llama.cpp's log through this logger; at its default level every line
@@ -40,7 +42,7 @@ class ContextOptions:
     n_seq_max: int  # sequences that may live in the cache at once
     n_batch: int  # most tokens one llama_decode may take
     n_threads: int
-    kv_f32: bool = False  # F32 instead of F16 KV cache (exactness tests)
+    kv_type: str = "f16"  # KV cache cells: f16, q8_0 (half the memory) or f32 (exact tests)
 
 
 class LlamaModel:
@@ -106,9 +108,13 @@ class LlamaContext:
         params.n_threads = params.n_threads_batch = options.n_threads
         params.kv_unified = True  # one cache: a prefix copied between sequences shares its cells
         params.no_perf = False  # keep llama.cpp's evaluated-token counters
-        if options.kv_f32:
-            params.type_k = params.type_v = llama_cpp.GGML_TYPE_F32
-            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.type_k = params.type_v = KV_TYPES[options.kv_type]
+        # Flash attention: needed for a quantized V cache; off for F32, which is then exact
+        # whatever the batch holds; llama.cpp's choice for F16.
+        params.flash_attn_type = {
+            "f32": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            "q8_0": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED}.get(options.kv_type,
+                                                                params.flash_attn_type)
         self.pointer = llama_cpp.llama_init_from_model(model.pointer, params)
         if not self.pointer:
             raise LlamaError(f"llama.cpp cannot create a context of {options.kv_tokens} tokens")

@@ -84,7 +84,7 @@ class TutorLLM:
     def __init__(self, model_path: Path, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, cache_bytes: int = 128 * 2**20, parallel: int = 1,
                  kv_tokens: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-                 kv_f32: bool = False) -> None:
+                 kv_type: str = "f16") -> None:
         """N_CTX is one conversation's window; KV_TOKENS the cache shared by all of them."""
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
@@ -97,7 +97,7 @@ class TutorLLM:
             self.context = self.thread.run(LlamaContext, self.model, ContextOptions(
                 kv_tokens=kv_tokens, n_seq_max=parallel + MAX_PINNED_PREFIXES,
                 n_batch=max(n_batch, parallel + prefill_chunk), n_threads=threads,
-                kv_f32=kv_f32))
+                kv_type=kv_type))
         except LlamaError as e:
             raise ModelLoadError(str(e)) from None
         self.parallel, self.n_threads = parallel, threads
@@ -150,6 +150,10 @@ class TutorLLM:
     def evaluated_tokens(self) -> int:
         """Every token llama.cpp has evaluated so far, by its own counters."""
         return self.thread.run(self.context.evaluated_tokens)
+
+    def most_sequences_in_a_step(self) -> int:
+        """The most conversations one decode step has served since start-up."""
+        return self._scheduler.most_sequences_in_a_step
 
     def saved_conversations(self) -> tuple[int, int]:
         """(count, bytes) of conversation KV caches saved outside the llama.cpp context."""

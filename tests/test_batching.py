@@ -1,0 +1,200 @@
+"""Continuous batching in the engine: exactness, shared prefixes, stopping, KV room (real llama.cpp).
+
+Exactness is checked on a seeded F32 model with greedy sampling and an F32 KV cache: then a
+conversation's tokens do not depend on what else shares its decode steps. (With an F16 cache,
+batched rows round differently and a rare token differs; see README "Results".)
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tutor.errors import TutorError
+from tutor.llm import GenerationStats, TutorLLM
+from tutor.modes import Generation, load_modes
+from tutor.service import Tutor
+from tutor.transcribe import Transcriber, load_whisper
+
+N_CONVERSATIONS = 8
+JOIN_TIMEOUT_S = 600  # generous: only a hang would reach it
+
+
+def _conversation(system: str, *turns: str) -> list[dict]:
+    roles = ["user", "assistant"] * len(turns)
+    return [{"role": "system", "content": system}] + [
+        {"role": role, "content": text} for role, text in zip(roles, turns)]
+
+
+def _greedy(max_tokens: int) -> Generation:
+    return Generation(temperature=0.0, max_tokens=max_tokens)
+
+
+@pytest.fixture(scope="module")
+def alone_llm(slow_gguf) -> TutorLLM:
+    """One answer at a time: the reference."""
+    return TutorLLM(slow_gguf, n_ctx=1024, n_threads=2, parallel=1, kv_type="f32")
+
+
+@pytest.fixture(scope="module")
+def batched_llm(slow_gguf) -> TutorLLM:
+    return TutorLLM(slow_gguf, n_ctx=1024, n_threads=2, parallel=N_CONVERSATIONS, kv_type="f32")
+
+
+def _three_turns(llm: TutorLLM, i: int, started: threading.Event | None = None,
+                 after: threading.Event | None = None) -> list[str]:
+    """Conversation I: three turns of different lengths; START is set once its first answer
+    streams, and it begins only once AFTER is set (staggered starts)."""
+    if after is not None:
+        after.wait()
+    turns: list[str] = []
+    for turn in range(3):
+        turns.append(f"Student {i}, question {turn}: " + "why " * (i + 2 * turn))
+        pieces = []
+        for piece in llm.stream(_conversation(f"You are tutor number {i}.", *turns),
+                                _greedy(16 + 5 * i + 3 * turn)):
+            pieces.append(piece)
+            if started is not None and len(pieces) == 2:
+                started.set()
+        turns.append("".join(pieces))
+    return turns[1::2]
+
+
+def _run_together(target, count: int) -> dict[int, object]:
+    results: dict[int, object] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, target(i)))
+               for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_TIMEOUT_S)
+    return results
+
+
+def test_eight_staggered_conversations_answer_token_for_token_as_alone(alone_llm, batched_llm):
+    alone = {i: _three_turns(alone_llm, i) for i in range(N_CONVERSATIONS)}
+    started = [threading.Event() for _ in range(N_CONVERSATIONS)]
+    together = _run_together(
+        lambda i: _three_turns(batched_llm, i, started[i], started[i - 1] if i else None),
+        N_CONVERSATIONS)
+    assert together == alone
+    assert len(set(map(tuple, alone.values()))) == N_CONVERSATIONS
+    assert batched_llm.most_sequences_in_a_step() >= N_CONVERSATIONS // 2  # really batched
+
+
+def test_each_answer_samples_with_its_own_settings_and_seed(alone_llm, batched_llm):
+    settings = [Generation(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=24),
+                Generation(temperature=0.7, top_k=20, top_p=0.8, min_p=0.1, max_tokens=24,
+                           repeat_penalty=1.3),
+                _greedy(24)]
+
+    def ask(llm: TutorLLM, i: int, seed: int) -> str:
+        return llm.answer(_conversation("You are a tutor.", f"Tell me about topic {i}."),
+                          settings[i % 3], seed=seed)
+
+    alone = {i: ask(alone_llm, i, 1000 + i) for i in range(6)}
+    together = _run_together(lambda i: ask(batched_llm, i, 1000 + i), 6)
+    assert together == alone
+    assert ask(alone_llm, 0, 7) != ask(alone_llm, 0, 8)  # the seed matters at temperature 1
+
+
+def test_first_question_in_a_pinned_mode_evaluates_only_what_follows_the_system_prompt(
+        slow_gguf, tiny_whisper_path):
+    llm = TutorLLM(slow_gguf, n_ctx=1024, n_threads=2, parallel=4)
+    tutor = Tutor(llm, Transcriber(load_whisper(str(tiny_whisper_path))), load_modes())
+    for name, mode in tutor.modes.items():
+        messages = _conversation(mode.system_prompt, f"A first question in {name} mode?")
+        system_prompt = llm.render(messages[:1], generation_prompt=False)
+        prompt = llm.render(messages)
+        before = llm.evaluated_tokens()
+        stats = GenerationStats()
+        llm.answer(messages, _greedy(16), max_tokens=1, stats=stats)  # the one token: not evaluated
+        assert llm.evaluated_tokens() - before == len(llm.tokenize(prompt[len(system_prompt):]))
+        assert stats.reused_from == "pinned"
+        assert stats.reused_tokens == len(llm.tokenize(system_prompt))
+
+
+def test_follow_ups_evaluate_only_new_tokens_with_more_conversations_than_slots(slow_gguf):
+    llm = TutorLLM(slow_gguf, n_ctx=1024, n_threads=2, parallel=2)
+    conversations = [[f"Question from student {i}: " + "how " * i] for i in range(5)]
+    for round_ in range(2):
+        for i, turns in enumerate(conversations):
+            messages = _conversation(f"Tutor {i}.", *turns)
+            before = llm.evaluated_tokens()
+            stats = GenerationStats()
+            answer = llm.answer(messages, _greedy(16), stats=stats)
+            evaluated = llm.evaluated_tokens() - before - (stats.generated_tokens - 1)
+            if round_:  # the previous prompt and answer come from the cache (saved or live)
+                previous = _conversation(f"Tutor {i}.", *turns[:-2])
+                new_text = llm.render(messages)[len(llm.render(previous)):]
+                # the new turn, plus at most the answer's last token (sampled, never evaluated)
+                # and one token re-split where the template trims the answer
+                assert evaluated <= len(llm.tokenize(new_text)) + 2
+                assert stats.evaluated_tokens == evaluated
+                assert stats.reused_from in ("own", "saved")
+            turns += [answer, f"And then, student {i}?"]
+    count, nbytes = llm.saved_conversations()
+    assert count >= 3 and 0 < nbytes <= 128 * 2**20
+
+
+def test_stop_ends_one_answer_within_a_step_and_the_others_finish_unchanged(alone_llm,
+                                                                            batched_llm):
+    questions = [_conversation("You are a tutor.", f"Explain idea number {i} at length.")
+                 for i in range(3)]
+    long = _greedy(120)
+    alone = [alone_llm.answer(q, long) for q in questions]
+    stop = threading.Event()
+    stats = GenerationStats()
+    generated_when_stopped: list[int] = []
+
+    def run(i: int) -> str:
+        pieces = []
+        for piece in batched_llm.stream(questions[i], long, cancel=stop if i == 1 else None,
+                                        stats=stats if i == 1 else None):
+            pieces.append(piece)
+            if i == 1 and len(pieces) == 3:
+                stop.set()
+                generated_when_stopped.append(stats.generated_tokens)
+        return "".join(pieces)
+
+    together = _run_together(run, 3)
+    assert stats.stopped == "cancelled"
+    assert stats.generated_tokens <= generated_when_stopped[0] + 1  # one step at most
+    assert together[0] == alone[0] and together[2] == alone[2]
+    assert alone[1].startswith(together[1])
+
+
+def test_a_closed_stream_frees_its_slot_for_the_next_student(slow_gguf):
+    llm = TutorLLM(slow_gguf, n_ctx=1024, n_threads=2, parallel=1)
+    first = llm.stream(_conversation("Tutor.", "A long story, please."), _greedy(500))
+    next(first)  # streaming: it holds the only slot
+    waiting: list[str] = []
+    second = threading.Thread(target=lambda: waiting.append(
+        llm.answer(_conversation("Tutor.", "Hello?"), _greedy(16))))
+    second.start()
+    first.close()  # the student left
+    second.join(JOIN_TIMEOUT_S)
+    assert waiting and llm.stats.stopped == "max_tokens"
+
+
+def test_requests_wait_for_room_in_the_kv_cache_and_then_answer(slow_gguf, alone_llm):
+    llm = TutorLLM(slow_gguf, n_ctx=512, n_threads=2, parallel=4, kv_tokens=512,
+                   kv_type="f32")
+    questions = [_conversation(f"Tutor {i}.", f"Question {i}: " + "what " * 40)
+                 for i in range(4)]
+    cells = [llm.count_tokens(q) + 60 for q in questions]  # prompt + answer budget
+    assert max(cells) <= 512 < sum(cells)
+    alone = {i: alone_llm.answer(q, _greedy(60)) for i, q in enumerate(questions)}
+    together = _run_together(lambda i: llm.answer(questions[i], _greedy(60)), 4)
+    assert together == alone
+    assert llm.most_sequences_in_a_step() < 4  # their worst cases do not fit 512 cells at once
+
+
+def test_pinned_prompts_give_way_to_a_conversation_that_needs_the_whole_cache(slow_gguf,
+                                                                              alone_llm):
+    llm = TutorLLM(slow_gguf, n_ctx=256, n_threads=2, parallel=2, kv_tokens=256, kv_type="f32")
+    pinned = llm.pin(_conversation("A pinned mode prompt. " * 8))
+    question = _conversation("Another prompt.", "word " * 50)
+    assert llm.count_tokens(question) + 64 + pinned > 256 >= llm.count_tokens(question) + 64
+    assert llm.answer(question, _greedy(64)) == alone_llm.answer(question, _greedy(64))
