@@ -180,12 +180,12 @@ class Scheduler:
         ctx = self.context
         ctx.clear_batch()
         outputs: list[tuple[Slot, int]] = []
-        taken: list[tuple[Slot, int]] = []
+        taken: list[tuple[Slot, int, bool]] = []  # (slot, tokens in the batch, sampled ones)
         for slot in active:
             if slot.generating:
                 outputs.append((slot, ctx.add(slot.pending[0], len(slot.context.tokens),
                                               slot.seq, True)))
-                taken.append((slot, 1))
+                taken.append((slot, 1, True))
         room = ctx.n_batch - ctx.n_batched
         if outputs:
             room = min(room, self.prefill_chunk)
@@ -200,7 +200,7 @@ class Scheduler:
                 index = ctx.add(token, start + k, slot.seq, last)
                 if last:
                     outputs.append((slot, index))
-            taken.append((slot, len(chunk)))
+            taken.append((slot, len(chunk), False))
             slot.request.stats.evaluated_tokens += len(chunk)
             room -= len(chunk)
         self.most_sequences_in_a_step = max(self.most_sequences_in_a_step, len(taken))
@@ -208,8 +208,8 @@ class Scheduler:
         if status != 0:
             raise LlamaError(f"llama_decode failed with status {status} "
                              f"({ctx.n_batched} tokens, {len(active)} sequences)")
-        for slot, n in taken:
-            slot.context.extend(slot.pending[:n], slot.pending_text[:n])
+        for slot, n, generated in taken:
+            slot.context.extend(slot.pending[:n], slot.pending_text[:n], generated)
             del slot.pending[:n], slot.pending_text[:n]
         for slot, index in outputs:
             slot.generating = True
@@ -290,26 +290,25 @@ class Scheduler:
         return True
 
     def _plan(self, request: Request, slot: Slot) -> _Plan:
-        """The longest cached prefix of REQUEST's prompt for SLOT, and what it costs in KV cells."""
+        """The longest cached prefix of REQUEST's prompt for SLOT, and what it costs in KV cells.
+
+        Candidates, ties going to the cheapest: the slot's own content (kept in place), other
+        sequences (cells shared by a copy), pinned prefixes, saved states (restored).
+        """
         prompt = request.prompt
-        best, source = _Plan("", 0, []), Context()
-        own = slot.context.reusable_tokens(prompt)
-        if own:
-            best, source = _Plan("own", own, [], shared=min(own, slot.shared)), slot.context
-        for other in self.slots:
-            n = other.context.reusable_tokens(prompt) if other is not slot else 0
+        canonical = self.model.tokenize(prompt)
+        best, source = _Plan("", 0, canonical), Context()
+        candidates = ([("own", slot.context, slot.seq, None, slot.shared)]
+                      + [("sequence", other.context, other.seq, None, other.shared)
+                         for other in self.slots if other is not slot]
+                      + [("pinned", prefix, seq, None, len(prefix.tokens))
+                         for seq, prefix in self.pinned.items()]
+                      + [("saved", saved, -1, key, 0) for key, saved in self.store.items()])
+        for kind, context, seq, key, shared in candidates:
+            n, tokens = context.reuse_for(prompt, canonical, self.model.tokenize)
             if n > best.reuse:
-                best = _Plan("sequence", n, [], seq=other.seq, shared=min(n, other.shared))
-                source = other.context
-        for seq, prefix in self.pinned.items():
-            n = prefix.reusable_tokens(prompt)
-            if n > best.reuse:
-                best, source = _Plan("pinned", n, [], seq=seq, shared=n), prefix
-        key, n = self.store.best_match(prompt)
-        if n > best.reuse:
-            best, source = _Plan("saved", n, [], saved_key=key), self.store.peek(key)
-        head = source.prefix(best.reuse)
-        best.tokens = head.tokens + self.model.tokenize(prompt[len(head.text):])
+                best = _Plan(kind, n, tokens, seq=seq, saved_key=key, shared=min(n, shared))
+                source = context
         if best.tokens and best.reuse >= len(best.tokens):  # the last prompt token must be
             best.reuse = len(best.tokens) - 1               # evaluated, for its logits
             best.shared = min(best.shared, best.reuse)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import os
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -22,6 +24,7 @@ class Context:
 
     tokens: list[int] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)  # byte offset where each token's text ends
+    generated: list[bool] = field(default_factory=list)  # sampled by the model, not tokenized
     text: bytes = b""
     blob: ctypes.Array | None = None
 
@@ -31,19 +34,41 @@ class Context:
 
     def prefix(self, n: int) -> Context:
         """The first N tokens of this context (without a saved cache)."""
-        return Context(self.tokens[:n], self.ends[:n], self.text[: self.ends[n - 1]] if n else b"")
+        return Context(self.tokens[:n], self.ends[:n], self.generated[:n],
+                       self.text[: self.ends[n - 1]] if n else b"")
 
-    def extend(self, tokens: list[int], texts: list[bytes]) -> None:
-        """Append TOKENS, spelled by TEXTS (one per token)."""
+    def extend(self, tokens: list[int], texts: list[bytes], generated: bool = False) -> None:
+        """Append TOKENS, spelled by TEXTS (one per token), sampled by the model or not."""
         for token, text in zip(tokens, texts, strict=True):
             self.tokens.append(token)
             self.text += text
             self.ends.append(len(self.text))
+            self.generated.append(generated)
+
+    def reuse_for(self, prompt: bytes, canonical: list[int],
+                  tokenize: Callable[[bytes], list[int]]) -> tuple[int, list[int]]:
+        """(tokens of this context that PROMPT can reuse, PROMPT's tokens when it does).
+
+        CANONICAL is PROMPT tokenized as a whole. A prompt's tokens must not depend on what
+        happens to be cached (another student's text matching up to "topic 1" would split
+        "topic 10" differently), so a prefix is reused where its tokens are the canonical ones.
+        The one exception is the model's own answer: a follow-up reuses the answer's tokens as
+        they were sampled (re-tokenizing its text may split it otherwise), up to where the
+        text the student saw still matches, and tokenizes only the rest.
+        """
+        n = self.reusable_tokens(prompt)
+        if n and self.generated[n - 1]:
+            return n, self.tokens[:n] + tokenize(prompt[self.ends[n - 1]:])
+        return len(os.path.commonprefix([self.tokens, canonical])), canonical
 
     def reusable_tokens(self, text: bytes) -> int:
         """How many leading tokens spell a prefix of TEXT."""
-        common = _common_prefix(self.text, text)
-        return bisect.bisect_right(self.ends, common)
+        n = bisect.bisect_right(self.ends, _common_prefix(self.text, text))
+        # A token that added no visible text (the first byte of a character split across
+        # tokens) matches zero bytes: at the end of a match it proves nothing.
+        while n and self.ends[n - 1] == (self.ends[n - 2] if n > 1 else 0):
+            n -= 1
+        return n
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
@@ -75,14 +100,9 @@ class ContextStore:
     def nbytes(self) -> int:
         return sum(ctx.nbytes for ctx in self._items.values())
 
-    def best_match(self, text: bytes) -> tuple[int | None, int]:
-        """Key of the saved context reusing the most tokens for TEXT, and that token count."""
-        best_key, best_n = None, 0
-        for key, ctx in self._items.items():
-            n = ctx.reusable_tokens(text)
-            if n > best_n:
-                best_key, best_n = key, n
-        return best_key, best_n
+    def items(self) -> Iterator[tuple[int, Context]]:
+        """(key, saved context), least recently used first."""
+        return iter(list(self._items.items()))
 
     def covers(self, tokens: list[int]) -> bool:
         """Whether a saved context already starts with TOKENS (saving them again is pointless)."""
