@@ -29,6 +29,7 @@ from tutor.llama_runtime import KV_TYPES
 from tutor.llm import DEFAULT_KV_TOKENS, ModelLoadError, TutorLLM, resolve_model
 from tutor.modes import PROMPTS_DIR, load_modes
 from tutor.service import Tutor
+from tutor.threads import DedicatedThread
 from tutor.transcribe import Transcriber, TranscriberLoadError, load_whisper
 
 log = logging.getLogger("voice-tutor")
@@ -134,19 +135,23 @@ def load(settings: Settings) -> LoadedModels:
             missing.append(f"{what} ({e})")
             return load_fn(str(getattr(synth.standin, standin)()))
 
-    model_path = with_standin(resolve_model, settings.model, DEFAULT_MODEL, "standin_llm",
-                              "language model")
-    whisper_model = with_standin(load_whisper, settings.whisper, DEFAULT_WHISPER,
-                                 "standin_whisper", "speech model")
+    # One thread for every native call, loading included: one OpenMP team in the process, as
+    # many threads as cores (a torch call from any other thread adds a team; tutor.threads).
+    native = DedicatedThread("native")
+    model_path = native.run(with_standin, resolve_model, settings.model, DEFAULT_MODEL,
+                            "standin_llm", "language model")
+    whisper_model = native.run(with_standin, load_whisper, settings.whisper, DEFAULT_WHISPER,
+                               "standin_whisper", "speech model")
     threads = settings.threads or os.cpu_count() or 1
     # Whisper first: its fp32 → int8 conversion briefly needs twice its size, which is
     # returned before llama.cpp takes its share (see return_freed_memory_to_the_system).
-    transcriber = Transcriber(whisper_model, settings.language, threads, settings.whisper_precision)
+    transcriber = Transcriber(whisper_model, settings.language, threads, settings.whisper_precision,
+                              thread=native)
     del whisper_model
     release_freed_memory()
     llm = TutorLLM(model_path, n_ctx=settings.n_ctx, n_threads=threads,
                    cache_bytes=settings.cache_mb * 2**20, parallel=settings.parallel,
-                   kv_tokens=settings.kv_tokens, kv_type=settings.kv_type)
+                   kv_tokens=settings.kv_tokens, kv_type=settings.kv_type, thread=native)
     tutor = Tutor(llm, transcriber, modes, AudioLimits(max_seconds=settings.max_audio_seconds))
     notice = None
     if missing:

@@ -86,7 +86,7 @@ def running(model: Path, parallel: int, kv_tokens: int, threads: int, log: Path
         proc = subprocess.Popen(
             [str(build()), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
              "--parallel", str(parallel), "-c", str(kv_tokens), "-t", str(threads),
-             "-tb", str(threads), "--no-mmap", "--kv-unified", "--no-webui"],
+             "-tb", str(threads), "--load-mode", "none", "--kv-unified", "--no-webui"],
             stdout=out, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:

@@ -21,10 +21,14 @@ BENCH_DIR = CACHE_DIR / "bench"
 
 
 def llama_1b_q4(cache: Path = BENCH_DIR) -> Path:
-    """Llama-3.2-1B-shaped Q4_K_M GGUF (≈ 0.8 GB), built on first use (a few minutes)."""
+    """Llama-3.2-1B-shaped Q4_K_M GGUF (≈ 0.8 GB), built on first use (a few minutes).
+
+    Its answers never end early (no special token is ever the greedy choice), so that every
+    engine compared generates exactly the tokens asked for.
+    """
     from train.export import export
 
-    path = cache / "llama-3.2-1b-shape-Q4_K_M.gguf"
+    path = cache / "llama-3.2-1b-shape-never-ends-Q4_K_M.gguf"
     if path.is_file():
         return path
     tokenizer_dir = assets_dir() / "tokenizers" / "llama3"
@@ -35,7 +39,8 @@ def llama_1b_q4(cache: Path = BENCH_DIR) -> Path:
         tmp = cache / "llama-3.2-1b-shape-hf.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         synth_llama.build_checkpoint(tmp, synth_llama.load_tokenizer(tokenizer_dir),
-                                     synth_llama.LLAMA_3_2_1B, dtype=torch.bfloat16)
+                                     synth_llama.LLAMA_3_2_1B, dtype=torch.bfloat16,
+                                     never_ends=True)
         tmp.rename(checkpoint)
     export(checkpoint, path, "Q4_K_M", name="Llama-3.2-1B shape, synthetic weights")
     shutil.rmtree(checkpoint)  # 2.5 GB that the benchmark no longer needs

@@ -93,12 +93,15 @@ def train_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
 
 def build_checkpoint(out_dir: Path, tokenizer: PreTrainedTokenizerFast | None,
                      shape: LlamaShape = LlamaShape(), seed: int = 0,
-                     dtype: torch.dtype = torch.float32, fit_steps: int = 0) -> Path:
+                     dtype: torch.dtype = torch.float32, fit_steps: int = 0,
+                     never_ends: bool = False) -> Path:
     """Write a seeded random LlamaForCausalLM (and its tokenizer) as a Hugging Face checkpoint.
 
     FIT_STEPS > 0 first fits the model briefly to the tokenizer's corpus: its next-token
     distributions then have clear winners, as a trained model's do, so quantized and exact
-    arg-max predictions can be compared meaningfully.
+    arg-max predictions can be compared meaningfully. NEVER_ENDS zeroes the output rows of the
+    tokenizer's special tokens, so that greedy answers always run to their token budget
+    (comparable timings, streams that are visibly long).
     """
     out_dir = Path(out_dir)
     vocab_size = shape.vocab_size or len(tokenizer)
@@ -125,6 +128,9 @@ def build_checkpoint(out_dir: Path, tokenizer: PreTrainedTokenizerFast | None,
                 param.add_(torch.randn_like(param) * 0.1)
     if fit_steps:
         _fit(model, tokenizer, fit_steps)
+    if never_ends:
+        with torch.no_grad():
+            model.get_output_embeddings().weight[list(tokenizer.added_tokens_decoder)] = 0.0
     model.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)

@@ -76,18 +76,13 @@ def slow_gguf(tiny_tokenizer, tmp_path_factory) -> Path:
     Its output rows for the special tokens are zero, so greedy answers never end early: every
     answer runs to the mode's token budget.
     """
-    from safetensors.torch import load_file, save_file
-
     from train.export import export
 
     shape = synth_llama.LlamaShape(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
                                    num_attention_heads=8, num_key_value_heads=4,
                                    tie_word_embeddings=False)
     checkpoint = synth_llama.build_checkpoint(tmp_path_factory.mktemp("slow-llama"),
-                                              tiny_tokenizer, shape)
-    weights = load_file(checkpoint / "model.safetensors")
-    weights["lm_head.weight"][list(tiny_tokenizer.added_tokens_decoder)] = 0.0
-    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+                                              tiny_tokenizer, shape, never_ends=True)
     return export(checkpoint, tmp_path_factory.mktemp("gguf") / "slow-f32.gguf", "F32").path
 
 

@@ -84,13 +84,17 @@ class TutorLLM:
     def __init__(self, model_path: Path, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, cache_bytes: int = 128 * 2**20, parallel: int = 1,
                  kv_tokens: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-                 kv_type: str = "f16") -> None:
-        """N_CTX is one conversation's window; KV_TOKENS the cache shared by all of them."""
+                 kv_type: str = "f16", thread: DedicatedThread | None = None) -> None:
+        """N_CTX is one conversation's window; KV_TOKENS the cache shared by all of them.
+
+        THREAD runs every llama.cpp call (give the transcriber's, so that both share one
+        OpenMP team; see `tutor.threads`).
+        """
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
         threads = n_threads or os.cpu_count() or 1
         kv_tokens = kv_tokens or max(DEFAULT_KV_TOKENS, n_ctx)
-        self.thread = DedicatedThread("llama.cpp")  # every llama.cpp call runs here
+        self.thread = thread or DedicatedThread("llama.cpp")  # every llama.cpp call runs here
         self.model_path = Path(model_path)
         try:
             self.model = self.thread.run(LlamaModel, self.model_path)
@@ -195,17 +199,18 @@ class TutorLLM:
         with self._lock:
             if not self._serving:
                 self._serving = True
-                self.thread.submit(self._serve)
+                self.thread.submit(self._serve_step)
 
-    def _serve(self) -> None:
-        """The step loop, on the llama.cpp thread, for as long as there are answers to give."""
-        while True:
-            with self._lock:
-                if not self._scheduler.has_work():
-                    self._serving = False
-                    return
-            try:
-                self._scheduler.step()
-            except Exception as e:  # noqa: BLE001 - every waiting caller must hear of it
-                log.exception("the decode loop failed; ending the answers in flight")
-                self._scheduler.fail_all(e)
+    def _serve_step(self) -> None:
+        """One decode step, on the native thread; the next step queues behind other jobs there
+        (a transcription), so they take turns a step at a time."""
+        try:
+            self._scheduler.step()
+        except Exception as e:  # noqa: BLE001 - every waiting caller must hear of it
+            log.exception("the decode loop failed; ending the answers in flight")
+            self._scheduler.fail_all(e)
+        with self._lock:
+            if not self._scheduler.has_work():
+                self._serving = False
+                return
+        self.thread.submit(self._serve_step)

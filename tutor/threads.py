@@ -1,9 +1,13 @@
-"""One dedicated OS thread per native engine (llama.cpp, PyTorch).
+"""One dedicated OS thread for the native engines (llama.cpp and PyTorch share it in the app).
 
-Both parallelize with OpenMP, whose thread team belongs to the thread that calls in. Web servers
-call from whichever pool thread is free, and every new caller gets a team of its own while the
-old teams' threads still spin: on 2 cores that cost llama.cpp ~20 % of its speed
-(`python -m bench`). Sending every call through one thread keeps one team.
+Both parallelize with OpenMP (one libgomp in the process), whose thread team belongs to the
+thread that calls in. Web servers call from whichever pool thread is free, and every new caller
+gets a team of its own while the old teams' threads still spin: on 2 cores that cost llama.cpp
+~20 % of its speed. Worse, once the process holds more OpenMP threads than cores, libgomp cuts
+its spin-wait short, and ggml synchronizes every operation with an OpenMP barrier: a Whisper
+team beside llama.cpp's cost generation ~30 % even while Whisper was idle (`python -m bench`).
+Sending every native call through one thread keeps one team of as many threads as cores; the
+engines take turns, a decode step at a time.
 """
 
 from __future__ import annotations

@@ -79,11 +79,12 @@ class Transcriber:
     """Whisper on CPU; `language` is a code such as "en", or "auto" to detect it."""
 
     def __init__(self, model: whisper.Whisper, language: str = "en", threads: int | None = None,
-                 precision: str = "int8") -> None:
+                 precision: str = "int8", thread: DedicatedThread | None = None) -> None:
+        """THREAD runs every torch call (the app shares it with llama.cpp; see tutor.threads)."""
         if precision not in ("int8", "fp32"):
             raise TranscriberLoadError(f"unknown Whisper precision {precision!r} (int8 or fp32)")
         # One transcription at a time, always on the same thread (see tutor.threads).
-        self.thread = DedicatedThread("whisper")
+        self.thread = thread or DedicatedThread("whisper")
         if threads:
             self.thread.run(torch.set_num_threads, threads)
         self.model = self.thread.run(quantize_int8, model.eval()) if precision == "int8" \

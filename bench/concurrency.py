@@ -1,0 +1,201 @@
+"""A class at once: N students ask at the same moment, then follow up; three servers side by side.
+
+Compared on one GGUF, one machine, one run: the app with the one-at-a-time engine
+(`--parallel 1`), the app with the batched engine (`--parallel P`), and llama.cpp's own
+`llama-server --parallel N` (its best case: a slot per student). Students talk to the app
+through `gradio_client` (`/ask`, as the README shows) and to llama-server through its
+OpenAI-compatible API with the official `openai` client. Every answer is greedy and exactly
+ANSWER_TOKENS long (the benchmark model never ends early).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+from gradio_client import Client
+
+from app_process import running_app
+from bench import llama_server
+from bench.app import greedy_prompts, peak_rss_bytes
+from tutor.llm import DEFAULT_KV_TOKENS
+from tutor.modes import load_modes
+
+STUDENT_COUNTS = (1, 2, 4, 8, 16)
+ANSWER_TOKENS = 200
+MODE = "hint"
+FOLLOW_UP = "I am not sure I follow. Can you give me a smaller first step?"
+STUDENT_TIMEOUT_S = 900.0  # only a hang reaches it
+
+
+def question(i: int) -> str:
+    """Student I's question: different for everyone, a realistic length."""
+    return (f"I am student {i}. A train leaves at {8 + i % 5}:15 and travels {60 + 7 * i} km "
+            f"at {40 + 3 * i} km/h. When does it arrive, and how do I set this up?")
+
+
+@dataclass
+class Turn:
+    first_token_s: float  # from the student's own start
+    end_s: float
+    tokens: int
+
+
+# A student: (i, a ready barrier) -> its two turns, timed from the barrier's release.
+Student = Callable[[int, threading.Barrier], list[Turn]]
+
+
+def app_student(url: str) -> Student:
+    def run(i: int, go: threading.Barrier) -> list[Turn]:
+        client = Client(url, verbose=False)
+        go.wait()
+        start = time.perf_counter()
+        turns, history = [], []
+        for text in (question(i), FOLLOW_UP):
+            job = client.submit(text, MODE, history, api_name="/ask")
+            first, answer = None, ""
+            for update in job:
+                if update and first is None:
+                    first = time.perf_counter() - start
+                answer = update
+            job.result()  # raises the app's error, if any
+            turns.append(Turn(first, time.perf_counter() - start, ANSWER_TOKENS))
+            history = history + [{"role": "user", "content": text},
+                                 {"role": "assistant", "content": answer}]
+        return turns
+    return run
+
+
+def server_student(url: str, system_prompt: str) -> Student:
+    def run(i: int, go: threading.Barrier) -> list[Turn]:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
+                               timeout=STUDENT_TIMEOUT_S)
+        go.wait()
+        start = time.perf_counter()
+        turns = []
+        messages = [{"role": "system", "content": system_prompt}]
+        for text in (question(i), FOLLOW_UP):
+            messages.append({"role": "user", "content": text})
+            stream = client.chat.completions.create(
+                model="tutor", messages=messages, max_tokens=ANSWER_TOKENS, temperature=0.0,
+                stream=True, stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True})
+            first, answer, tokens = None, "", 0
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    if first is None:
+                        first = time.perf_counter() - start
+                    answer += chunk.choices[0].delta.content
+                if chunk.usage:
+                    tokens = chunk.usage.completion_tokens
+            turns.append(Turn(first, time.perf_counter() - start, tokens))
+            messages.append({"role": "assistant", "content": answer})
+        return turns
+    return run
+
+
+def _at_once(student: Student, n: int) -> dict:
+    """N students start together; medians, percentiles and the slowest, over their turns."""
+    go = threading.Barrier(n)
+    results: dict[int, list[Turn]] = {}
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = student(i, go)
+        except BaseException as e:  # noqa: BLE001 - reported below, with the rest
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(STUDENT_TIMEOUT_S)
+    if errors or len(results) < n:
+        raise RuntimeError(f"{n - len(results)} of {n} students failed: {errors[:1]}")
+    first_tokens, speeds, tokens = [], [], 0
+    for turns in results.values():
+        sent = 0.0  # the first question goes out at the start, the follow-up after its answer
+        for turn in turns:
+            first_tokens.append(turn.first_token_s - sent)
+            speeds.append((turn.tokens - 1) / (turn.end_s - turn.first_token_s))
+            tokens += turn.tokens
+            sent = turn.end_s
+    slowest = max(turns[-1].end_s for turns in results.values())
+    return {
+        "students": n,
+        "aggregate_tokens_per_s": tokens / slowest,
+        "per_student_tokens_per_s": statistics.median(speeds),
+        "p50_first_token_s": statistics.median(first_tokens),
+        "p95_first_token_s": _percentile(sorted(first_tokens), 95),
+        "slowest_student_s": slowest,
+        "tokens_per_answer": statistics.median(turn.tokens for turns in results.values()
+                                               for turn in turns),
+    }
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile: the smallest value at or above which Q % of the values lie."""
+    rank = max(1, -(-len(sorted_values) * q // 100))
+    return sorted_values[int(rank) - 1]
+
+
+def run(model: Path, whisper: Path, threads: int, parallel: int,
+        counts: tuple[int, ...] = STUDENT_COUNTS) -> dict:
+    """The concurrency table: a row per server and number of students, and the app's memory."""
+    system_prompt = load_modes()[MODE].system_prompt
+    rows: list[dict] = []
+    out: dict = {"answer_tokens": ANSWER_TOKENS, "mode": MODE, "parallel": parallel}
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts = greedy_prompts(Path(tmp) / "prompts", ANSWER_TOKENS)
+        for name, n_parallel in ((f"app --parallel {parallel}", parallel),
+                                 ("app --parallel 1", 1)):
+            with running_app("--model", str(model), "--whisper", str(whisper),
+                             "--threads", str(threads), "--prompts", str(prompts),
+                             "--parallel", str(n_parallel), "--queue-size", "64",
+                             log=Path(tmp) / f"app-{n_parallel}.log") as app:
+                app_student(app.url)(-1, threading.Barrier(1))  # warm-up, not counted
+                for n in counts:
+                    print(f"  {name}: {n} student(s) at once …", flush=True)
+                    rows.append({"server": name, **_at_once(app_student(app.url), n)})
+                if n_parallel == parallel:
+                    out["app_peak_rss_gb"] = peak_rss_bytes(app.pid) / 1e9
+        for n in counts:  # a llama-server per N with --parallel N: its best case
+            with llama_server.running(model, n, DEFAULT_KV_TOKENS, threads,
+                                      Path(tmp) / "server.log") as url:
+                _warm_server(url, system_prompt, n)
+                print(f"  llama-server --parallel {n}: {n} student(s) at once …", flush=True)
+                rows.append({"server": "llama-server --parallel N",
+                             **_at_once(server_student(url, system_prompt), n)})
+    out["rows"] = rows
+    return out
+
+
+def _warm_server(url: str, system_prompt: str, n: int) -> None:
+    """Warm slots: every slot has seen the mode prompt once (as llama-server users run it)."""
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+
+    def one(i: int) -> None:
+        client.chat.completions.create(
+            model="tutor", max_tokens=1, temperature=0.0,
+            messages=[{"role": "system", "content": system_prompt},
+                      {"role": "user", "content": f"Warm-up {i}."}])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(STUDENT_TIMEOUT_S)
+
+
+def row(results: dict, server: str, students: int) -> dict:
+    return next(r for r in results["rows"] if r["server"].startswith(server)
+                and r["students"] == students)
+
+
