@@ -34,6 +34,21 @@ class LlamaError(RuntimeError):
     """llama.cpp refused to load a model, create a context or decode a batch."""
 
 
+def _set(params: ctypes.Structure, **fields) -> None:
+    """Set FIELDS of a llama.cpp parameter struct, refusing names it does not have.
+
+    A ctypes struct takes any attribute silently: `use_mmap = False` on a version that replaced
+    it with `load_mode` once left the model memory-mapped (+0.45 GB) without a word.
+    """
+    known = {name for name, *_ in type(params)._fields_}
+    unknown = set(fields) - known
+    if unknown:
+        raise LlamaError(f"llama-cpp-python {llama_cpp.__version__} has no {type(params).__name__}"
+                         f" field {', '.join(sorted(unknown))}; this tutor needs 0.3.36")
+    for name, value in fields.items():
+        setattr(params, name, value)
+
+
 @dataclass(frozen=True)
 class ContextOptions:
     """How the one llama.cpp context is made."""
@@ -54,7 +69,7 @@ class LlamaModel:
         # No mmap: llama.cpp repacks most weights into a faster layout in its own memory, and
         # with mmap the file's pages of those tensors would stay resident too (+0.45 GB for a
         # 1B Q4_K_M model).
-        params.use_mmap = False
+        _set(params, load_mode=llama_cpp.LLAMA_LOAD_MODE_NONE)
         self.pointer = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.pointer:
             raise LlamaError(f"llama.cpp cannot load {path}")
@@ -102,19 +117,20 @@ class LlamaContext:
 
     def __init__(self, model: LlamaModel, options: ContextOptions) -> None:
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = options.kv_tokens
-        params.n_batch = params.n_ubatch = options.n_batch
-        params.n_seq_max = options.n_seq_max
-        params.n_threads = params.n_threads_batch = options.n_threads
-        params.kv_unified = True  # one cache: a prefix copied between sequences shares its cells
-        params.no_perf = False  # keep llama.cpp's evaluated-token counters
-        params.type_k = params.type_v = KV_TYPES[options.kv_type]
+        _set(params, n_ctx=options.kv_tokens, n_batch=options.n_batch, n_ubatch=options.n_batch,
+             n_seq_max=options.n_seq_max, n_threads=options.n_threads,
+             n_threads_batch=options.n_threads,
+             # Logits rows and the compute graph are sized for this many outputs, not n_batch
+             # (512 rows of a 128k vocabulary): one per sequence at most, llama.cpp's floor.
+             n_outputs_max=options.n_seq_max,
+             kv_unified=True,  # one cache: a prefix copied between sequences shares its cells
+             no_perf=False,  # keep llama.cpp's evaluated-token counters
+             type_k=KV_TYPES[options.kv_type], type_v=KV_TYPES[options.kv_type])
         # Flash attention: needed for a quantized V cache; off for F32, which is then exact
         # whatever the batch holds; llama.cpp's choice for F16.
-        params.flash_attn_type = {
-            "f32": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-            "q8_0": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED}.get(options.kv_type,
-                                                                params.flash_attn_type)
+        if options.kv_type != "f16":
+            _set(params, flash_attn_type=llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+                 if options.kv_type == "f32" else llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED)
         self.pointer = llama_cpp.llama_init_from_model(model.pointer, params)
         if not self.pointer:
             raise LlamaError(f"llama.cpp cannot create a context of {options.kv_tokens} tokens")

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 __all__ = ["GenerationStats", "ModelLoadError", "TutorLLM", "resolve_model"]
 
 MAX_PINNED_PREFIXES = 8  # mode prompts kept evaluated in the KV cache
-DEFAULT_KV_TOKENS = 8192  # KV cache cells shared by all conversations (256 MB for a 1B Llama 3)
+DEFAULT_KV_TOKENS = 6144  # KV cache cells shared by all conversations (192 MB for a 1B Llama 3)
 DEFAULT_PREFILL_CHUNK = 64  # prompt tokens per step while other answers stream
 
 
