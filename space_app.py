@@ -26,7 +26,7 @@ import gradio as gr
 from tutor.audio import AudioLimits
 from tutor.errors import TutorError
 from tutor.llama_runtime import KV_TYPES
-from tutor.llm import DEFAULT_KV_TOKENS, ModelLoadError, TutorLLM, resolve_model
+from tutor.llm import DEFAULT_KV_TOKENS, DEFAULT_PARALLEL, ModelLoadError, TutorLLM, resolve_model
 from tutor.modes import PROMPTS_DIR, load_modes
 from tutor.service import Tutor
 from tutor.threads import DedicatedThread
@@ -36,7 +36,6 @@ log = logging.getLogger("voice-tutor")
 
 DEFAULT_MODEL = "bartowski/Llama-3.2-1B-Instruct-GGUF/Llama-3.2-1B-Instruct-Q4_K_M.gguf"
 DEFAULT_WHISPER = "base.en"
-DEFAULT_PARALLEL = 4  # chosen by `python -m bench` on 2 cores (README "Results")
 MAX_PARALLEL = 64
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 SOMETHING_WENT_WRONG = "Something went wrong on our side. Please try again."

@@ -1,10 +1,12 @@
 """Run every benchmark side by side and write the report.
 
-    python -m bench [--out runs/bench] [--repeats 5] [--threads 2]
+    python -m bench [--out runs/bench] [--repeats 5] [--threads 2] [--parts base concurrency]
 
 Models of the real architectures with synthetic weights are built on first use and cached
-(`TUTOR_CACHE`/bench). Figures are medians of repeated runs; compared things run alternately in
-one process (or against one app process), so that they see the same machine state.
+(`TUTOR_CACHE`/bench), and so is llama.cpp's `llama-server` (the concurrency anchor). Figures
+are medians of repeated runs; compared things run alternately in one process (or against one
+app process), so that they see the same machine state; the memory bandwidth is measured in
+the same run.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 from app_process import running_app
-from bench import app, hardware, llm, models, report, speech
+from bench import app, concurrency, hardware, llm, models, report, speech
+from tutor.llm import DEFAULT_PARALLEL
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,41 +27,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
+                        help="the batched app's --parallel in the concurrency table")
+    parser.add_argument("--parts", nargs="+", choices=["base", "concurrency"],
+                        default=["base", "concurrency"])
     args = parser.parse_args(argv)
 
     print("building / loading the benchmark models …", flush=True)
     llama, whisper_ckpt = models.llama_1b_q4(), models.whisper_base()
     results: dict = {"threads": args.threads, "repeats": args.repeats}
+    print("memory bandwidth …", flush=True)
+    results["ceiling"] = hardware.ceiling(llama, args.threads)
+    if "base" in args.parts:
+        base(results, llama, whisper_ckpt, args)
+    if "concurrency" in args.parts:
+        print("a class at once: the app (batched, one at a time) and llama-server …", flush=True)
+        results["concurrency"] = concurrency.run(llama, whisper_ckpt, args.threads,
+                                                 args.parallel, speech.clip_near(5.0)[0])
+        results["concurrency_goals"] = concurrency.goals(results["concurrency"])
+    report.write(results, args.out)
+    print(report.markdown(results))
+    print(f"wrote {args.out}/report.md, report.json and charts")
+    return 0
+
+
+def base(results: dict, llama: Path, whisper_ckpt: Path, args: argparse.Namespace) -> None:
+    """One student: raw vs engine vs app, follow-ups, Whisper, voice to first token, memory."""
     print("language model: raw vs engine …", flush=True)
     engine = llm.TutorLLM(llama, n_ctx=4096, n_threads=args.threads)
     results["llm"] = llm.generation(engine, args.repeats, args.new_tokens)
     print("follow-up turns …", flush=True)
     results["follow_up"] = llm.follow_up(engine, args.repeats, 32)
-    counter = engine
     print("speech …", flush=True)
     results["speech"] = speech.transcription(whisper_ckpt, args.repeats, args.threads)
-    print("memory bandwidth …", flush=True)
-    results["ceiling"] = hardware.ceiling(llama, args.threads)
     print("the app through gradio_client …", flush=True)
     with tempfile.TemporaryDirectory() as tmp, running_app(
             "--model", str(llama), "--whisper", str(whisper_ckpt), "--threads", str(args.threads),
             "--prompts", str(app.greedy_prompts(Path(tmp) / "prompts", args.new_tokens)),
             log=Path(tmp) / "app.log") as served:
-        results["app"] = app.generation(served.url, lambda text: len(counter.tokenize(text)),
+        results["app"] = app.generation(served.url, lambda text: len(engine.tokenize(text)),
                                         args.repeats)
         clip, _ = speech.clip_near(5.0)
         results["voice"] = app.voice_to_first_token(served.url, clip, args.repeats)
         results["memory_gb"] = app.peak_rss_bytes(served.pid) / 1e9
+    ceiling = results["ceiling"]["ceiling_tokens_per_s"]
     results["app_vs_raw_tokens_per_s"] = (results["app"]["tokens_per_s"]
                                           / results["llm"]["raw"]["tokens_per_s"])
-    results["app_bandwidth_fraction"] = (results["app"]["tokens_per_s"]
-                                         / results["ceiling"]["ceiling_tokens_per_s"])
-    results["raw_bandwidth_fraction"] = (results["llm"]["raw"]["tokens_per_s"]
-                                         / results["ceiling"]["ceiling_tokens_per_s"])
-    report.write(results, args.out)
-    print(report.markdown(results))
-    print(f"wrote {args.out}/report.md, report.json, generation.png, speech.png")
-    return 0
+    results["app_bandwidth_fraction"] = results["app"]["tokens_per_s"] / ceiling
+    results["raw_bandwidth_fraction"] = results["llm"]["raw"]["tokens_per_s"] / ceiling
 
 
 if __name__ == "__main__":

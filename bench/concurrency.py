@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import openai
-from gradio_client import Client
+from gradio_client import Client, handle_file
 
 from app_process import running_app
 from bench import llama_server
@@ -146,25 +146,48 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[int(rank) - 1]
 
 
-def run(model: Path, whisper: Path, threads: int, parallel: int,
+def transcription_stall(url: str, clip: Path) -> dict:
+    """While an answer streams, one /transcribe: the longest pause in the stream vs its length."""
+    client, other = Client(url, verbose=False), Client(url, verbose=False)
+    updates: list[float] = []
+    job = client.submit(question(0) + " (during a transcription)", MODE, [], api_name="/ask")
+    reader = threading.Thread(target=lambda: updates.extend(time.perf_counter() for _ in job))
+    reader.start()
+    while len(updates) < 5:  # streaming for sure
+        if not reader.is_alive():
+            raise RuntimeError("the answer ended before the transcription started")
+        time.sleep(0.01)
+    start = time.perf_counter()
+    other.predict(handle_file(str(clip)), "en", api_name="/transcribe")
+    end = time.perf_counter()
+    reader.join(STUDENT_TIMEOUT_S)
+    gaps = [b - a for a, b in zip(updates, updates[1:]) if b > start and a < end]
+    return {"transcription_s": end - start, "longest_stall_s": max(gaps)}
+
+
+def run(model: Path, whisper: Path, threads: int, parallel: int, clip: Path,
         counts: tuple[int, ...] = STUDENT_COUNTS) -> dict:
-    """The concurrency table: a row per server and number of students, and the app's memory."""
+    """The concurrency table: a row per server and number of students; the app's memory."""
     system_prompt = load_modes()[MODE].system_prompt
     rows: list[dict] = []
     out: dict = {"answer_tokens": ANSWER_TOKENS, "mode": MODE, "parallel": parallel}
+    # The default N, a smaller one where students outnumber it, and one at a time.
+    configs = [(parallel, counts), (max(1, parallel // 2), tuple(n for n in counts if n > parallel // 2)),
+               (1, counts)]
     with tempfile.TemporaryDirectory() as tmp:
         prompts = greedy_prompts(Path(tmp) / "prompts", ANSWER_TOKENS)
-        for name, n_parallel in ((f"app --parallel {parallel}", parallel),
-                                 ("app --parallel 1", 1)):
+        for n_parallel, n_students in configs:
+            name = f"app --parallel {n_parallel}"
             with running_app("--model", str(model), "--whisper", str(whisper),
                              "--threads", str(threads), "--prompts", str(prompts),
                              "--parallel", str(n_parallel), "--queue-size", "64",
                              log=Path(tmp) / f"app-{n_parallel}.log") as app:
                 app_student(app.url)(-1, threading.Barrier(1))  # warm-up, not counted
-                for n in counts:
+                for n in n_students:
                     print(f"  {name}: {n} student(s) at once …", flush=True)
                     rows.append({"server": name, **_at_once(app_student(app.url), n)})
                 if n_parallel == parallel:
+                    out["transcription_stall"] = transcription_stall(app.url, clip)
                     out["app_peak_rss_gb"] = peak_rss_bytes(app.pid) / 1e9
         for n in counts:  # a llama-server per N with --parallel N: its best case
             with llama_server.running(model, n, DEFAULT_KV_TOKENS, threads,
@@ -175,6 +198,12 @@ def run(model: Path, whisper: Path, threads: int, parallel: int,
                              **_at_once(server_student(url, system_prompt), n)})
     out["rows"] = rows
     return out
+
+
+def row(results: dict, server: str, students: int) -> dict:
+    """The row of SERVER (a name, e.g. "app --parallel 1") for STUDENTS students."""
+    return next(r for r in results["rows"]
+                if r["server"] == server and r["students"] == students)
 
 
 def _warm_server(url: str, system_prompt: str, n: int) -> None:
@@ -194,8 +223,50 @@ def _warm_server(url: str, system_prompt: str, n: int) -> None:
         thread.join(STUDENT_TIMEOUT_S)
 
 
-def row(results: dict, server: str, students: int) -> dict:
-    return next(r for r in results["rows"] if r["server"].startswith(server)
-                and r["students"] == students)
 
 
+
+
+STALL_MARGIN_S = 0.25  # a decode step, an update interval (0.08 s) and the network
+
+# (key, label, target text, check): the issue's goals, each a ratio (or bound) from one run.
+GOALS = [
+    ("aggregate_8_vs_server", "8 students: aggregate tokens/s ÷ llama-server's", "≥ 0.9",
+     lambda v: v >= 0.9),
+    ("p95_first_token_8_vs_server", "8 students: p95 first token ÷ llama-server's", "≤ 1",
+     lambda v: v <= 1.0),
+    ("p95_first_token_8_vs_one_student", "8 students: p95 first token ÷ one student's", "≤ 5",
+     lambda v: v <= 5.0),
+    ("first_token_1_vs_server", "one student: first token ÷ llama-server's", "≤ 2",
+     lambda v: v <= 2.0),
+    ("tokens_per_s_1_vs_parallel_1", "one student: tokens/s ÷ the --parallel 1 engine's",
+     "≥ 0.97", lambda v: v >= 0.97),
+    ("parallel_1_first_token_vs_1", "one student: --parallel 1 first token ÷ batched's",
+     "≥ 0.97", lambda v: v >= 0.97),
+    ("app_peak_rss_gb", "app peak RSS, default N, Whisper base (GB)", "≤ 2.0",
+     lambda v: v <= 2.0),
+    ("stall_beyond_transcription_s",
+     "longest stream pause during a transcription − its duration (s)",
+     f"≤ {STALL_MARGIN_S}", lambda v: v <= STALL_MARGIN_S),
+]
+
+
+def goals(results: dict) -> dict:
+    """The goal ratios of one concurrency run."""
+    batched = f"app --parallel {results['parallel']}"
+    server = "llama-server --parallel N"
+    b1, b8 = row(results, batched, 1), row(results, batched, 8)
+    s1, s8 = row(results, server, 1), row(results, server, 8)
+    p1 = row(results, "app --parallel 1", 1)
+    stall = results["transcription_stall"]
+    return {
+        "aggregate_8_vs_server": b8["aggregate_tokens_per_s"] / s8["aggregate_tokens_per_s"],
+        "p95_first_token_8_vs_server": b8["p95_first_token_s"] / s8["p95_first_token_s"],
+        "p95_first_token_8_vs_one_student": b8["p95_first_token_s"] / b1["p50_first_token_s"],
+        "first_token_1_vs_server": b1["p50_first_token_s"] / s1["p50_first_token_s"],
+        "tokens_per_s_1_vs_parallel_1": (b1["per_student_tokens_per_s"]
+                                         / p1["per_student_tokens_per_s"]),
+        "parallel_1_first_token_vs_1": p1["p50_first_token_s"] / b1["p50_first_token_s"],
+        "app_peak_rss_gb": results["app_peak_rss_gb"],
+        "stall_beyond_transcription_s": stall["longest_stall_s"] - stall["transcription_s"],
+    }

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from train.plots import plot_bars
+from bench.concurrency import GOALS as CONCURRENCY_GOALS
+from train.plots import plot_bars, plot_lines
 from tutor.files import atomic_output
 
 # (label, value path, goal text, goal check)
@@ -35,6 +36,18 @@ def _get(results: dict, path: str):
 
 
 def markdown(results: dict) -> str:
+    ceiling = results["ceiling"]
+    lines = [f"Memory read bandwidth in this run: {ceiling['read_bandwidth_gb_s']:.1f} GB/s "
+             f"({results['threads']} threads); ceiling {ceiling['ceiling_tokens_per_s']:.1f} "
+             "tokens/s for one sequence.", ""]
+    if "llm" in results:
+        lines += _base_markdown(results)
+    if "concurrency" in results:
+        lines += _concurrency_markdown(results)
+    return "\n".join(lines) + "\n"
+
+
+def _base_markdown(results: dict) -> list[str]:
     llm, speech = results["llm"], results["speech"]
     lines = [
         "| measurement | raw llama-cpp-python | tutor engine | app (gradio_client) |",
@@ -59,7 +72,27 @@ def markdown(results: dict) -> str:
     for label, path, target, check in GOALS:
         value = _get(results, path)
         lines.append(f"| {label} | {value:.3f} | {target} | {'yes' if check(value) else 'NO'} |")
-    return "\n".join(lines) + "\n"
+    return lines + [""]
+
+
+def _concurrency_markdown(results: dict) -> list[str]:
+    c = results["concurrency"]
+    lines = [f"A class at once ({c['mode']} mode, {c['answer_tokens']}-token answers, a question "
+             "and a follow-up each, all starting together):", "",
+             "| students | server | aggregate tokens/s | per-student tokens/s | p50 first token (s) "
+             "| p95 first token (s) | slowest student (s) |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(c["rows"], key=lambda r: (r["students"], r["server"])):
+        lines.append(f"| {r['students']} | {r['server']} | {r['aggregate_tokens_per_s']:.1f} | "
+                     f"{r['per_student_tokens_per_s']:.1f} | {r['p50_first_token_s']:.2f} | "
+                     f"{r['p95_first_token_s']:.2f} | {r['slowest_student_s']:.1f} |")
+    stall = c["transcription_stall"]
+    lines += ["", f"A transcription during an answer took {stall['transcription_s']:.2f} s; the "
+              f"stream's longest pause meanwhile was {stall['longest_stall_s']:.2f} s.", "",
+              "| goal | measured | target | met |", "|---|---|---|---|"]
+    for key, label, target, check in CONCURRENCY_GOALS:
+        value = results["concurrency_goals"][key]
+        lines.append(f"| {label} | {value:.3f} | {target} | {'yes' if check(value) else 'NO'} |")
+    return lines
 
 
 def write(results: dict, out: Path) -> None:
@@ -68,6 +101,22 @@ def write(results: dict, out: Path) -> None:
         tmp.write_text(json.dumps(results, indent=2))
     with atomic_output(out / "report.md") as tmp:
         tmp.write_text(markdown(results))
+    if "llm" in results:
+        _base_charts(results, out)
+    if "concurrency" in results:
+        series: dict[str, dict[str, list[tuple[float, float]]]] = {
+            "aggregate tokens/s": {}, "p95 first token (s)": {}}
+        for r in results["concurrency"]["rows"]:
+            series["aggregate tokens/s"].setdefault(r["server"], []).append(
+                (r["students"], r["aggregate_tokens_per_s"]))
+            series["p95 first token (s)"].setdefault(r["server"], []).append(
+                (r["students"], r["p95_first_token_s"]))
+        plot_lines(series, out / "concurrency.png", xlabel="students at once",
+                   title=f"A class at once: Llama-3.2-1B shape, Q4_K_M, {results['threads']} "
+                         f"threads, {results['ceiling']['read_bandwidth_gb_s']:.0f} GB/s")
+
+
+def _base_charts(results: dict, out: Path) -> None:
     zero = {"std": 0.0}
     llm = results["llm"]
     plot_bars({name: {"generation tokens/s": {"mean": value, **zero}}

@@ -30,6 +30,7 @@ from tutor.threads import DedicatedThread
 log = logging.getLogger(__name__)
 __all__ = ["GenerationStats", "ModelLoadError", "TutorLLM", "resolve_model"]
 
+DEFAULT_PARALLEL = 8  # answers at once in the app: chosen by `python -m bench` (README "Results")
 MAX_PINNED_PREFIXES = 8  # mode prompts kept evaluated in the KV cache
 DEFAULT_KV_TOKENS = 6144  # KV cache cells shared by all conversations (192 MB for a 1B Llama 3)
 DEFAULT_PREFILL_CHUNK = 64  # prompt tokens per step while other answers stream
