@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the batched app's --parallel in the concurrency table")
     parser.add_argument("--parts", nargs="+", choices=["base", "concurrency"],
                         default=["base", "concurrency"])
+    parser.add_argument("--students", type=int, nargs="+", default=list(concurrency.STUDENT_COUNTS),
+                        help="class sizes in the concurrency table")
+    parser.add_argument("--one-at-a-time-max", type=int, default=max(concurrency.STUDENT_COUNTS),
+                        help="largest class sent to --parallel 1 (the slowest sweep)")
+    parser.add_argument("--no-half-parallel", action="store_true",
+                        help="skip the --parallel P/2 rows")
     args = parser.parse_args(argv)
 
     print("building / loading the benchmark models …", flush=True)
@@ -42,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         base(results, llama, whisper_ckpt, args)
     if "concurrency" in args.parts:
         print("a class at once: the app (batched, one at a time) and llama-server …", flush=True)
-        results["concurrency"] = concurrency.run(llama, whisper_ckpt, args.threads,
-                                                 args.parallel, speech.clip_near(5.0)[0])
+        results["concurrency"] = concurrency.run(
+            llama, whisper_ckpt, args.threads, args.parallel, speech.clip_near(5.0)[0],
+            tuple(args.students), args.one_at_a_time_max, not args.no_half_parallel)
         results["concurrency_goals"] = concurrency.goals(results["concurrency"])
     report.write(results, args.out)
     print(report.markdown(results))

@@ -10,6 +10,8 @@ ANSWER_TOKENS long (the benchmark model never ends early).
 
 from __future__ import annotations
 
+import collections
+import math
 import statistics
 import tempfile
 import threading
@@ -32,6 +34,7 @@ ANSWER_TOKENS = 200
 MODE = "hint"
 FOLLOW_UP = "I am not sure I follow. Can you give me a smaller first step?"
 STUDENT_TIMEOUT_S = 900.0  # only a hang reaches it
+SERVER_CELLS_PER_SLOT = 1024  # llama-server's context per student: two turns fit with room
 
 
 def question(i: int) -> str:
@@ -51,7 +54,8 @@ class Turn:
 Student = Callable[[int, threading.Barrier], list[Turn]]
 
 
-def app_student(url: str) -> Student:
+def app_student(url: str, answer_tokens: int = ANSWER_TOKENS) -> Student:
+    """A student of the app: ANSWER_TOKENS is the modes' budget, which answers always fill."""
     def run(i: int, go: threading.Barrier) -> list[Turn]:
         client = Client(url, verbose=False)
         go.wait()
@@ -65,7 +69,7 @@ def app_student(url: str) -> Student:
                     first = time.perf_counter() - start
                 answer = update
             job.result()  # raises the app's error, if any
-            turns.append(Turn(first, time.perf_counter() - start, ANSWER_TOKENS))
+            turns.append(Turn(first, time.perf_counter() - start, answer_tokens))
             history = history + [{"role": "user", "content": text},
                                  {"role": "assistant", "content": answer}]
         return turns
@@ -100,7 +104,7 @@ def server_student(url: str, system_prompt: str) -> Student:
     return run
 
 
-def _at_once(student: Student, n: int) -> dict:
+def at_once(student: Student, n: int) -> dict:
     """N students start together; medians, percentiles and the slowest, over their turns."""
     go = threading.Barrier(n)
     results: dict[int, list[Turn]] = {}
@@ -166,14 +170,20 @@ def transcription_stall(url: str, clip: Path) -> dict:
 
 
 def run(model: Path, whisper: Path, threads: int, parallel: int, clip: Path,
-        counts: tuple[int, ...] = STUDENT_COUNTS) -> dict:
-    """The concurrency table: a row per server and number of students; the app's memory."""
+        counts: tuple[int, ...] = STUDENT_COUNTS, one_at_a_time_max: int = max(STUDENT_COUNTS),
+        half_parallel: bool = True) -> dict:
+    """The concurrency table: a row per server and number of students; the app's memory.
+
+    ONE_AT_A_TIME_MAX caps the students sent to `--parallel 1` (the slowest sweep);
+    HALF_PARALLEL adds `--parallel P/2` rows where students outnumber it.
+    """
     system_prompt = load_modes()[MODE].system_prompt
     rows: list[dict] = []
     out: dict = {"answer_tokens": ANSWER_TOKENS, "mode": MODE, "parallel": parallel}
     # The default N, a smaller one where students outnumber it, and one at a time.
-    configs = [(parallel, counts), (max(1, parallel // 2), tuple(n for n in counts if n > parallel // 2)),
-               (1, counts)]
+    configs = [(parallel, counts), (1, tuple(n for n in counts if n <= one_at_a_time_max))]
+    if half_parallel:
+        configs.insert(1, (max(1, parallel // 2), tuple(n for n in counts if n > parallel // 2)))
     with tempfile.TemporaryDirectory() as tmp:
         prompts = greedy_prompts(Path(tmp) / "prompts", ANSWER_TOKENS)
         for n_parallel, n_students in configs:
@@ -185,25 +195,38 @@ def run(model: Path, whisper: Path, threads: int, parallel: int, clip: Path,
                 app_student(app.url)(-1, threading.Barrier(1))  # warm-up, not counted
                 for n in n_students:
                     print(f"  {name}: {n} student(s) at once …", flush=True)
-                    rows.append({"server": name, **_at_once(app_student(app.url), n)})
+                    rows.append(_measured(name, app_student(app.url), n))
                 if n_parallel == parallel:
                     out["transcription_stall"] = transcription_stall(app.url, clip)
                     out["app_peak_rss_gb"] = peak_rss_bytes(app.pid) / 1e9
-        for n in counts:  # a llama-server per N with --parallel N: its best case
-            with llama_server.running(model, n, DEFAULT_KV_TOKENS, threads,
-                                      Path(tmp) / "server.log") as url:
+        for n in counts:  # a llama-server per N with --parallel N and room for all: its best case
+            print(f"  llama-server --parallel {n}: {n} student(s) at once …", flush=True)
+            with llama_server.running(model, n, max(DEFAULT_KV_TOKENS, n * SERVER_CELLS_PER_SLOT),
+                                      threads, Path(tmp) / "server.log") as url:
                 _warm_server(url, system_prompt, n)
-                print(f"  llama-server --parallel {n}: {n} student(s) at once …", flush=True)
-                rows.append({"server": "llama-server --parallel N",
-                             **_at_once(server_student(url, system_prompt), n)})
+                rows.append(_measured("llama-server --parallel N",
+                                      server_student(url, system_prompt), n))
     out["rows"] = rows
     return out
 
 
+def _measured(server: str, student: Student, n: int) -> dict:
+    """A row of the table; a failure is a row too (reported), not the end of the run."""
+    try:
+        return {"server": server, **at_once(student, n)}
+    except RuntimeError as e:
+        print(f"    failed: {e}", flush=True)
+        return {"server": server, "students": n, "error": str(e)}
+
+
 def row(results: dict, server: str, students: int) -> dict:
-    """The row of SERVER (a name, e.g. "app --parallel 1") for STUDENTS students."""
-    return next(r for r in results["rows"]
-                if r["server"] == server and r["students"] == students)
+    """The row of SERVER (a name, e.g. "app --parallel 1") for STUDENTS students; a failed or
+    missing row reads as NaN in every column, so that its goals show as not measured."""
+    found = next((r for r in results["rows"]
+                  if r["server"] == server and r["students"] == students), None)
+    if found is None or "error" in found:
+        return collections.defaultdict(lambda: math.nan)
+    return found
 
 
 def _warm_server(url: str, system_prompt: str, n: int) -> None:

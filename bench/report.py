@@ -82,6 +82,9 @@ def _concurrency_markdown(results: dict) -> list[str]:
              "| students | server | aggregate tokens/s | per-student tokens/s | p50 first token (s) "
              "| p95 first token (s) | slowest student (s) |", "|---|---|---|---|---|---|---|"]
     for r in sorted(c["rows"], key=lambda r: (r["students"], r["server"])):
+        if "error" in r:
+            lines.append(f"| {r['students']} | {r['server']} | failed: {r['error']} | | | | |")
+            continue
         lines.append(f"| {r['students']} | {r['server']} | {r['aggregate_tokens_per_s']:.1f} | "
                      f"{r['per_student_tokens_per_s']:.1f} | {r['p50_first_token_s']:.2f} | "
                      f"{r['p95_first_token_s']:.2f} | {r['slowest_student_s']:.1f} |")
@@ -91,7 +94,8 @@ def _concurrency_markdown(results: dict) -> list[str]:
               "| goal | measured | target | met |", "|---|---|---|---|"]
     for key, label, target, check in CONCURRENCY_GOALS:
         value = results["concurrency_goals"][key]
-        lines.append(f"| {label} | {value:.3f} | {target} | {'yes' if check(value) else 'NO'} |")
+        met = "not measured" if value != value else "yes" if check(value) else "NO"
+        lines.append(f"| {label} | {value:.3f} | {target} | {met} |")
     return lines
 
 
@@ -106,7 +110,7 @@ def write(results: dict, out: Path) -> None:
     if "concurrency" in results:
         series: dict[str, dict[str, list[tuple[float, float]]]] = {
             "aggregate tokens/s": {}, "p95 first token (s)": {}}
-        for r in results["concurrency"]["rows"]:
+        for r in (r for r in results["concurrency"]["rows"] if "error" not in r):
             series["aggregate tokens/s"].setdefault(r["server"], []).append(
                 (r["students"], r["aggregate_tokens_per_s"]))
             series["p95 first token (s)"].setdefault(r["server"], []).append(

@@ -198,3 +198,21 @@ def test_pinned_prompts_give_way_to_a_conversation_that_needs_the_whole_cache(sl
     question = _conversation("Another prompt.", "word " * 50)
     assert llm.count_tokens(question) + 64 + pinned > 256 >= llm.count_tokens(question) + 64
     assert llm.answer(question, _greedy(64)) == alone_llm.answer(question, _greedy(64))
+
+
+def test_conversations_rotating_through_a_small_store_keep_being_answered(slow_gguf):
+    """One slot, three students taking turns, a store that holds about one saved conversation:
+    restoring one while saving another must not lose either request."""
+    llm = TutorLLM(slow_gguf, n_ctx=1024, n_threads=2, parallel=1, cache_bytes=2 * 2**20)
+    histories = {i: [f"Student {i} asks: " + "what " * (3 * i + 2)] for i in range(3)}
+    sources = set()
+    for _ in range(3):
+        for i, turns in histories.items():
+            stats = GenerationStats()
+            answer = llm.answer(_conversation(f"Tutor {i}.", *turns), _greedy(24), stats=stats)
+            assert stats.stopped == "max_tokens" and stats.generated_tokens == 24
+            sources.add(stats.reused_from)
+            turns += [answer, "Go on."]
+    assert "saved" in sources
+    count, nbytes = llm.saved_conversations()
+    assert 0 < nbytes <= 2 * 2**20

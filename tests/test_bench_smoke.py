@@ -23,3 +23,27 @@ def test_speech_benchmark_decodes_a_fixed_length(tiny_whisper_path, assets):
     result = model.transcribe(speech.audio.load(clip), language="en", fp16=False,
                               temperature=0.0, **speech.fixed_length_options(model))
     assert sum(len(s["tokens"]) for s in result["segments"]) == speech.DECODED_TOKENS
+
+
+def test_concurrency_benchmark_students_and_goals_run(tiny_gguf, tiny_whisper_path, tmp_path):
+    """Two students at once through the app, and the goal arithmetic over a table of rows."""
+    from app_process import running_app
+    from bench import concurrency
+    from bench.app import greedy_prompts
+
+    prompts = greedy_prompts(tmp_path / "prompts", max_tokens=16)
+    with running_app("--model", str(tiny_gguf), "--whisper", str(tiny_whisper_path),
+                     "--prompts", str(prompts), "--n-ctx", "1024", "--threads", "2",
+                     "--parallel", "2") as app:
+        row = concurrency.at_once(concurrency.app_student(app.url, 16), 2)
+    assert row["students"] == 2 and row["aggregate_tokens_per_s"] > 0
+    assert 0 < row["p50_first_token_s"] <= row["p95_first_token_s"] <= row["slowest_student_s"]
+    rows = [{**row, "server": server, "students": n}
+            for server in ("app --parallel 8", "app --parallel 1", "llama-server --parallel N")
+            for n in (1, 8)]
+    goals = concurrency.goals({"parallel": 8, "rows": rows, "app_peak_rss_gb": 1.5,
+                               "transcription_stall": {"transcription_s": 0.5,
+                                                       "longest_stall_s": 0.6}})
+    assert goals["aggregate_8_vs_server"] == 1.0
+    assert abs(goals["stall_beyond_transcription_s"] - 0.1) < 1e-9
+    assert {key for key, *_ in concurrency.GOALS} == set(goals)

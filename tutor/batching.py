@@ -321,6 +321,8 @@ class Scheduler:
     def _start(self, slot: Slot, request: Request, plan: _Plan) -> None:
         """Put REQUEST in SLOT, its cache starting from PLAN's prefix."""
         ctx = self.context
+        # Taken out first: saving the slot's content below may push it out of the store.
+        saved = self.store.pop(plan.saved_key) if plan.source == "saved" else None
         if plan.source != "own" or plan.reuse < len(slot.context.tokens):
             self._save(slot)  # the slot's last conversation may come back
         if plan.source == "own":
@@ -332,12 +334,12 @@ class Scheduler:
             ctx.remove(slot.seq)
             ctx.copy(plan.seq, slot.seq, plan.reuse)
             slot.context = source.prefix(plan.reuse)
-        elif plan.source == "saved":
-            saved = self.store.pop(plan.saved_key)
+        elif saved is not None:
             if ctx.restore(saved.blob, slot.seq):
                 ctx.remove(slot.seq, plan.reuse, -1)
                 slot.context = saved.prefix(plan.reuse)
             else:  # did not fit after all: evaluate from scratch
+                ctx.remove(slot.seq)
                 plan = _Plan("", 0, plan.tokens, cells=plan.cells)
                 slot.context = Context()
         else:
