@@ -64,7 +64,11 @@ def browser(assets):
     driver.quit()
 
 
-def _wait(condition, timeout: float = 60.0, every: float = 0.1):
+def _wait(condition, timeout: float = 300.0, every: float = 0.1):
+    """Poll CONDITION (an event on the page) until it holds; TIMEOUT only guards against a hang.
+
+    A busy machine (another job on the CPU) can take minutes where an idle one takes seconds.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -101,7 +105,7 @@ def test_record_transcribe_and_stream_in_every_mode(browser, app_url, artifacts_
         browser.execute_script(WATCH_ANSWER, n_before)
         browser.find_element(by, "#send").click()
         _wait(lambda: len(browser.find_elements(by, "#chat [data-testid='bot']")) > n_before)
-        _wait(lambda: _answer_done(browser), timeout=120)
+        _wait(lambda: _answer_done(browser))
         lengths = [n for n in browser.execute_script("return window.__lengths") if n > 0]
         final = browser.find_elements(by, "#chat [data-testid='bot']")[-1].text.strip()
         assert final, label.text
@@ -136,4 +140,4 @@ def test_stop_halts_the_answer_and_the_next_question_is_answered(browser, app_ur
     assert len(stopped) < 0.8 * len(full)
     question.send_keys("And a short one?")
     browser.find_element(by, "#send").click()
-    _wait(lambda: len(bots()) == 2 and _answer_done(browser) and bots()[-1].text, timeout=120)
+    _wait(lambda: len(bots()) == 2 and _answer_done(browser) and bots()[-1].text)
