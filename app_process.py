@@ -22,6 +22,18 @@ class RunningApp:
     pid: int
 
 
+STOP_GRACE_S = 10.0  # a server's time to exit after SIGTERM, before SIGKILL
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Ask PROC to exit; kill it if it has not within STOP_GRACE_S."""
+    proc.terminate()
+    try:
+        proc.wait(STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,10 +65,6 @@ def running_app(*args: str, env: dict[str, str] | None = None, log: Path | None 
                 time.sleep(0.3)
         yield RunningApp(url, proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         if log:
             out.close()

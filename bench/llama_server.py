@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app_process import free_port
+from app_process import free_port, stop
 from synth.standin import CACHE_DIR
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -105,11 +105,7 @@ def running(model: Path, parallel: int, kv_tokens: int, threads: int, log: Path
                 time.sleep(0.3)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
 
 
 if __name__ == "__main__":  # python -m bench.llama_server: build it now
