@@ -122,7 +122,6 @@ class Scheduler:
         self.pinned: dict[int, Context] = {}  # seq id → prefix
         self.inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self.waiting: deque[Request] = deque()
-        self.finished: GenerationStats | None = None  # the last answer's stats
         self.most_sequences_in_a_step = 0  # since start-up: how far batching went
 
     # -- state ------------------------------------------------------------------------------
@@ -408,5 +407,4 @@ class Scheduler:
         slot.pending, slot.pending_text, slot.reserved = [], [], 0
         slot.generating = False
         slot.last_used = time.perf_counter()
-        self.finished = stats
         request.pieces.put(error if error is not None else DONE)
