@@ -26,7 +26,8 @@ import gradio as gr
 from tutor.audio import AudioLimits
 from tutor.errors import TutorError
 from tutor.llama_runtime import KV_TYPES
-from tutor.llm import DEFAULT_KV_TOKENS, DEFAULT_PARALLEL, ModelLoadError, TutorLLM, resolve_model
+from tutor.llm import (DEFAULT_KV_TOKENS, DEFAULT_KV_TYPE, DEFAULT_PARALLEL, ModelLoadError,
+                       TutorLLM, resolve_model)
 from tutor.modes import PROMPTS_DIR, load_modes
 from tutor.service import Tutor
 from tutor.threads import DedicatedThread
@@ -74,8 +75,8 @@ class Settings:
                              "the queue", "TUTOR_PARALLEL", DEFAULT_PARALLEL, int)
     kv_tokens: int = _setting("KV cache shared by all conversations, in tokens",
                               "TUTOR_KV_TOKENS", DEFAULT_KV_TOKENS, int)
-    kv_type: str = _setting("KV cache cells: f16, q8_0 (half the memory) or f32 (exact, "
-                            "twice the memory)", "TUTOR_KV_TYPE", "f16")
+    kv_type: str = _setting("KV cache cells: q8_0, f16 (twice the memory) or f32 (exact, "
+                            "four times)", "TUTOR_KV_TYPE", DEFAULT_KV_TYPE)
     cache_mb: int = _setting("memory for saved conversation KV caches, in MB", "TUTOR_CACHE_MB",
                              128, int)
     prompts: str = _setting("folder of tutor mode files", "TUTOR_PROMPTS", str(PROMPTS_DIR))

@@ -11,6 +11,7 @@ ANSWER_TOKENS long (the benchmark model never ends early).
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import statistics
 import tempfile
@@ -34,6 +35,7 @@ ANSWER_TOKENS = 200
 MODE = "hint"
 FOLLOW_UP = "I am not sure I follow. Can you give me a smaller first step?"
 STUDENT_TIMEOUT_S = 900.0  # only a hang reaches it
+SERVER = "llama-server --parallel N"  # the anchor's row name
 SERVER_CELLS_PER_SLOT = 1024  # llama-server's context per student: two turns fit with room
 
 
@@ -104,8 +106,8 @@ def server_student(url: str, system_prompt: str) -> Student:
     return run
 
 
-def at_once(student: Student, n: int) -> dict:
-    """N students start together; medians, percentiles and the slowest, over their turns."""
+def at_once(student: Student, n: int) -> dict[int, list[Turn]]:
+    """N students start together; each one's turns."""
     go = threading.Barrier(n)
     results: dict[int, list[Turn]] = {}
     errors: list[BaseException] = []
@@ -123,24 +125,34 @@ def at_once(student: Student, n: int) -> dict:
         thread.join(STUDENT_TIMEOUT_S)
     if errors or len(results) < n:
         raise RuntimeError(f"{n - len(results)} of {n} students failed: {errors[:1]}")
-    first_tokens, speeds, tokens = [], [], 0
-    for turns in results.values():
-        sent = 0.0  # the first question goes out at the start, the follow-up after its answer
-        for turn in turns:
-            first_tokens.append(turn.first_token_s - sent)
-            speeds.append((turn.tokens - 1) / (turn.end_s - turn.first_token_s))
-            tokens += turn.tokens
-            sent = turn.end_s
-    slowest = max(turns[-1].end_s for turns in results.values())
+    return results
+
+
+def summary(rounds: list[dict[int, list[Turn]]]) -> dict:
+    """A row from one or more rounds of the same class: first tokens and per-student speeds
+    pooled over all turns; aggregate throughput and the slowest student, medians of the rounds."""
+    first_tokens, speeds, aggregates, slowest, answer_tokens = [], [], [], [], []
+    for results in rounds:
+        tokens = 0
+        for turns in results.values():
+            sent = 0.0  # the first question goes out at the start, the follow-up after its answer
+            for turn in turns:
+                first_tokens.append(turn.first_token_s - sent)
+                speeds.append((turn.tokens - 1) / (turn.end_s - turn.first_token_s))
+                answer_tokens.append(turn.tokens)
+                tokens += turn.tokens
+                sent = turn.end_s
+        slowest.append(max(turns[-1].end_s for turns in results.values()))
+        aggregates.append(tokens / slowest[-1])
     return {
-        "students": n,
-        "aggregate_tokens_per_s": tokens / slowest,
+        "students": len(rounds[0]),
+        "rounds": len(rounds),
+        "aggregate_tokens_per_s": statistics.median(aggregates),
         "per_student_tokens_per_s": statistics.median(speeds),
         "p50_first_token_s": statistics.median(first_tokens),
         "p95_first_token_s": _percentile(sorted(first_tokens), 95),
-        "slowest_student_s": slowest,
-        "tokens_per_answer": statistics.median(turn.tokens for turns in results.values()
-                                               for turn in turns),
+        "slowest_student_s": statistics.median(slowest),
+        "tokens_per_answer": statistics.median(answer_tokens),
     }
 
 
@@ -169,54 +181,76 @@ def transcription_stall(url: str, clip: Path) -> dict:
     return {"transcription_s": end - start, "longest_stall_s": max(gaps)}
 
 
+MIN_FIRST_TOKENS = 8  # a class repeats until each server has this many first-token samples
+
+
+def rounds_for(students: int) -> int:
+    """Rounds of a class of STUDENTS (two turns each): small classes repeat, to pool ≥
+    MIN_FIRST_TOKENS first tokens; a lone student's single sample is too noisy to compare."""
+    return max(1, math.ceil(MIN_FIRST_TOKENS / (2 * students)))
+
+
 def run(model: Path, whisper: Path, threads: int, parallel: int, clip: Path,
         counts: tuple[int, ...] = STUDENT_COUNTS, one_at_a_time_max: int = max(STUDENT_COUNTS),
         half_parallel: bool = True) -> dict:
     """The concurrency table: a row per server and number of students; the app's memory.
 
+    All apps run for the whole benchmark and llama-server for the class size at hand; each
+    round of a class visits every server in turn, starting one further along each round, so
+    that no server always goes first or after the same neighbour.
     ONE_AT_A_TIME_MAX caps the students sent to `--parallel 1` (the slowest sweep);
     HALF_PARALLEL adds `--parallel P/2` rows where students outnumber it.
     """
     system_prompt = load_modes()[MODE].system_prompt
-    rows: list[dict] = []
     out: dict = {"answer_tokens": ANSWER_TOKENS, "mode": MODE, "parallel": parallel}
     # The default N, a smaller one where students outnumber it, and one at a time.
-    configs = [(parallel, counts), (1, tuple(n for n in counts if n <= one_at_a_time_max))]
-    if half_parallel:
-        configs.insert(1, (max(1, parallel // 2), tuple(n for n in counts if n > parallel // 2)))
-    with tempfile.TemporaryDirectory() as tmp:
+    configs = {parallel: counts, 1: tuple(n for n in counts if n <= one_at_a_time_max)}
+    if half_parallel and parallel > 1:
+        configs[parallel // 2] = tuple(n for n in counts if n > parallel // 2)
+    samples: dict[tuple[str, int], list] = collections.defaultdict(list)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as apps:
         prompts = greedy_prompts(Path(tmp) / "prompts", ANSWER_TOKENS)
-        for n_parallel, n_students in configs:
-            name = f"app --parallel {n_parallel}"
-            with running_app("--model", str(model), "--whisper", str(whisper),
-                             "--threads", str(threads), "--prompts", str(prompts),
-                             "--parallel", str(n_parallel), "--queue-size", "64",
-                             log=Path(tmp) / f"app-{n_parallel}.log") as app:
-                app_student(app.url)(-1, threading.Barrier(1))  # warm-up, not counted
-                for n in n_students:
-                    print(f"  {name}: {n} student(s) at once …", flush=True)
-                    rows.append(_measured(name, app_student(app.url), n))
-                if n_parallel == parallel:
-                    out["transcription_stall"] = transcription_stall(app.url, clip)
-                    out["app_peak_rss_gb"] = peak_rss_bytes(app.pid) / 1e9
-        for n in counts:  # a llama-server per N with --parallel N and room for all: its best case
-            print(f"  llama-server --parallel {n}: {n} student(s) at once …", flush=True)
+        urls = {}
+        for n_parallel in configs:
+            app = apps.enter_context(running_app(
+                "--model", str(model), "--whisper", str(whisper), "--threads", str(threads),
+                "--prompts", str(prompts), "--parallel", str(n_parallel), "--queue-size", "64",
+                log=Path(tmp) / f"app-{n_parallel}.log"))
+            app_student(app.url)(-1, threading.Barrier(1))  # warm-up, not counted
+            urls[n_parallel] = app
+        for n in counts:  # llama-server --parallel N with room for all: its best case
             with llama_server.running(model, n, max(DEFAULT_KV_TOKENS, n * SERVER_CELLS_PER_SLOT),
-                                      threads, Path(tmp) / "server.log") as url:
-                _warm_server(url, system_prompt, n)
-                rows.append(_measured("llama-server --parallel N",
-                                      server_student(url, system_prompt), n))
-    out["rows"] = rows
+                                      threads, Path(tmp) / f"server-{n}.log") as server_url:
+                _warm_server(server_url, system_prompt, n)
+                servers = [(f"app --parallel {p}", app_student(urls[p].url))
+                           for p, classes in configs.items() if n in classes]
+                servers.append((SERVER, server_student(server_url, system_prompt)))
+                for r in range(rounds_for(n)):
+                    for name, student in servers[r % len(servers):] + servers[:r % len(servers)]:
+                        print(f"  {name}: {n} student(s) at once, round {r + 1} …", flush=True)
+                        samples[name, n].append(_measured(student, n))
+        out["transcription_stall"] = transcription_stall(urls[parallel].url, clip)
+        out["app_peak_rss_gb"] = peak_rss_bytes(urls[parallel].pid) / 1e9
+    out["rows"] = [_row(name, n, rounds) for (name, n), rounds in samples.items()]
     return out
 
 
-def _measured(server: str, student: Student, n: int) -> dict:
-    """A row of the table; a failure is a row too (reported), not the end of the run."""
+
+def _measured(student: Student, n: int) -> dict[int, list[Turn]] | str:
+    """One round of a class; a failure is kept as its message, not the end of the run."""
     try:
-        return {"server": server, **at_once(student, n)}
+        return at_once(student, n)
     except RuntimeError as e:
         print(f"    failed: {e}", flush=True)
-        return {"server": server, "students": n, "error": str(e)}
+        return str(e)
+
+
+def _row(server: str, students: int, rounds: list) -> dict:
+    """The table's row for SERVER and STUDENTS; a row with a failed round reports the failure."""
+    failures = [r for r in rounds if isinstance(r, str)]
+    if failures:
+        return {"server": server, "students": students, "error": failures[0]}
+    return {"server": server, **summary(rounds)}
 
 
 def row(results: dict, server: str, students: int) -> dict:
@@ -277,7 +311,7 @@ GOALS = [
 def goals(results: dict) -> dict:
     """The goal ratios of one concurrency run."""
     batched = f"app --parallel {results['parallel']}"
-    server = "llama-server --parallel N"
+    server = SERVER
     b1, b8 = row(results, batched, 1), row(results, batched, 8)
     s1, s8 = row(results, server, 1), row(results, server, 8)
     p1 = row(results, "app --parallel 1", 1)
