@@ -16,6 +16,7 @@ import argparse
 import ctypes
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -25,8 +26,10 @@ import gradio as gr
 
 from tutor.audio import AudioLimits
 from tutor.errors import TutorError
+from tutor.fairness import InFlightLimits
 from tutor.llama_runtime import KV_TYPES
-from tutor.llm import (DEFAULT_KV_TOKENS, DEFAULT_KV_TYPE, DEFAULT_PARALLEL, ModelLoadError,
+from tutor.llm import (DEFAULT_KV_TOKENS, DEFAULT_KV_TYPE, DEFAULT_MAX_WAITING,
+                       DEFAULT_PARALLEL, InLine, ModelLoadError,
                        TutorLLM, resolve_model)
 from tutor.modes import PROMPTS_DIR, load_modes
 from tutor.service import Tutor
@@ -38,6 +41,8 @@ log = logging.getLogger("voice-tutor")
 DEFAULT_MODEL = "bartowski/Llama-3.2-1B-Instruct-GGUF/Llama-3.2-1B-Instruct-Q4_K_M.gguf"
 DEFAULT_WHISPER = "base.en"
 MAX_PARALLEL = 64
+MAX_QUEUE_SIZE = 256  # each waiting question holds a Gradio worker thread
+OTHER_WORKER_THREADS = 8  # Gradio worker threads beyond the answers: transcriptions, page events
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 SOMETHING_WENT_WRONG = "Something went wrong on our side. Please try again."
 EXAMPLES = [
@@ -83,7 +88,21 @@ class Settings:
     mode: str = _setting("mode selected when the page opens", "TUTOR_MODE", "hint")
     max_audio_seconds: float = _setting("longest recording accepted, in seconds",
                                         "TUTOR_MAX_AUDIO_SECONDS", 120.0, float)
-    queue_size: int = _setting("requests that may wait in the queue", "TUTOR_QUEUE_SIZE", 16, int)
+    max_upload_mb: float = _setting("largest upload accepted, in MB (refused while it arrives); "
+                                    "two minutes of 48 kHz stereo WAV are 23 MB",
+                                    "TUTOR_MAX_UPLOAD_MB", 25.0, float)
+    upload_max_age_minutes: float = _setting("uploads and recordings are deleted from Gradio's "
+                                             "cache after this many minutes",
+                                             "TUTOR_UPLOAD_MAX_AGE_MINUTES", 30.0, float)
+    max_per_session: int = _setting("questions one session (a page, a gradio_client) may have in "
+                                    "flight at once", "TUTOR_MAX_PER_SESSION", 1, int)
+    max_per_address: int = _setting("questions one network address may have in flight at once "
+                                    "(0: half the answer places, parallel + queue size; a class "
+                                    "may share a school's address)",
+                                    "TUTOR_MAX_PER_ADDRESS", 0, int)
+    queue_size: int = _setting("questions that may wait for an answer slot (more are told the "
+                               "tutor is busy), and recordings that may wait for Whisper",
+                               "TUTOR_QUEUE_SIZE", DEFAULT_MAX_WAITING, int)
     update_interval: float = _setting("seconds between streamed answer updates (fewer updates "
                                       "leave more CPU to the model)", "TUTOR_UPDATE_INTERVAL",
                                       0.08, float)
@@ -116,6 +135,12 @@ def load(settings: Settings) -> LoadedModels:
         raise TutorError(f"--mode {settings.mode!r} is not one of: {', '.join(modes)}")
     if not 1 <= settings.parallel <= MAX_PARALLEL:
         raise TutorError(f"--parallel must be between 1 and {MAX_PARALLEL}")
+    if not 0 <= settings.queue_size <= MAX_QUEUE_SIZE:
+        raise TutorError(f"--queue-size must be between 0 and {MAX_QUEUE_SIZE}")
+    if settings.max_per_session < 1 or settings.max_per_address < 0:
+        raise TutorError("--max-per-session must be at least 1, --max-per-address at least 0")
+    if settings.max_upload_mb <= 0 or settings.upload_max_age_minutes <= 0:
+        raise TutorError("--max-upload-mb and --upload-max-age-minutes must be positive")
     if settings.kv_type not in KV_TYPES:
         raise TutorError(f"--kv-type must be one of: {', '.join(KV_TYPES)}")
     if settings.kv_tokens < settings.n_ctx:
@@ -133,7 +158,14 @@ def load(settings: Settings) -> LoadedModels:
             import synth.standin
 
             missing.append(f"{what} ({e})")
-            return load_fn(str(getattr(synth.standin, standin)()))
+            try:
+                built = getattr(synth.standin, standin)()
+            except OSError as build_error:  # no room, read-only cache, ...
+                raise ModelLoadError(
+                    f"{e}; and the stand-in {what} could not be built in "
+                    f"{synth.standin.CACHE_DIR} ({build_error.strerror or build_error}): "
+                    "set TUTOR_CACHE to a writable folder") from None
+            return load_fn(str(built))
 
     # One thread for every native call, loading included: one OpenMP team in the process, as
     # many threads as cores (a torch call from any other thread adds a team; tutor.threads).
@@ -151,7 +183,8 @@ def load(settings: Settings) -> LoadedModels:
     release_freed_memory()
     llm = TutorLLM(model_path, n_ctx=settings.n_ctx, n_threads=threads,
                    cache_bytes=settings.cache_mb * 2**20, parallel=settings.parallel,
-                   kv_tokens=settings.kv_tokens, kv_type=settings.kv_type, thread=native)
+                   kv_tokens=settings.kv_tokens, kv_type=settings.kv_type,
+                   max_waiting=settings.queue_size, thread=native)
     tutor = Tutor(llm, transcriber, modes, AudioLimits(max_seconds=settings.max_audio_seconds))
     notice = None
     if missing:
@@ -199,6 +232,13 @@ def coalesce(updates: Iterator[str], interval_s: float) -> Iterator[str]:
         yield pending
 
 
+def waiting_message(place: int) -> str:
+    """What a student reads while their question waits for a free answer slot."""
+    if place == 1:
+        return "⏳ The tutor is answering other students. You are next in line."
+    return f"⏳ The tutor is answering other students. You are number {place} in line."
+
+
 def _user_error(e: Exception) -> gr.Error:
     """One clear message for the page; details of unexpected failures go to the server log."""
     if isinstance(e, TutorError):
@@ -207,8 +247,20 @@ def _user_error(e: Exception) -> gr.Error:
     return gr.Error(SOMETHING_WENT_WRONG, print_exception=False)
 
 
+def client_of(request: gr.Request | None) -> tuple[str, str]:
+    """(session, network address) of a request; behind a proxy (a Space), the address the
+    proxy reports. A forged X-Forwarded-For only moves a client into another address's share."""
+    if request is None:
+        return "", ""
+    forwarded = request.headers.get("x-forwarded-for", "")
+    address = forwarded.split(",")[0].strip() or (request.client.host if request.client else "")
+    return request.session_hash or "", address
+
+
 def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
     tutor = models.tutor
+    limits = InFlightLimits(settings.max_per_session, settings.max_per_address
+                            or max(1, (settings.parallel + settings.queue_size) // 2))
 
     def transcribe(recording: str | None, language: str = "en") -> str:
         """Text of a recorded or uploaded question (WAV, FLAC or OGG)."""
@@ -217,30 +269,30 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
         except Exception as e:
             raise _user_error(e) from None
 
-    def respond(question: str, mode: str, history: list[dict]):
+    def respond(question: str, mode: str, history: list[dict], request: gr.Request):
         try:
-            stream = tutor.ask(question, mode, history)
-        except Exception as e:
-            raise _user_error(e) from None
-        turn = list(history or []) + [{"role": "user", "content": question.strip()},
-                                      {"role": "assistant", "content": ""}]
-        yield turn, ""
-        try:
-            for answer in coalesce(stream, settings.update_interval):
-                turn[-1] = {"role": "assistant", "content": answer}
+            with limits.hold(*client_of(request)):
+                stream = tutor.ask(question, mode, history, places=True)
+                turn = list(history or []) + [{"role": "user", "content": question.strip()},
+                                              {"role": "assistant", "content": ""}]
                 yield turn, ""
+                for update in coalesce(stream, settings.update_interval):
+                    answer = waiting_message(update.place) if isinstance(update, InLine) else update
+                    turn[-1] = {"role": "assistant", "content": answer}
+                    yield turn, ""
         except Exception as e:
             raise _user_error(e) from None
 
-    def ask(question: str, mode: str = settings.mode,
-            history: list[dict] | None = None) -> Iterator[str]:
+    def ask(question: str, mode: str = settings.mode, history: list[dict] | None = None,
+            request: gr.Request = None) -> Iterator[str]:
         """Stream the tutor's answer to QUESTION in MODE after HISTORY ({role, content} messages)."""
         try:
-            yield from coalesce(tutor.ask(question, mode, history), settings.update_interval)
+            with limits.hold(*client_of(request)):
+                yield from coalesce(tutor.ask(question, mode, history), settings.update_interval)
         except Exception as e:
             raise _user_error(e) from None
 
-    with gr.Blocks(title="Voice tutor") as app:
+    with gr.Blocks(title="Voice tutor", delete_cache=(sweep_every_s, max_age_s)) as app:
         gr.Markdown("# Voice tutor\nRecord or type a question, pick how the tutor should "
                     "help, and read the answer as it is written.")
         if models.notice:
@@ -269,19 +321,33 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
                                  api_name="transcribe")
         recording.upload(transcribe, [recording, language], [question], api_visibility="private")
         answering = [
-            send.click(respond, [question, mode, chat], [chat, question], concurrency_id="llm",
-                       concurrency_limit=settings.parallel, api_visibility="private"),
+            send.click(respond, [question, mode, chat], [chat, question],
+                       concurrency_limit=None, api_visibility="private"),
             question.submit(respond, [question, mode, chat], [chat, question],
-                            concurrency_id="llm", concurrency_limit=settings.parallel,
-                            api_visibility="private"),
+                            concurrency_limit=None, api_visibility="private"),
         ]
         stop.click(None, cancels=answering)
         new.click(lambda: ([], ""), outputs=[chat, question], cancels=answering,
                   api_visibility="private")
-        gr.api(ask, api_name="ask", concurrency_id="llm", concurrency_limit=settings.parallel)
-    # N answers stream at once (the engine batches them); the rest wait in the bounded queue,
-    # where Gradio shows each student their place in line.
-    app.queue(max_size=settings.queue_size, default_concurrency_limit=1)
+        gr.api(ask, api_name="ask", concurrency_limit=None)
+
+        def health() -> dict:
+            """The engine's load and the process's resources (for monitoring and the soak)."""
+            activity = tutor.llm.activity()
+            return {"answering": activity.answering, "waiting": activity.waiting,
+                    "parallel": settings.parallel, "queue_size": settings.queue_size,
+                    "saved_conversations": activity.saved_conversations,
+                    "saved_mb": round(activity.saved_bytes / 2**20, 1),
+                    "answers_ended": activity.ended, "threads": threading.active_count()}
+
+        gr.api(health, api_name="health", concurrency_limit=None)
+    # Questions go straight to the engine, which answers N at once, keeps a bounded line (the
+    # page shows each student their place) and refuses the rest as busy: a finished event with
+    # a message. Gradio's own "queue full" is an HTTP 503 at join time, which gradio_client
+    # 2.7 never surfaces to a caller iterating the job (it waits forever), so that limit is
+    # only a backstop here: room for a whole line of questions arriving at once, and a line
+    # of recordings waiting for Whisper (one at a time).
+    app.queue(max_size=settings.parallel + 2 * settings.queue_size, default_concurrency_limit=1)
     return app
 
 
@@ -295,7 +361,19 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from None
     if models.notice:
         log.warning("running on stand-in models: answers are not meaningful")
-    build_app(models, settings).launch(server_name=settings.host, server_port=settings.port)
+    app = build_app(models, settings)
+    try:
+        app.launch(
+            server_name=settings.host, server_port=settings.port,
+            # Our handlers raise only gr.Error (a message for the user); this lets a caller
+            # also learn why Gradio itself refused a request, e.g. a file never uploaded.
+            show_error=True,
+            max_file_size=int(settings.max_upload_mb * 2**20),
+            # A worker thread per answer being generated or waiting, and some for the rest.
+            max_threads=settings.parallel + settings.queue_size + OTHER_WORKER_THREADS)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        raise SystemExit(f"error: cannot serve on {settings.host}:{settings.port}: "
+                         f"{str(e).splitlines()[0]}") from None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""A class at once through the running app: isolation of 16 sessions, places in the queue.
+"""A class at once through the running app: isolation of 16 sessions, a burst beyond the line.
 
 The app runs `--parallel 4` on a seeded F32 model with an F32 KV cache and greedy modes, so that
 an answer given in a crowd must equal, token for token, the answer given alone.
@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 import pytest
 from gradio_client import Client
-from gradio_client.utils import Status
+from gradio_client.exceptions import AppError
 
+import raw_http
 from app_process import running_app
 from bench.app import greedy_prompts
 
 N_STUDENTS = 16
 PARALLEL = 4
-STATUS_POLL_S = 0.02  # how often a waiting client looks at its job's status
 JOIN_TIMEOUT_S = 600
 
 
@@ -47,7 +47,6 @@ def _question(i: int) -> str:
 class Burst:
     alone: dict[int, str]
     together: dict[int, str]
-    ranks: dict[int, list[int]]  # places in line each student was shown
 
 
 @pytest.fixture(scope="module")
@@ -56,26 +55,19 @@ def burst(app_url) -> Burst:
     alone = {i: client.predict(_question(i), "explain", _history(i), api_name="/ask")
              for i in range(N_STUDENTS)}
     together: dict[int, str] = {}
-    ranks: dict[int, list[int]] = {i: [] for i in range(N_STUDENTS)}
     clients = [Client(app_url, verbose=False) for _ in range(N_STUDENTS)]
     go = threading.Barrier(N_STUDENTS)
 
     def student(i: int) -> None:
         go.wait()  # everyone asks at the same moment
-        job = clients[i].submit(_question(i), "explain", _history(i), api_name="/ask")
-        while not job.done():
-            status = job.status()
-            if status.code == Status.IN_QUEUE and status.rank is not None:
-                ranks[i].append(status.rank)
-            time.sleep(STATUS_POLL_S)
-        together[i] = job.result()
+        together[i] = clients[i].predict(_question(i), "explain", _history(i), api_name="/ask")
 
     threads = [threading.Thread(target=student, args=(i,)) for i in range(N_STUDENTS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(JOIN_TIMEOUT_S)
-    return Burst(alone, together, ranks)
+    return Burst(alone, together)
 
 
 def test_sixteen_concurrent_sessions_get_exactly_the_answers_they_get_alone(burst):
@@ -83,6 +75,74 @@ def test_sixteen_concurrent_sessions_get_exactly_the_answers_they_get_alone(burs
     assert len(set(burst.alone.values())) == N_STUDENTS  # distinct histories, distinct answers
 
 
-def test_students_beyond_the_parallel_answers_are_shown_their_place_in_line(burst):
-    shown = [max(ranks) for ranks in burst.ranks.values() if ranks]
-    assert shown and max(shown) >= 1  # someone waited behind others, and was told so
+BURST = 40  # clients at once, against PARALLEL answers and a line of QUEUE_SIZE
+QUEUE_SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def long_answers_url(slow_gguf, tiny_whisper_path, tmp_path_factory):
+    """200-token answers: the first ones are still streaming when the burst has arrived."""
+    prompts = greedy_prompts(tmp_path_factory.mktemp("prompts"), max_tokens=200)
+    log = tmp_path_factory.mktemp("logs") / "app.log"
+    with running_app("--model", str(slow_gguf), "--whisper", str(tiny_whisper_path),
+                     "--prompts", str(prompts), "--n-ctx", "1024", "--threads", "2",
+                     "--parallel", str(PARALLEL), "--kv-type", "f32",
+                     "--queue-size", str(QUEUE_SIZE), log=log) as app:
+        yield app.url
+
+
+def test_a_burst_beyond_the_line_is_answered_whole_or_told_busy_at_once(long_answers_url):
+    """Every client (gradio_client or raw HTTP) gets its whole answer or "busy" while the
+    first answers are still streaming, never a hang; the app then serves normally."""
+    clients = [Client(long_answers_url, verbose=False) for _ in range(BURST)]
+    go = threading.Barrier(BURST)
+    outcomes: dict[int, tuple[str, str, float]] = {}  # i -> (kind, text, when it ended)
+
+    def student(i: int) -> None:
+        go.wait()
+        if i % 4 == 3:  # a quarter call the HTTP API directly
+            outcome = raw_http.call(long_answers_url, "ask", "What is a fraction?", "hint", [])
+            kind = "answer" if outcome.event == "complete" else "refused"
+            text = outcome.data[0] if kind == "answer" else outcome.data
+        else:
+            try:
+                kind, text = "answer", clients[i].predict("What is a fraction?", "hint", [],
+                                                          api_name="/ask")
+            except AppError as e:
+                kind, text = "refused", str(e)
+        outcomes[i] = (kind, text, time.monotonic())
+
+    threads = [threading.Thread(target=student, args=(i,)) for i in range(BURST)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_TIMEOUT_S)
+    assert len(outcomes) == BURST  # nobody left hanging
+    answers = [o for o in outcomes.values() if o[0] == "answer"]
+    refusals = [o for o in outcomes.values() if o[0] == "refused"]
+    assert len(answers) >= PARALLEL + QUEUE_SIZE and refusals
+    assert all("The tutor is busy" in text and "Traceback" not in text for _, text, _ in refusals)
+    assert max(end for *_, end in refusals) < max(end for *_, end in answers)  # told at once
+    after = Client(long_answers_url, verbose=False).predict("What is a fraction?", "hint", [],
+                                                           api_name="/ask")
+    assert {text for _, text, _ in answers} == {after}  # whole answers, the same as alone
+
+
+def _health(url: str) -> dict:
+    return Client(url, verbose=False).predict(api_name="/health")
+
+
+def test_fifty_clients_vanishing_mid_answer_leave_nothing_behind(long_answers_url):
+    before = _health(long_answers_url)
+    for _ in range(50):
+        raw_http.abandon(long_answers_url, "ask", "Tell me about fractions.", "hint", [])
+    deadline = time.monotonic() + JOIN_TIMEOUT_S  # a hang guard: we wait for the counters
+    while (health := _health(long_answers_url))["answering"] or health["waiting"]:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.1)
+    ended = {k: health["answers_ended"].get(k, 0) - before["answers_ended"].get(k, 0)
+             for k in health["answers_ended"]}
+    assert ended.get("cancelled", 0) == 50 and ended.get("max_tokens", 0) == 0  # none ran on
+    while _health(long_answers_url)["threads"] > before["threads"]:  # worker threads wind down
+        assert time.monotonic() < deadline
+        time.sleep(0.1)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import struct
+import tracemalloc
 
 import numpy as np
 import pytest
+import soundfile
 
 from audio_files import tone, write
 from tutor import audio
@@ -82,3 +85,50 @@ def test_length_cap_is_configurable(tmp_path):
     assert len(audio.load(path, audio.AudioLimits(max_seconds=10)))
     with pytest.raises(audio.AudioError, match="too long"):
         audio.load(path, audio.AudioLimits(max_seconds=4))
+
+
+def _flac_without_its_length(path, seconds: float, rate: int) -> bytes:
+    """A FLAC of clicks whose header leaves the length unset (as a streaming encoder may)."""
+    samples = np.zeros((int(seconds * rate), 1), np.float32)
+    samples[::rate] = 0.5  # a click a second: compresses to almost nothing
+    soundfile.write(path, samples, rate, format="FLAC")
+    data = bytearray(path.read_bytes())
+    data[21] &= 0xF0  # STREAMINFO's 36-bit total sample count: 0, unknown
+    data[22:26] = bytes(4)
+    return bytes(data)
+
+
+def test_a_small_file_that_decodes_to_hours_is_refused_while_decoding(tmp_path):
+    data = _flac_without_its_length(tmp_path / "hours.flac", 2 * 3600, 8000)
+    assert len(data) < 8 * 2**20  # small on the wire: far below the upload limit
+    tracemalloc.start()
+    try:
+        with pytest.raises(audio.AudioError, match="too long"):
+            audio.load(data)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    limit_bytes = 120 * 8000 * 4  # two minutes of mono float32: what the limit allows
+    assert peak_bytes < 3 * limit_bytes  # not two hours' worth
+
+
+def test_a_wav_header_claiming_ten_hours_is_read_for_what_it_holds(tmp_path):
+    samples = (tone(2.0, 16000) * 32767).astype("<i2")
+    n_claimed = 10 * 3600 * 16000 * 2
+    header = (b"RIFF" + struct.pack("<I", 36 + n_claimed) + b"WAVEfmt "
+              + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+              + b"data" + struct.pack("<I", n_claimed))
+    assert len(audio.load(header + samples.tobytes())) == 2 * 16000
+
+
+def test_six_channels_at_96_khz_for_two_minutes_decode_within_bounds(tmp_path):
+    path = write(tmp_path / "surround.flac", tone(120.0, 96000, channels=6), 96000)
+    tracemalloc.start()
+    try:
+        whisper_input = audio.load(path)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert whisper_input.shape == (120 * audio.SAMPLE_RATE,)
+    all_channels_bytes = 120 * 96000 * 6 * 4  # what decoding the file at once would hold
+    assert peak_bytes < all_channels_bytes / 2

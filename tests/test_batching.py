@@ -11,7 +11,8 @@ import threading
 
 import pytest
 
-from tutor.errors import TutorError
+from tutor.batching import InLine
+from tutor.errors import BusyError, TutorError
 from tutor.llm import GenerationStats, TutorLLM
 from tutor.modes import Generation, load_modes
 from tutor.service import Tutor
@@ -216,3 +217,20 @@ def test_conversations_rotating_through_a_small_store_keep_being_answered(slow_g
     assert "saved" in sources
     count, nbytes = llm.saved_conversations()
     assert 0 < nbytes <= 2 * 2**20
+
+
+def test_a_full_line_is_refused_at_once_and_waiting_answers_hear_their_place(slow_gguf):
+    llm = TutorLLM(slow_gguf, n_ctx=512, n_threads=2, parallel=1, max_waiting=2)
+    questions = [_conversation("Tutor.", f"Question {i}?") for i in range(4)]
+    answering = llm.stream(questions[0], _greedy(400))
+    assert isinstance(next(answering), str)
+    second, third = (llm.stream(q, _greedy(8), places=True) for q in questions[1:3])
+    assert next(second) == InLine(1) and next(third) == InLine(2)
+    with pytest.raises(BusyError, match="busy"):
+        next(llm.stream(questions[3], _greedy(8)))
+    assert llm.stats.stopped == "busy"
+    answering.close()  # the first student leaves: the line moves up
+    assert isinstance(next(second), str) and next(third) == InLine(1)
+    assert "".join(p for p in second if isinstance(p, str))
+    assert all(isinstance(p, str) for p in third)  # served in its turn
+    assert llm.answer(questions[3], _greedy(8))  # and the engine keeps serving

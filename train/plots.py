@@ -55,16 +55,21 @@ def plot_bars(groups: dict[str, dict[str, dict]], path: Path, title: str,
 
 
 def plot_lines(panels: dict[str, dict[str, list[tuple[float, float]]]], path: Path, title: str,
-               xlabel: str) -> None:
-    """Side-by-side line charts: PANELS maps a y-axis label to {series name: [(x, y), ...]}."""
+               xlabel: str, log_x: bool = True) -> None:
+    """Side-by-side line charts: PANELS maps a y-axis label to {series name: [(x, y), ...]}.
+
+    LOG_X: a base-2 x axis ticked at the points (sizes); else linear (time series, no markers).
+    """
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (ylabel, series) in zip(axes[0], panels.items()):
         for name, points in series.items():
-            ax.plot(*zip(*points), "o-", label=name)
+            if points:
+                ax.plot(*zip(*points), "o-" if log_x else "-", label=name)
         ax.set(xlabel=xlabel, ylabel=ylabel)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({x for points in series.values() for x, _ in points}))
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        if log_x:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted({x for points in series.values() for x, _ in points}))
+            ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()

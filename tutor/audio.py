@@ -20,6 +20,10 @@ from tutor.errors import TutorError
 
 SAMPLE_RATE = 16000
 FRAME_S = 0.03
+DECODE_BLOCK_S = 4  # seconds of a file decoded at a time (a bounded buffer, whatever the file)
+MAX_CHANNELS = 8  # more is not a recording of a question
+MIN_RATE, MAX_RATE = 4000, 384000  # Hz: phone audio to studio formats
+UNKNOWN_LENGTH = 2**62  # libsndfile reports a file of unknown length as SF_COUNT_MAX frames
 
 
 class AudioError(TutorError):
@@ -60,8 +64,10 @@ def read(source: str | Path | bytes | tuple[int, np.ndarray],
          limits: AudioLimits = AudioLimits()) -> tuple[np.ndarray, int]:
     """Decode SOURCE (a file path, file bytes, or Gradio's (rate, samples)) to (samples, rate).
 
-    Samples are float32, shaped (frames, channels). A file over the length limit is refused
-    from its header, before its samples are read.
+    Samples are float32, shaped (frames, channels); a file comes back already averaged to mono
+    and at 16 kHz, (frames, 1), converted as it is decoded. A file over the length limit is refused from its header, and, should
+    the header understate it, as soon as decoding passes the limit: memory stays bounded by
+    the limit, whatever the file claims.
     """
     if isinstance(source, tuple):
         rate, samples = source
@@ -69,9 +75,7 @@ def read(source: str | Path | bytes | tuple[int, np.ndarray],
     else:
         data = io.BytesIO(source) if isinstance(source, bytes) else source
         try:
-            with soundfile.SoundFile(data) as f:
-                _refuse_if_too_long(f.frames / f.samplerate, limits)
-                samples, rate = f.read(dtype="float32", always_2d=True), f.samplerate
+            samples, rate = _decode_mono(data, limits)
         except AudioError:
             raise
         except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
@@ -84,6 +88,30 @@ def read(source: str | Path | bytes | tuple[int, np.ndarray],
     if samples.ndim != 2 or not rate or int(rate) <= 0:
         raise AudioError("The recording is not audio samples.")
     return samples, int(rate)
+
+
+def _decode_mono(data: str | Path | io.BytesIO, limits: AudioLimits) -> tuple[np.ndarray, int]:
+    """A file's samples averaged to mono and resampled to 16 kHz block by block: (frames, 1) and
+    SAMPLE_RATE. Nothing larger than one block of the file and the 16 kHz result is held."""
+    with soundfile.SoundFile(data) as f:
+        if not 0 < f.channels <= MAX_CHANNELS or not MIN_RATE <= f.samplerate <= MAX_RATE:
+            raise AudioError(f"That file is not a usable recording ({f.channels} channels at "
+                             f"{f.samplerate} Hz).")
+        if f.frames < UNKNOWN_LENGTH:  # e.g. a streamed FLAC leaves its length unset
+            _refuse_if_too_long(f.frames / f.samplerate, limits)
+        max_frames = int(limits.max_seconds * f.samplerate)
+        # One-shot and streamed soxr output are identical; streaming keeps memory flat.
+        resampler = soxr.ResampleStream(f.samplerate, SAMPLE_RATE, 1, dtype="float32",
+                                        quality="HQ")
+        pieces, frames = [], 0
+        for block in f.blocks(blocksize=f.samplerate * DECODE_BLOCK_S, dtype="float32",
+                              always_2d=True):
+            frames += len(block)
+            if frames > max_frames:  # the header understated the length
+                _refuse_if_too_long(frames / f.samplerate, limits)
+            pieces.append(resampler.resample_chunk(block.mean(axis=1, dtype=np.float32)))
+        pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+        return np.concatenate(pieces)[:, None], SAMPLE_RATE
 
 
 def to_whisper(samples: np.ndarray, rate: int) -> np.ndarray:

@@ -20,6 +20,7 @@ Sequence ids: 0..N-1 are the slots, N.. the pinned prefixes (mode prompts).
 from __future__ import annotations
 
 import codecs
+import collections
 import logging
 import queue
 import threading
@@ -28,12 +29,19 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from tutor.context_cache import Context, ContextStore
-from tutor.errors import TutorError
+from tutor.errors import BusyError, TutorError
 from tutor.llama_runtime import LlamaContext, LlamaError, LlamaModel, Sampler
 from tutor.modes import Generation
 
 log = logging.getLogger(__name__)
 DONE = object()  # the end of a stream of pieces
+
+
+@dataclass(frozen=True)
+class InLine:
+    """A marker in a stream of pieces: the request waits for a slot, at this place in line."""
+
+    place: int  # 1: next to be served
 
 
 @dataclass
@@ -69,6 +77,7 @@ class Request:
     stats: GenerationStats
     pieces: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     submitted: float = field(default_factory=time.perf_counter)
+    place: int = 0  # the place in line last reported (0: none yet, or being served)
 
     def cancelled(self) -> bool:
         return any(stop.is_set() for stop in self.stops)
@@ -113,8 +122,11 @@ class Scheduler:
     """Slots, pinned prefixes, saved states and the step loop over one llama.cpp context."""
 
     def __init__(self, model: LlamaModel, context: LlamaContext, n_slots: int, n_ctx: int,
-                 prefill_chunk: int, store: ContextStore, max_pinned: int) -> None:
+                 prefill_chunk: int, store: ContextStore, max_pinned: int,
+                 max_waiting: int) -> None:
+        """MAX_WAITING bounds the line: requests beyond it that find no slot are refused."""
         self.model, self.context, self.store = model, context, store
+        self.max_waiting = max_waiting
         self.n_ctx = n_ctx  # one conversation's window
         self.prefill_chunk = prefill_chunk
         self.max_pinned = max_pinned
@@ -123,6 +135,7 @@ class Scheduler:
         self.inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self.waiting: deque[Request] = deque()
         self.most_sequences_in_a_step = 0  # since start-up: how far batching went
+        self.ended: collections.Counter[str] = collections.Counter()  # requests, by how
 
     # -- state ------------------------------------------------------------------------------
     def has_work(self) -> bool:
@@ -173,6 +186,7 @@ class Scheduler:
             self.waiting.append(self.inbox.get())
         self._end_cancelled()
         self._admit()
+        self._refuse_beyond_the_line()
         active = [slot for slot in self.slots if slot.request]
         if not active:
             return
@@ -220,9 +234,7 @@ class Scheduler:
             if slot.request:
                 self._finish(slot, "error", error)
         while self.waiting:
-            request = self.waiting.popleft()
-            request.stats.stopped = "error"
-            request.pieces.put(error)
+            self._end(self.waiting.popleft(), "error", error)
         self.reset()
 
     # -- admission ------------------------------------------------------------------------------
@@ -232,8 +244,7 @@ class Scheduler:
                 self._finish(slot, "cancelled")
         for request in [r for r in self.waiting if r.cancelled()]:
             self.waiting.remove(request)
-            request.stats.stopped = "cancelled"
-            request.pieces.put(DONE)
+            self._end(request, "cancelled", DONE)
 
     def _admit(self) -> None:
         while self.waiting:
@@ -253,14 +264,21 @@ class Scheduler:
             if self._cells_in_use(slot) + plan.cells > self.context.kv_tokens:
                 if any(s.request for s in self.slots):
                     return  # room comes back when answers finish
-                self.waiting.popleft()
-                request.stats.stopped = "error"
-                request.pieces.put(TutorError(
+                self._end(self.waiting.popleft(), "error", TutorError(
                     "This conversation is too long for the tutor's memory. Please start a new "
                     "conversation."))
                 continue
             self.waiting.popleft()
             self._start(slot, request, plan)
+
+    def _refuse_beyond_the_line(self) -> None:
+        """The newest requests beyond MAX_WAITING hear "busy" at once; the rest hear their place."""
+        while len(self.waiting) > self.max_waiting:
+            self._end(self.waiting.pop(), "busy", BusyError())
+        for place, request in enumerate(self.waiting, start=1):
+            if request.place != place:
+                request.place = place
+                request.pieces.put(InLine(place))
 
     def _cells_in_use(self, excluding: Slot) -> int:
         return (sum(len(p.tokens) for p in self.pinned.values())
@@ -398,13 +416,17 @@ class Scheduler:
             tail = slot.decoder.decode(b"", final=True)
             if tail:
                 request.pieces.put(tail)
-        stats = request.stats
-        stats.stopped = reason
-        stats.total_s = time.perf_counter() - request.submitted
         if slot.sampler:
             slot.sampler.close()
         slot.request, slot.sampler, slot.decoder = None, None, None
         slot.pending, slot.pending_text, slot.reserved = [], [], 0
         slot.generating = False
         slot.last_used = time.perf_counter()
-        request.pieces.put(error if error is not None else DONE)
+        self._end(request, reason, error if error is not None else DONE)
+
+    def _end(self, request: Request, reason: str, last: object) -> None:
+        """The end of REQUEST, for REASON: LAST (DONE or an exception) closes its stream."""
+        request.stats.stopped = reason
+        request.stats.total_s = time.perf_counter() - request.submitted
+        self.ended[reason] += 1
+        request.pieces.put(last)

@@ -3,3 +3,11 @@
 
 class TutorError(ValueError):
     """Bad input or an unavailable resource, explained in words for the user interface."""
+
+
+class BusyError(TutorError):
+    """Every answer slot is taken and the line is full: the caller should try again soon."""
+
+    def __init__(self) -> None:
+        super().__init__("The tutor is busy with other students right now. Please try again in "
+                         "a moment.")

@@ -14,12 +14,13 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from tutor.batching import DONE, GenerationStats, Request, Scheduler
+from tutor.batching import DONE, GenerationStats, InLine, Request, Scheduler
 from tutor.chat_format import LLAMA3_CHAT_TEMPLATE
 from tutor.context_cache import ContextStore
 from tutor.conversation import Message
@@ -36,6 +37,7 @@ DEFAULT_KV_TOKENS = 6144  # KV cache cells shared by all conversations
 # q8_0 cells: 102 MB for a 1B Llama 3 (f16: 192 MB), so that the default app fits 2 GB; saved
 # conversations halve too. Measured beside f16 in one run: the same speed within noise.
 DEFAULT_KV_TYPE = "q8_0"
+DEFAULT_MAX_WAITING = 16  # answers that may wait for a slot; more are refused as busy
 DEFAULT_PREFILL_CHUNK = 64  # prompt tokens per step while other answers stream
 
 
@@ -82,14 +84,28 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Activity:
+    """A snapshot of the engine's load."""
+
+    answering: int  # answers being generated (slots in use)
+    waiting: int  # answers waiting for a slot
+    saved_conversations: int  # conversation KV caches kept outside the context
+    saved_bytes: int
+    ended: dict[str, int]  # answers so far, by how they ended: eot, max_tokens, cancelled, ...
+
+
 class TutorLLM:
     """A GGUF chat model serving up to PARALLEL streamed answers at once, with cached prefixes."""
 
     def __init__(self, model_path: Path, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, cache_bytes: int = 128 * 2**20, parallel: int = 1,
                  kv_tokens: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-                 kv_type: str = DEFAULT_KV_TYPE, thread: DedicatedThread | None = None) -> None:
+                 kv_type: str = DEFAULT_KV_TYPE, max_waiting: int = DEFAULT_MAX_WAITING,
+                 thread: DedicatedThread | None = None) -> None:
         """N_CTX is one conversation's window; KV_TOKENS the cache shared by all of them.
+        PARALLEL answers are generated at once; MAX_WAITING more may wait for a slot, and
+        answers beyond those are refused with a BusyError.
 
         THREAD runs every llama.cpp call (give the transcriber's, so that both share one
         OpenMP team; see `tutor.threads`).
@@ -122,7 +138,8 @@ class TutorLLM:
                 bos_token=self.piece(bos).decode(errors="replace") if bos >= 0 else "")
             for flag in (False, True)}
         self._scheduler = Scheduler(self.model, self.context, parallel, self.n_ctx,
-                                    prefill_chunk, ContextStore(cache_bytes), MAX_PINNED_PREFIXES)
+                                    prefill_chunk, ContextStore(cache_bytes), MAX_PINNED_PREFIXES,
+                                    max_waiting)
         self._serving = False
         self._lock = threading.Lock()
         self.stats = GenerationStats()  # the last finished answer's
@@ -163,6 +180,16 @@ class TutorLLM:
         """The most conversations one decode step has served since start-up."""
         return self._scheduler.most_sequences_in_a_step
 
+    def activity(self) -> Activity:
+        """What the engine holds right now, and how every answer so far ended."""
+        def snapshot() -> Activity:
+            scheduler = self._scheduler
+            return Activity(answering=sum(1 for s in scheduler.slots if s.request),
+                            waiting=scheduler.inbox.qsize() + len(scheduler.waiting),
+                            saved_conversations=len(scheduler.store),
+                            saved_bytes=scheduler.store.nbytes, ended=dict(scheduler.ended))
+        return self.thread.run(snapshot)
+
     def saved_conversations(self) -> tuple[int, int]:
         """(count, bytes) of conversation KV caches saved outside the llama.cpp context."""
         store = self._scheduler.store
@@ -171,25 +198,33 @@ class TutorLLM:
     # -- generation -------------------------------------------------------------------------
     def stream(self, messages: list[Message], generation: Generation, max_tokens: int | None = None,
                cancel: threading.Event | None = None, seed: int | None = None,
-               stats: GenerationStats | None = None) -> Iterator[str]:
+               stats: GenerationStats | None = None, places: bool = False
+               ) -> Iterator[str | InLine]:
         """Yield the answer to MESSAGES piece by piece until end-of-turn, MAX_TOKENS or CANCEL.
 
-        The answer is generated together with the others in flight. Closing this generator (the
+        The answer is generated together with the others in flight. Closing the iterator (the
         user pressed Stop, or left) frees its slot at the next decode step. STATS, if given, is
-        filled in as the answer goes; SEED overrides the mode's.
+        filled in as the answer goes; SEED overrides the mode's. With PLACES, an `InLine` is
+        yielded whenever the answer's place in line for a slot changes.
+        Raises BusyError at the first step when the line is full.
         """
-        prompt = self.render(messages)
+        return self._pieces(self.render(messages), generation, max_tokens, cancel, seed,
+                            stats if stats is not None else GenerationStats(), places)
+
+    def _pieces(self, prompt: str, generation: Generation, max_tokens: int | None,
+                cancel: threading.Event | None, seed: int | None, stats: GenerationStats,
+                places: bool) -> Iterator[str | InLine]:
         consumer_gone = threading.Event()
         request = Request(prompt.encode(), generation, max_tokens or generation.max_tokens, seed,
-                          [e for e in (cancel, consumer_gone) if e is not None],
-                          stats if stats is not None else GenerationStats())
+                          [e for e in (cancel, consumer_gone) if e is not None], stats)
         request.stats.prompt = prompt
-        self._submit(request)
+        self._submit(request)  # on the first next(): an iterator never read submits nothing
         try:
             while (piece := request.pieces.get()) is not DONE:
                 if isinstance(piece, Exception):
                     raise piece
-                yield piece
+                if places or not isinstance(piece, InLine):
+                    yield piece
         finally:
             consumer_gone.set()
             self.stats = request.stats

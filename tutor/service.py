@@ -16,7 +16,7 @@ import numpy as np
 from tutor import audio
 from tutor.conversation import fit_messages, normalize_history
 from tutor.errors import TutorError
-from tutor.llm import GenerationStats, TutorLLM
+from tutor.llm import GenerationStats, InLine, TutorLLM
 from tutor.modes import TutorMode, get_mode
 from tutor.transcribe import Transcriber
 
@@ -44,13 +44,18 @@ class Tutor:
         return self.transcriber.transcribe(audio.load(recording, self.audio_limits), language)
 
     def ask(self, question: str, mode: str, history: Sequence[dict] | None = None,
-            cancel: threading.Event | None = None) -> Iterator[str]:
-        """Stream the answer to QUESTION in MODE after HISTORY: each item is the answer so far.
+            cancel: threading.Event | None = None, places: bool = False
+            ) -> Iterator[str | InLine]:
+        """Stream the answer to QUESTION in MODE after HISTORY: each item is the answer so far
+        (with PLACES, also an `InLine` whenever the question's place in line changes).
 
         The question, mode and window are checked before this returns, so a bad request fails
-        here, with a TutorError, before anything is streamed.
+        here, with a TutorError, before anything is streamed; a full line fails at the first
+        item, with a BusyError.
         """
         tutor_mode = get_mode(self.modes, mode)
+        if not isinstance(question, str | None):
+            raise TutorError("The question must be text.")
         question = (question or "").strip()
         if not question:
             raise TutorError("Please type or record a question first.")
@@ -62,13 +67,17 @@ class Tutor:
             self.llm.n_ctx, tutor_mode.generation.max_tokens)
         stats = GenerationStats()
         return self._accumulate(self.llm.stream(messages, tutor_mode.generation,
-                                                max_tokens=budget, cancel=cancel, stats=stats),
+                                                max_tokens=budget, cancel=cancel, stats=stats,
+                                                places=places),
                                 stats)
 
     @staticmethod
-    def _accumulate(pieces: Iterator[str], s: GenerationStats) -> Iterator[str]:
+    def _accumulate(pieces: Iterator[str | InLine], s: GenerationStats) -> Iterator[str | InLine]:
         answer = ""
         for piece in pieces:
+            if isinstance(piece, InLine):
+                yield piece
+                continue
             answer += piece
             yield answer
         log.info("answer: %d prompt tokens (%d reused from %s, %d evaluated), %d generated, "
