@@ -26,7 +26,7 @@ import gradio as gr
 
 from tutor.audio import AudioLimits
 from tutor.errors import TutorError
-from tutor.fairness import InFlightLimits
+from tutor.fairness import BoundedLine, InFlightLimits
 from tutor.llama_runtime import KV_TYPES
 from tutor.llm import (DEFAULT_KV_TOKENS, DEFAULT_KV_TYPE, DEFAULT_MAX_WAITING,
                        DEFAULT_PARALLEL, InLine, ModelLoadError,
@@ -43,6 +43,7 @@ DEFAULT_WHISPER = "base.en"
 MAX_PARALLEL = 64
 MAX_QUEUE_SIZE = 256  # each waiting question holds a Gradio worker thread
 OTHER_WORKER_THREADS = 8  # Gradio worker threads beyond the answers: transcriptions, page events
+JOIN_BURST = 256  # requests arriving at the same instant that Gradio holds before its handlers
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 SOMETHING_WENT_WRONG = "Something went wrong on our side. Please try again."
 EXAMPLES = [
@@ -97,8 +98,7 @@ class Settings:
     max_per_session: int = _setting("questions one session (a page, a gradio_client) may have in "
                                     "flight at once", "TUTOR_MAX_PER_SESSION", 1, int)
     max_per_address: int = _setting("questions one network address may have in flight at once "
-                                    "(0: half the answer places, parallel + queue size; a class "
-                                    "may share a school's address)",
+                                    "(0: no limit; a whole class may share a school's address)",
                                     "TUTOR_MAX_PER_ADDRESS", 0, int)
     queue_size: int = _setting("questions that may wait for an answer slot (more are told the "
                                "tutor is busy), and recordings that may wait for Whisper",
@@ -259,13 +259,14 @@ def client_of(request: gr.Request | None) -> tuple[str, str]:
 
 def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
     tutor = models.tutor
-    limits = InFlightLimits(settings.max_per_session, settings.max_per_address
-                            or max(1, (settings.parallel + settings.queue_size) // 2))
+    limits = InFlightLimits(settings.max_per_session, settings.max_per_address or None)
+    transcriptions = BoundedLine(1 + settings.queue_size)
 
     def transcribe(recording: str | None, language: str = "en") -> str:
         """Text of a recorded or uploaded question (WAV, FLAC or OGG)."""
         try:
-            return tutor.transcribe(recording, language)
+            with transcriptions.hold():  # Whisper runs one at a time; the line is bounded
+                return tutor.transcribe(recording, language)
         except Exception as e:
             raise _user_error(e) from None
 
@@ -292,6 +293,10 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
         except Exception as e:
             raise _user_error(e) from None
 
+    # Gradio keeps every upload in its cache folder; sweep it so that days of recordings do not
+    # fill the disk (at most max-age × upload rate stays on disk; measured by the soak).
+    max_age_s = int(settings.upload_max_age_minutes * 60)
+    sweep_every_s = max(60, max_age_s // 4)
     with gr.Blocks(title="Voice tutor", delete_cache=(sweep_every_s, max_age_s)) as app:
         gr.Markdown("# Voice tutor\nRecord or type a question, pick how the tutor should "
                     "help, and read the answer as it is written.")
@@ -318,8 +323,10 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
                 chat = gr.Chatbot(label="Tutor", elem_id="chat", height=560, latex_delimiters=LATEX,
                                   buttons=["copy"], feedback_options=None)
         recording.stop_recording(transcribe, [recording, language], [question],
+                                 concurrency_limit=None,
                                  api_name="transcribe")
-        recording.upload(transcribe, [recording, language], [question], api_visibility="private")
+        recording.upload(transcribe, [recording, language], [question], concurrency_limit=None,
+                         api_visibility="private")
         answering = [
             send.click(respond, [question, mode, chat], [chat, question],
                        concurrency_limit=None, api_visibility="private"),
@@ -341,13 +348,13 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
                     "answers_ended": activity.ended, "threads": threading.active_count()}
 
         gr.api(health, api_name="health", concurrency_limit=None)
-    # Questions go straight to the engine, which answers N at once, keeps a bounded line (the
-    # page shows each student their place) and refuses the rest as busy: a finished event with
-    # a message. Gradio's own "queue full" is an HTTP 503 at join time, which gradio_client
-    # 2.7 never surfaces to a caller iterating the job (it waits forever), so that limit is
-    # only a backstop here: room for a whole line of questions arriving at once, and a line
-    # of recordings waiting for Whisper (one at a time).
-    app.queue(max_size=settings.parallel + 2 * settings.queue_size, default_concurrency_limit=1)
+    # Every event goes straight to its handler: the engine answers N at once and keeps a
+    # bounded line of questions (the page shows each student their place); Whisper keeps one
+    # of recordings; beyond them a request ends at once with "busy", a message every client
+    # receives. Gradio's own "queue full" is an HTTP 503 at join time, which gradio_client 2.7
+    # never reports to a caller iterating the job (it waits forever), so Gradio's queue is
+    # only a backstop for requests arriving in the same instant.
+    app.queue(max_size=JOIN_BURST, default_concurrency_limit=None)
     return app
 
 
@@ -369,8 +376,8 @@ def main(argv: list[str] | None = None) -> None:
             # also learn why Gradio itself refused a request, e.g. a file never uploaded.
             show_error=True,
             max_file_size=int(settings.max_upload_mb * 2**20),
-            # A worker thread per answer being generated or waiting, and some for the rest.
-            max_threads=settings.parallel + settings.queue_size + OTHER_WORKER_THREADS)
+            # A worker thread per answer in flight or waiting, per recording waiting, and some more.
+            max_threads=settings.parallel + 2 * settings.queue_size + OTHER_WORKER_THREADS)
     except OSError as e:  # the port is taken, or the address is not this machine's
         raise SystemExit(f"error: cannot serve on {settings.host}:{settings.port}: "
                          f"{str(e).splitlines()[0]}") from None

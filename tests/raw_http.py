@@ -12,7 +12,8 @@ TIMEOUT_S = 600.0  # only a hang reaches it
 
 @dataclass
 class Outcome:
-    """How one call ended: its last data on success, or the error message Gradio sent."""
+    """How one call ended: its last data on success, or the error message Gradio sent (None
+    when Gradio sent none)."""
 
     event: str  # "complete" or "error"
     data: object
@@ -32,6 +33,8 @@ def call(url: str, api_name: str, *inputs: object) -> Outcome:
                     event = line.removeprefix("event: ")
                 elif line.startswith("data: "):
                     last = json.loads(line.removeprefix("data: "))
+                    if event == "error" and isinstance(last, dict):
+                        last = last.get("error")
                     if event in ("complete", "error"):
                         return Outcome(event, last)
         return Outcome(event or "closed", last)

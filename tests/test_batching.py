@@ -224,13 +224,13 @@ def test_a_full_line_is_refused_at_once_and_waiting_answers_hear_their_place(slo
     questions = [_conversation("Tutor.", f"Question {i}?") for i in range(4)]
     answering = llm.stream(questions[0], _greedy(400))
     assert isinstance(next(answering), str)
-    second, third = (llm.stream(q, _greedy(8), places=True) for q in questions[1:3])
+    second, third = (llm.stream(q, _greedy(16), places=True) for q in questions[1:3])
     assert next(second) == InLine(1) and next(third) == InLine(2)
     with pytest.raises(BusyError, match="busy"):
-        next(llm.stream(questions[3], _greedy(8)))
+        next(llm.stream(questions[3], _greedy(16)))
     assert llm.stats.stopped == "busy"
     answering.close()  # the first student leaves: the line moves up
     assert isinstance(next(second), str) and next(third) == InLine(1)
     assert "".join(p for p in second if isinstance(p, str))
     assert all(isinstance(p, str) for p in third)  # served in its turn
-    assert llm.answer(questions[3], _greedy(8))  # and the engine keeps serving
+    assert llm.answer(questions[3], _greedy(16))  # and the engine keeps serving

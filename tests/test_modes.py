@@ -32,7 +32,7 @@ def test_adding_a_mode_is_adding_a_file(tmp_path):
     ("title: X\ndescription: Y\nsystem_prompt: Z\ngeneration:\n  temprature: 0.5\n",
      "generation.temprature: Extra inputs are not permitted"),
     ("- just\n- a list\n", "expected a mapping"),
-    ("title: [unclosed\n", "cannot read mode file"),
+    ("title: [unclosed\n", "not valid YAML (line 2"),
 ])
 def test_invalid_mode_files_name_file_and_field(content, words, tmp_path):
     (tmp_path / "broken.yaml").write_text(content)

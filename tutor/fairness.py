@@ -2,8 +2,9 @@
 
 A student asks, reads, then asks again: one answer in flight per session is all a person needs,
 and a client firing questions faster than answers finish would otherwise crowd out the class.
-A program can open a new session per request, so the network address is limited too, but more
-loosely: a whole class may sit behind one school address.
+A program can open a new session per request, so the network address may be limited too; that
+limit is off unless a deployer sets one, because a whole class may sit behind one school
+address.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tutor.errors import TutorError
+from tutor.errors import BusyError, TutorError
 
 
 class TooManyAtOnceError(TutorError):
@@ -26,7 +27,8 @@ class InFlightLimits:
     Memory is bounded by the questions in flight: a key is forgotten when its count drops to 0.
     """
 
-    def __init__(self, per_session: int, per_address: int) -> None:
+    def __init__(self, per_session: int, per_address: int | None = None) -> None:
+        """PER_ADDRESS None: no limit per address."""
         self.per_session, self.per_address = per_session, per_address
         self._lock = threading.Lock()
         self._sessions: collections.Counter[str] = collections.Counter()
@@ -40,7 +42,7 @@ class InFlightLimits:
                 raise TooManyAtOnceError(
                     "You already have a question being answered: wait for it to finish (or press "
                     "Stop) before asking another.")
-            if self._addresses[address] >= self.per_address:
+            if self.per_address is not None and self._addresses[address] >= self.per_address:
                 raise TooManyAtOnceError(
                     "Too many questions from your network are being answered at once. Please "
                     "try again when one has finished.")
@@ -59,3 +61,20 @@ class InFlightLimits:
         """Questions held right now (over all sessions)."""
         with self._lock:
             return sum(self._sessions.values())
+
+
+class BoundedLine:
+    """At most LIMIT holders at a time (one being served, the rest waiting for it); the next
+    one is refused at once with a BusyError instead of joining an endless line."""
+
+    def __init__(self, limit: int) -> None:
+        self._places = threading.BoundedSemaphore(limit)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        if not self._places.acquire(blocking=False):
+            raise BusyError()
+        try:
+            yield
+        finally:
+            self._places.release()

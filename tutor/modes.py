@@ -50,8 +50,12 @@ def load_mode(path: Path) -> TutorMode:
     """Read and validate one mode file."""
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as e:  # one line: where, and what went wrong
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ModeError(f"{path}: not valid YAML ({where}{e.problem or e.context})") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ModeError(f"{path}: cannot read mode file: {e}") from None
+        raise ModeError(f"{path}: cannot read mode file: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ModeError(f"{path}: expected a mapping of title, description, system_prompt, "
                         "generation")
