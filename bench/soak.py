@@ -13,6 +13,7 @@ with its uploads swept after a short age so that the bound on disk shows within 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+import soundfile
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
@@ -36,7 +38,9 @@ from tutor.files import atomic_output
 
 ANSWER_TOKENS = 48  # the modes' budget: short answers, many requests
 SAMPLE_EVERY_S = 1.0
-WARM_UP_FRACTION = 0.1  # the baseline is taken once this share of requests is done
+WARM_UP_FRACTION = 0.3  # requests before the baseline: bounded caches fill up meanwhile
+SAVED_CONVERSATIONS_MB = 16  # the app's --cache-mb: small, so that its bound is reached in warm-up
+FD_SETTLE_S = 30.0  # after the last request: closed connections' descriptors must be gone by then
 UPLOAD_MAX_AGE_MINUTES = 1.0  # short, so that the sweep of Gradio's cache shows in the run
 SETTLE_TIMEOUT_S = 120.0  # after the last request: the app must be idle again by then
 # What a student does next, and how often (weights).
@@ -54,6 +58,7 @@ class Sample:
     fds: int
     threads: int
     upload_cache_mb: float
+    saved_conversations_mb: float
 
 
 @dataclass
@@ -91,12 +96,15 @@ class Soak:
         self.start = time.monotonic()
         self.finished = threading.Event()
         self.health: dict = {}  # the app's own counters once it has settled
+        self.until = requests  # the request count at which the current phase ends
+        self.baseline: Sample | None = None  # idle, after warm-up
+        self.end: Sample | None = None  # idle, after the last request
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _take(self) -> str | None:
-        """The next scenario to run, or None once the request budget is spent."""
+        """The next scenario to run, or None once this phase's requests are spent."""
         with self.lock:
-            if self.done >= self.requests:
+            if self.done >= self.until:
                 return None
             kinds, weights = zip(*SCENARIOS.items())
             return self.rng.choices(kinds, weights)[0]
@@ -106,11 +114,16 @@ class Soak:
             self.done += requests
             self.outcomes.append(Outcome(kind, start - self.start, time.monotonic() - start, ok))
 
+    def snapshot(self, client: Client) -> Sample:
+        rss, fds, threads = _proc(self.pid)
+        saved = client.predict(api_name="/health")["saved_mb"]
+        return Sample(time.monotonic() - self.start, self.done, rss, fds, threads,
+                      _folder_mb(self.cache), saved)
+
     def sample(self) -> None:
+        client = Client(self.url, verbose=False)
         while not self.finished.wait(SAMPLE_EVERY_S):
-            rss, fds, threads = _proc(self.pid)
-            self.samples.append(Sample(time.monotonic() - self.start, self.done, rss, fds,
-                                       threads, _folder_mb(self.cache)))
+            self.samples.append(self.snapshot(client))
 
     # -- one student ---------------------------------------------------------------------------
     def student(self, i: int) -> None:
@@ -123,8 +136,20 @@ class Soak:
     def _ask(self, client: Client, question: str, history: list) -> str:
         return client.predict(question, "hint", history, api_name="/ask")
 
+    def _recording(self, i: int) -> Path:
+        """The clip at a slightly different volume: every student's recording is a new file
+        for Gradio's cache (the same bytes would be stored once)."""
+        samples, rate = soundfile.read(self.clip, dtype="float32")
+        path = Path(tempfile.gettempdir()) / f"soak-recording-{os.getpid()}-{i}.wav"
+        soundfile.write(path, samples * self.rng.uniform(0.8, 1.0), rate)
+        return path
+
     def _voice_and_follow_up(self, client: Client, i: int) -> tuple[bool, int]:
-        question = client.predict(handle_file(str(self.clip)), "en", api_name="/transcribe")
+        recording = self._recording(i)
+        try:
+            question = client.predict(handle_file(str(recording)), "en", api_name="/transcribe")
+        finally:
+            recording.unlink()
         answer = self._ask(client, question, [])
         history = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         return bool(self._ask(client, "Can you say that more simply?", history)), 3
@@ -167,34 +192,46 @@ class Soak:
 
     # -- the run -------------------------------------------------------------------------------
     def run(self, students: int) -> None:
+        """Warm-up, an idle baseline, the rest of the requests, an idle end."""
         sampler = threading.Thread(target=self.sample, daemon=True)
         sampler.start()
+        self._phase(students, int(WARM_UP_FRACTION * self.requests))
+        self.baseline = self._idle()
+        self._phase(students, self.requests)
+        self.end = self._idle(fds_at_most=self.baseline.fds)
+        self.finished.set()
+        sampler.join()
+
+    def _phase(self, students: int, until: int) -> None:
+        self.until = until
         threads = [threading.Thread(target=self.student, args=(i,)) for i in range(students)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        self._settle()
-        self.finished.set()
-        sampler.join()
 
-    def _settle(self) -> None:
-        """Wait until the app reports no answer in flight (a hang guard, not a pause)."""
+    def _idle(self, fds_at_most: int | None = None) -> Sample:
+        """A snapshot once the app reports no answer in flight and (given FDS_AT_MOST) closed
+        connections are gone; the waits are hang guards, not pauses."""
+        gc.collect()  # the students' clients close their connections
         client = Client(self.url, verbose=False)
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        while time.monotonic() < deadline:
-            health = client.predict(api_name="/health")
-            if not health["answering"] and not health["waiting"]:
-                self.health = health
-                return
+        while (health := client.predict(api_name="/health"))["answering"] or health["waiting"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the app was still busy {SETTLE_TIMEOUT_S} s after the "
+                                   "last request")
             time.sleep(0.2)
-        raise RuntimeError(f"the app was still busy {SETTLE_TIMEOUT_S} s after the last request")
+        self.health = health
+        deadline = time.monotonic() + FD_SETTLE_S
+        while (fds_at_most is not None and _proc(self.pid)[1] > fds_at_most
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
+        return self.snapshot(client)
 
 
 def summary(soak: Soak) -> dict:
-    """Growth after warm-up, resources back at baseline, the disk bound, latencies by kind."""
-    warm = next(s for s in soak.samples if s.requests_done >= WARM_UP_FRACTION * soak.requests)
-    end = soak.samples[-1]
+    """Growth from the idle baseline after warm-up to the idle end, the disk bound, latencies."""
+    warm, end = soak.baseline, soak.end
     after_warm = [s for s in soak.samples if s.t_s >= warm.t_s]
     by_kind = {kind: [o for o in soak.outcomes if o.kind == kind] for kind in SCENARIOS}
     return {
@@ -204,6 +241,8 @@ def summary(soak: Soak) -> dict:
         "rss_growth_after_warm_up": (end.rss_mb - warm.rss_mb) / warm.rss_mb,
         "fds_after_warm_up": warm.fds, "fds_end": end.fds,
         "threads_after_warm_up": warm.threads, "threads_end": end.threads,
+        "saved_conversations_mb_after_warm_up": warm.saved_conversations_mb,
+        "saved_conversations_mb_end": end.saved_conversations_mb,
         "upload_cache_peak_mb": max(s.upload_cache_mb for s in after_warm),
         "upload_cache_end_mb": end.upload_cache_mb,
         "failures": sum(not o.ok for o in soak.outcomes),
@@ -223,7 +262,10 @@ def write_report(soak: Soak, result: dict, out: Path) -> None:
     minutes = [s.t_s / 60 for s in soak.samples]
     latency = sorted((o.start_s / 60, o.latency_s) for o in soak.outcomes
                      if o.kind == "typed question")
-    plot_lines({"resident memory (MB)": {"app": list(zip(minutes, [s.rss_mb for s in soak.samples]))},
+    plot_lines({"memory (MB)": {
+                    "resident": list(zip(minutes, [s.rss_mb for s in soak.samples])),
+                    "saved conversations": list(zip(
+                        minutes, [s.saved_conversations_mb for s in soak.samples]))},
                 "open file descriptors / threads": {
                     "fds": list(zip(minutes, [s.fds for s in soak.samples])),
                     "threads": list(zip(minutes, [s.threads for s in soak.samples]))},
@@ -237,12 +279,16 @@ def write_report(soak: Soak, result: dict, out: Path) -> None:
 
 
 def markdown(r: dict) -> str:
-    lines = [f"Soak: {r['requests']} requests in {r['minutes']:.1f} min.", "",
+    lines = [f"Soak: {r['requests']} requests in {r['minutes']:.1f} min; the app idle after "
+             f"a warm-up of {WARM_UP_FRACTION:.0%} of them, and idle at the end.", "",
              "| measure | after warm-up | end | |", "|---|---|---|---|",
              f"| resident memory (MB) | {r['rss_after_warm_up_mb']:.0f} | {r['rss_end_mb']:.0f} "
              f"| growth {100 * r['rss_growth_after_warm_up']:+.1f} % (peak {r['rss_peak_mb']:.0f}) |",
              f"| open file descriptors | {r['fds_after_warm_up']} | {r['fds_end']} | |",
              f"| threads | {r['threads_after_warm_up']} | {r['threads_end']} | |",
+             f"| saved conversations (MB, bound {SAVED_CONVERSATIONS_MB}) "
+             f"| {r['saved_conversations_mb_after_warm_up']:.1f} "
+             f"| {r['saved_conversations_mb_end']:.1f} | |",
              f"| Gradio upload cache (MB) | | {r['upload_cache_end_mb']:.1f} "
              f"| peak {r['upload_cache_peak_mb']:.1f} |", "",
              f"Requests that failed (no answer, or bad input not refused clearly): {r['failures']}.",
@@ -266,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         with running_app("--model", str(standin_llm()), "--whisper", str(standin_whisper()),
                          "--prompts", str(prompts),
                          "--upload-max-age-minutes", str(UPLOAD_MAX_AGE_MINUTES),
+                         "--cache-mb", str(SAVED_CONVERSATIONS_MB),
                          env={"GRADIO_TEMP_DIR": str(cache)}, log=Path(tmp) / "app.log") as app:
             soak = Soak(app.url, app.pid, cache, clip_near(5.0)[0], args.requests, args.seed)
             soak.run(args.students)
