@@ -137,6 +137,8 @@ def test_unusual_sample_rates_are_transcribed(rate, client, tmp_path, local_tran
 
 @pytest.mark.parametrize("question, mode, words", [
     ("word " * 3000, "hint", "too long"),
+    ("x" * 5_000_000, "hint", "The question is too long"),
+    ("What is 2 + 2?", "../../etc/passwd", "unknown mode '../../etc/passwd'"),
     ("What is 2 + 2?", "no_such_mode", "unknown mode 'no_such_mode'"),
     ("   ", "hint", "type or record a question"),
 ])
@@ -213,3 +215,21 @@ def test_an_upload_over_the_limit_is_refused_while_it_arrives(app_url, client, g
     assert response.status_code == 413 and "maximum allowed size" in response.text
     assert _cached_bytes(gradio_cache) <= before  # nothing of it was kept
     assert _ask(client, "Still there?", "hint")[-1]
+
+
+def test_one_session_asking_faster_than_answers_finish_gets_one_answer_at_a_time(app_url):
+    """The fair share of a client: one question in flight per session; the others are told so
+    at once, and the session may ask again once its answer is done."""
+    client = Client(app_url, verbose=False)
+    jobs = [client.submit(f"Question {i}?", "hint", [], api_name="/ask") for i in range(3)]
+    outcomes = []
+    for job in jobs:
+        try:
+            outcomes.append(("answer", job.result()))
+        except AppError as e:
+            outcomes.append(("refused", str(e)))
+    answers = [text for kind, text in outcomes if kind == "answer"]
+    refusals = [text for kind, text in outcomes if kind == "refused"]
+    assert answers and refusals  # (an answer finishing before a later question arrives frees it)
+    assert all("already have a question being answered" in text for text in refusals)
+    assert _ask(client, "And now?", "hint")[-1]

@@ -23,15 +23,20 @@ PARALLEL = 4
 JOIN_TIMEOUT_S = 600
 
 
-@pytest.fixture(scope="module")
-def app_url(slow_gguf, tiny_whisper_path, tmp_path_factory):
-    prompts = greedy_prompts(tmp_path_factory.mktemp("prompts"), max_tokens=24)
+def _serve(slow_gguf, tiny_whisper_path, tmp_path_factory, max_tokens: int, queue_size: int):
+    """The app with PARALLEL answer slots, greedy modes of MAX_TOKENS, an F32 KV cache."""
+    prompts = greedy_prompts(tmp_path_factory.mktemp("prompts"), max_tokens=max_tokens)
     log = tmp_path_factory.mktemp("logs") / "app.log"
     with running_app("--model", str(slow_gguf), "--whisper", str(tiny_whisper_path),
                      "--prompts", str(prompts), "--n-ctx", "1024", "--threads", "2",
                      "--parallel", str(PARALLEL), "--kv-type", "f32",
-                     "--queue-size", str(N_STUDENTS), log=log) as app:
+                     "--queue-size", str(queue_size), log=log) as app:
         yield app.url
+
+
+@pytest.fixture(scope="module")
+def app_url(slow_gguf, tiny_whisper_path, tmp_path_factory):
+    yield from _serve(slow_gguf, tiny_whisper_path, tmp_path_factory, 24, N_STUDENTS)
 
 
 def _history(i: int) -> list[dict]:
@@ -82,13 +87,7 @@ QUEUE_SIZE = 16
 @pytest.fixture(scope="module")
 def long_answers_url(slow_gguf, tiny_whisper_path, tmp_path_factory):
     """200-token answers: the first ones are still streaming when the burst has arrived."""
-    prompts = greedy_prompts(tmp_path_factory.mktemp("prompts"), max_tokens=200)
-    log = tmp_path_factory.mktemp("logs") / "app.log"
-    with running_app("--model", str(slow_gguf), "--whisper", str(tiny_whisper_path),
-                     "--prompts", str(prompts), "--n-ctx", "1024", "--threads", "2",
-                     "--parallel", str(PARALLEL), "--kv-type", "f32",
-                     "--queue-size", str(QUEUE_SIZE), log=log) as app:
-        yield app.url
+    yield from _serve(slow_gguf, tiny_whisper_path, tmp_path_factory, 200, QUEUE_SIZE)
 
 
 def test_a_burst_beyond_the_line_is_answered_whole_or_told_busy_at_once(long_answers_url):
