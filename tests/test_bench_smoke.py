@@ -38,7 +38,8 @@ def test_concurrency_benchmark_students_and_goals_run(tiny_gguf, tiny_whisper_pa
         student = concurrency.app_student(app.url, 16)
         row = concurrency.summary([concurrency.at_once(student, 2) for _ in range(2)])
     assert row["students"] == 2 and row["rounds"] == 2 and row["aggregate_tokens_per_s"] > 0
-    assert 0 < row["p50_first_token_s"] <= row["p95_first_token_s"] <= row["slowest_student_s"]
+    assert 0 < row["p50_first_token_s"] <= row["p95_first_token_s"]  # pooled over both rounds
+    assert row["slowest_student_s"] > row["p50_first_token_s"]  # the median round's slowest
     rows = [{**row, "server": server, "students": n}
             for server in ("app --parallel 8", "app --parallel 1", "llama-server --parallel N")
             for n in (1, 8)]

@@ -60,6 +60,7 @@ def reference_q8(converter, llama3_tiny_dir, tmp_path_factory) -> Path:
 def test_reference_gguf_loads_and_answers_with_its_template(reference_q8, llama3_tokenizer):
     llm = TutorLLM(reference_q8, n_ctx=512, n_threads=2)
     assert llm.has_own_template
+    assert llm.kv_type == "f16"  # no CPU flash attention for its head size: q8_0 falls back
     answer = llm.answer(MESSAGES, GREEDY)
     assert llm.stats.generated_tokens > 0 and llm.stats.stopped in ("eot", "max_tokens")
     assert answer or llm.stats.stopped == "eot"

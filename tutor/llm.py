@@ -116,14 +116,27 @@ class TutorLLM:
         kv_tokens = kv_tokens or max(DEFAULT_KV_TOKENS, n_ctx)
         self.thread = thread or DedicatedThread("llama.cpp")  # every llama.cpp call runs here
         self.model_path = Path(model_path)
-        try:
-            self.model = self.thread.run(LlamaModel, self.model_path)
-            self.context = self.thread.run(LlamaContext, self.model, ContextOptions(
+        def context(cells: str) -> LlamaContext:
+            return self.thread.run(LlamaContext, self.model, ContextOptions(
                 kv_tokens=kv_tokens, n_seq_max=parallel + MAX_PINNED_PREFIXES,
                 n_batch=max(n_batch, parallel + prefill_chunk), n_threads=threads,
-                kv_type=kv_type))
+                kv_type=cells))
+
+        try:
+            self.model = self.thread.run(LlamaModel, self.model_path)
+            try:
+                self.context = context(kv_type)
+            except LlamaError:
+                if kv_type != "q8_0":
+                    raise
+                # A quantized V cache needs flash attention, which llama.cpp's CPU backend does
+                # not have for every head size (e.g. small test models): fall back to f16.
+                log.warning("this model cannot use a q8_0 KV cache; using f16 (twice the memory)")
+                kv_type = "f16"
+                self.context = context(kv_type)
         except LlamaError as e:
             raise ModelLoadError(str(e)) from None
+        self.kv_type = kv_type
         self.parallel, self.n_threads = parallel, threads
         self.n_ctx = min(n_ctx, self.context.kv_tokens)
         self.kv_tokens = self.context.kv_tokens
