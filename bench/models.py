@@ -26,7 +26,7 @@ def llama_1b_q4(cache: Path = BENCH_DIR) -> Path:
     Its answers never end early (no special token is ever the greedy choice), so that every
     engine compared generates exactly the tokens asked for.
     """
-    from train.export import export
+    from export.to_gguf import export
 
     path = cache / "llama-3.2-1b-shape-never-ends-Q4_K_M.gguf"
     if path.is_file():

@@ -10,7 +10,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from train.gguf_vocab import LLAMA3_SPLIT_REGEX
+from export.vocab import LLAMA3_SPLIT_REGEX
 from tutor import chat_format
 
 _CORPUS_MODULES = ("os", "json", "re", "collections", "functools", "itertools", "pathlib",

@@ -19,7 +19,7 @@ CACHE_DIR = Path(os.environ.get("TUTOR_CACHE", Path.home() / ".cache" / "voice-t
 
 def standin_llm(cache_dir: Path = CACHE_DIR) -> Path:
     """Path of the stand-in GGUF, built on first use."""
-    from train.export import export
+    from export.to_gguf import export
 
     path = cache_dir / "standin-llama-q8_0.gguf"
     if not path.is_file():

@@ -64,7 +64,7 @@ def tiny_whisper_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gguf(tiny_llama_dir, tmp_path_factory) -> Path:
     """The tiny Llama as a Q8_0 GGUF, as the app serves it."""
-    from train.export import export
+    from export.to_gguf import export
 
     return export(tiny_llama_dir, tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf", "Q8_0").path
 
@@ -76,7 +76,7 @@ def slow_gguf(tiny_tokenizer, tmp_path_factory) -> Path:
     Its output rows for the special tokens are zero, so greedy answers never end early: every
     answer runs to the mode's token budget.
     """
-    from train.export import export
+    from export.to_gguf import export
 
     shape = synth_llama.LlamaShape(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
                                    num_attention_heads=8, num_key_value_heads=4,

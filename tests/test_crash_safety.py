@@ -25,7 +25,7 @@ HANG_GUARD_S = 300.0  # only a writer that never writes reaches it
 # name -> (Python loop rewriting DEST forever, alternating versions k % 2; the file it writes)
 WRITERS = {
     "GGUF export": ("""
-from train.export import export
+from export.to_gguf import export
 for k in __import__('itertools').count():
     export(SRC, DEST / 'model.gguf', 'Q8_0', name=f'version {k % 2}')
 """, "model.gguf"),

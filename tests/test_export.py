@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import llama_cpp_helpers
-from train.export import export
+from export.to_gguf import export
 from tutor import chat_format
 
 PROMPT = ("The derivative of x squared is 2x, so the slope at x = 3 is 6. "
@@ -169,7 +169,7 @@ def test_lora_adapter_merged_on_export(tiny_llama_dir, tiny_tokenizer, export_di
 
 
 def _run_export(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "train.export", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "export.to_gguf", *args], capture_output=True,
                           text=True, cwd=Path(__file__).parents[1], timeout=300)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import llama_cpp_helpers
-from train.export import export
+from export.to_gguf import export
 from tutor.chat_format import LLAMA3_CHAT_TEMPLATE
 from tutor.llm import TutorLLM
 from tutor.modes import Generation

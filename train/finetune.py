@@ -6,7 +6,7 @@
 The recipe: data (clean, mix, split, report) → model + LoRA (unsloth on GPU, else transformers +
 peft) → trl's SFTTrainer on pre-tokenized rows whose labels cover assistant tokens only →
 checkpoints every `save_steps` (`--resume` continues from the newest complete one, also after
-`kill -9`) → adapter, loss curve, run record → GGUF through `train.export`.
+`kill -9`) → adapter, loss curve, run record → GGUF through `export.to_gguf`.
 
 Output folder:
     data_report.json, token_lengths.png   what went in, and what was dropped why
@@ -230,7 +230,7 @@ def run(cfg: RunConfig, resume: bool = False, config_text: str = "") -> dict:
                           "seconds": round(time.perf_counter() - start, 1)},
     }
     if cfg.export.enabled:
-        from train.export import export
+        from export.to_gguf import export
 
         local_base = base if Path(base).exists() else _download(base)
         result = export(Path(local_base), out / f"model-{cfg.export.type}.gguf", cfg.export.type,

@@ -13,7 +13,7 @@ from pathlib import Path
 import gguf
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from train.quiet import quiet_logger
+from export.quiet import quiet_logger
 
 # Pre-tokenizer split regexes and the names llama.cpp knows them by (`tokenizer.ggml.pre`).
 LLAMA3_SPLIT_REGEX = (

@@ -1,6 +1,6 @@
 """Hugging Face Llama checkpoint (+ optional LoRA adapter) → one GGUF file for llama.cpp.
 
-    python -m train.export SRC_DIR OUT.gguf --type Q4_K_M [--adapter ADAPTER_DIR]
+    python -m export.to_gguf SRC_DIR OUT.gguf --type Q4_K_M [--adapter ADAPTER_DIR]
 
 Works offline with no llama.cpp checkout: tensors and metadata are written with the `gguf`
 package's writer and tensor-name maps, quantized types go through llama-cpp-python's own
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from train.gguf_vocab import UnsupportedTokenizerError, add_vocab
-from train.quiet import quiet_logger
+from export.vocab import UnsupportedTokenizerError, add_vocab
+from export.quiet import quiet_logger
 from tutor.files import atomic_output
 
 SUPPORTED_MODEL_TYPES = ("llama",)
@@ -319,7 +319,7 @@ def push_to_hub(path: Path, repo: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.export", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m export.to_gguf", description=__doc__.split("\n")[0])
     parser.add_argument("src", type=Path, help="Hugging Face Llama checkpoint directory")
     parser.add_argument("out", type=Path, help="output .gguf file")
     parser.add_argument("--type", default="Q4_K_M",

@@ -1,0 +1,1 @@
+"""Hugging Face Llama checkpoints (+ LoRA) to GGUF, the format the runtime serves."""
