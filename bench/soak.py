@@ -183,9 +183,12 @@ class Soak:
             elif case == 1:
                 client.predict("What next?", "../../etc/passwd", [], api_name="/ask")
             else:
-                broken = Path(tempfile.gettempdir()) / f"soak-broken-{i}.wav"
+                broken = Path(tempfile.gettempdir()) / f"soak-broken-{os.getpid()}-{i}.wav"
                 broken.write_bytes(b"RIFF" + os.urandom(2000))
-                client.predict(handle_file(str(broken)), "en", api_name="/transcribe")
+                try:
+                    client.predict(handle_file(str(broken)), "en", api_name="/transcribe")
+                finally:
+                    broken.unlink()
         except AppError as e:
             return "Traceback" not in str(e) and "Something went wrong" not in str(e), 1
         return False, 1  # bad input must be refused

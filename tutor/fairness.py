@@ -57,11 +57,6 @@ class InFlightLimits:
                     if counter[key] <= 0:
                         del counter[key]
 
-    def in_flight(self) -> int:
-        """Questions held right now (over all sessions)."""
-        with self._lock:
-            return sum(self._sessions.values())
-
 
 class BoundedLine:
     """At most LIMIT holders at a time (one being served, the rest waiting for it); the next
