@@ -11,11 +11,14 @@ app:
 	$(PYTHON) -m pip install -r requirements.txt
 	$(PYTHON) space_app.py
 
-# Debian's Chromium and ChromeDriver drive the browser test (no test tool downloads a browser).
+# Debian's Chromium and ChromeDriver drive the browser test (no test tool downloads a browser);
+# nginx plays the load balancer of inference servers at capacity in the remote-backend tests
+# (RUNLEVEL=1: the package does not start its own service on port 80).
 system-deps:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	   $(SUDO) apt-get install -y -qq chromium chromium-driver)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && \
+	  test -x /usr/sbin/nginx || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
+	   apt-get install -y -qq chromium chromium-driver nginx-light)
 
 # llama.cpp's own HF→GGUF converter ships in the llama-cpp-python source release (PyPI): the
 # tests use it as an independent writer of GGUF files to check the exporter and the app against.

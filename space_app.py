@@ -1,10 +1,13 @@
 """Voice tutor: record a question, pick a tutor mode, read the answer as it streams in.
 
     python space_app.py [--model GGUF_PATH_or_OWNER/REPO/FILE.gguf] [--whisper base.en] ...
+    python space_app.py --llm-url http://llm:8080/v1 [--stt-url http://stt:8000/v1] ...
 
 Runs as a Hugging Face Space (README front matter: sdk gradio, app_file space_app.py) or
 locally. Every flag has an environment variable (see --help). Without network and without
-cached models the app starts on small stand-in models and says so on the page.
+cached models the app starts on small stand-in models and says so on the page. With
+`--llm-url` / `--stt-url` the models run on OpenAI-compatible servers instead (README "Scaling
+out"), and the local ones are not loaded.
 
 API (gradio_client): `/transcribe` (recording, language → text) and
 `/ask` (question, mode, history → the answer, streamed).
@@ -25,16 +28,16 @@ from pathlib import Path
 import gradio as gr
 
 from tutor.audio import AudioLimits
-from tutor.errors import TutorError
+from tutor.errors import TranscriberLoadError, TutorError
 from tutor.fairness import BoundedLine, InFlightLimits
 from tutor.llama_runtime import KV_TYPES
 from tutor.llm import (DEFAULT_KV_TOKENS, DEFAULT_KV_TYPE, DEFAULT_MAX_WAITING,
                        DEFAULT_PARALLEL, InLine, ModelLoadError,
                        TutorLLM, resolve_model)
 from tutor.modes import PROMPTS_DIR, load_modes
-from tutor.service import Tutor
+from tutor.remote import DEFAULT_TIMEOUT_S, ServerOptions, ServerUnavailable
+from tutor.service import LanguageModel, SpeechToText, Tutor
 from tutor.threads import DedicatedThread
-from tutor.transcribe import Transcriber, TranscriberLoadError, load_whisper
 
 log = logging.getLogger("voice-tutor")
 
@@ -60,6 +63,12 @@ LANGUAGES = [("English", "en"), ("Detect automatically", "auto"), ("French", "fr
 
 def _setting(help: str, env: str, default, type=str):
     return field(default=default, metadata={"help": help, "env": env, "type": type})
+
+
+def _secret(help: str, env: str):
+    # "%(default).0s" prints nothing, and tells argparse's formatter not to append the default:
+    # --help must not show a key taken from the environment.
+    return _setting(help + "%(default).0s", env, "")
 
 
 @dataclass
@@ -106,6 +115,23 @@ class Settings:
     update_interval: float = _setting("seconds between streamed answer updates (fewer updates "
                                       "leave more CPU to the model)", "TUTOR_UPDATE_INTERVAL",
                                       0.08, float)
+    llm_url: str = _setting("OpenAI-compatible server of the language model, e.g. "
+                            "http://localhost:8080/v1 (llama-server, vLLM, ...); empty: run "
+                            "--model in this process", "TUTOR_LLM_URL", "")
+    llm_model: str = _setting("model name to ask the --llm-url server for (empty: the first it "
+                              "lists)", "TUTOR_LLM_MODEL", "")
+    llm_api_key: str = _secret("API key of the --llm-url server", "TUTOR_LLM_API_KEY")
+    tokenizer: str = _setting("tokenizer.json path or Hub id, to count tokens when the "
+                              "--llm-url server has no tokenizer endpoint", "TUTOR_TOKENIZER", "")
+    stt_url: str = _setting("OpenAI-compatible server of the speech model (its "
+                            "/v1/audio/transcriptions); empty: run --whisper in this process",
+                            "TUTOR_STT_URL", "")
+    stt_model: str = _setting("model name to ask the --stt-url server for (empty: the first it "
+                              "lists, else whisper-1)", "TUTOR_STT_MODEL", "")
+    stt_api_key: str = _secret("API key of the --stt-url server", "TUTOR_STT_API_KEY")
+    remote_timeout: float = _setting("seconds to wait for a model server's next bytes before "
+                                     "telling the student", "TUTOR_REMOTE_TIMEOUT",
+                                     DEFAULT_TIMEOUT_S, float)
     host: str = _setting("address to listen on (0.0.0.0 on a Space)", "GRADIO_SERVER_NAME",
                          "127.0.0.1")
     port: int = _setting("port to listen on", "GRADIO_SERVER_PORT", 7860, int)
@@ -146,45 +172,17 @@ def load(settings: Settings) -> LoadedModels:
     if settings.kv_tokens < settings.n_ctx:
         raise TutorError(f"--kv-tokens ({settings.kv_tokens}) must be at least --n-ctx "
                          f"({settings.n_ctx}): one conversation must fit")
-    missing: list[str] = []
-
-    def with_standin(load_fn, spec: str, default: str, standin: str, what: str):
-        """LOAD_FN(SPEC); if SPEC is the default and cannot be had, LOAD_FN(the stand-in)."""
-        try:
-            return load_fn(spec)
-        except (ModelLoadError, TranscriberLoadError) as e:
-            if spec != default:
-                raise
-            import synth.standin
-
-            missing.append(f"{what} ({e})")
-            try:
-                built = getattr(synth.standin, standin)()
-            except OSError as build_error:  # no room, read-only cache, ...
-                raise ModelLoadError(
-                    f"{e}; and the stand-in {what} could not be built in "
-                    f"{synth.standin.CACHE_DIR} ({build_error.strerror or build_error}): "
-                    "set TUTOR_CACHE to a writable folder") from None
-            return load_fn(str(built))
-
+    missing: list[str] = []  # real models replaced by stand-ins
     # One thread for every native call, loading included: one OpenMP team in the process, as
     # many threads as cores (a torch call from any other thread adds a team; tutor.threads).
     native = DedicatedThread("native")
-    model_path = native.run(with_standin, resolve_model, settings.model, DEFAULT_MODEL,
-                            "standin_llm", "language model")
-    whisper_model = native.run(with_standin, load_whisper, settings.whisper, DEFAULT_WHISPER,
-                               "standin_whisper", "speech model")
     threads = settings.threads or os.cpu_count() or 1
     # Whisper first: its fp32 → int8 conversion briefly needs twice its size, which is
     # returned before llama.cpp takes its share (see return_freed_memory_to_the_system).
-    transcriber = Transcriber(whisper_model, settings.language, threads, settings.whisper_precision,
-                              thread=native)
-    del whisper_model
-    release_freed_memory()
-    llm = TutorLLM(model_path, n_ctx=settings.n_ctx, n_threads=threads,
-                   cache_bytes=settings.cache_mb * 2**20, parallel=settings.parallel,
-                   kv_tokens=settings.kv_tokens, kv_type=settings.kv_type,
-                   max_waiting=settings.queue_size, thread=native)
+    transcriber = (_remote_transcriber(settings) if settings.stt_url
+                   else _local_transcriber(settings, native, threads, missing))
+    llm = (_remote_llm(settings) if settings.llm_url
+           else _local_llm(settings, native, threads, missing))
     tutor = Tutor(llm, transcriber, modes, AudioLimits(max_seconds=settings.max_audio_seconds))
     notice = None
     if missing:
@@ -193,6 +191,68 @@ def load(settings: Settings) -> LoadedModels:
                   "are running. To use real models, run online once (they are cached), or pass "
                   "`--model PATH.gguf --whisper base.en` (or set `TUTOR_MODEL`, `TUTOR_WHISPER`).")
     return LoadedModels(tutor, notice)
+
+
+def _with_standin(load_fn, spec: str, default: str, standin: str, what: str, missing: list[str]):
+    """LOAD_FN(SPEC); if SPEC is the default and cannot be had, LOAD_FN(the stand-in), noting
+    WHAT in MISSING."""
+    try:
+        return load_fn(spec)
+    except (ModelLoadError, TranscriberLoadError) as e:
+        if spec != default:
+            raise
+        import synth.standin
+
+        missing.append(f"{what} ({e})")
+        try:
+            built = getattr(synth.standin, standin)()
+        except OSError as build_error:  # no room, read-only cache, ...
+            raise ModelLoadError(
+                f"{e}; and the stand-in {what} could not be built in "
+                f"{synth.standin.CACHE_DIR} ({build_error.strerror or build_error}): "
+                "set TUTOR_CACHE to a writable folder") from None
+        return load_fn(str(built))
+
+
+def _local_transcriber(settings: Settings, native: DedicatedThread, threads: int,
+                       missing: list[str]) -> SpeechToText:
+    # Imported here: torch and Whisper cost ~300 MB that an app with --stt-url does not need.
+    from tutor.transcribe import Transcriber, load_whisper
+
+    whisper_model = native.run(_with_standin, load_whisper, settings.whisper, DEFAULT_WHISPER,
+                               "standin_whisper", "speech model", missing)
+    transcriber = Transcriber(whisper_model, settings.language, threads,
+                              settings.whisper_precision, thread=native)
+    del whisper_model
+    release_freed_memory()
+    return transcriber
+
+
+def _local_llm(settings: Settings, native: DedicatedThread, threads: int,
+               missing: list[str]) -> LanguageModel:
+    model_path = native.run(_with_standin, resolve_model, settings.model, DEFAULT_MODEL,
+                            "standin_llm", "language model", missing)
+    return TutorLLM(model_path, n_ctx=settings.n_ctx, n_threads=threads,
+                    cache_bytes=settings.cache_mb * 2**20, parallel=settings.parallel,
+                    kv_tokens=settings.kv_tokens, kv_type=settings.kv_type,
+                    max_waiting=settings.queue_size, thread=native)
+
+
+def _remote_llm(settings: Settings) -> LanguageModel:
+    from tutor.remote_llm import RemoteLLM
+
+    return RemoteLLM(ServerOptions(settings.llm_url, settings.llm_api_key or None,
+                                   settings.llm_model or None, settings.remote_timeout),
+                     n_ctx=settings.n_ctx, tokenizer=settings.tokenizer or None,
+                     max_in_flight=settings.parallel + settings.queue_size)
+
+
+def _remote_transcriber(settings: Settings) -> SpeechToText:
+    from tutor.remote_stt import RemoteTranscriber
+
+    return RemoteTranscriber(ServerOptions(settings.stt_url, settings.stt_api_key or None,
+                                           settings.stt_model or None, settings.remote_timeout),
+                             settings.language)
 
 
 def return_freed_memory_to_the_system() -> None:
@@ -364,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     return_freed_memory_to_the_system()
     try:
         models = load(settings)
-    except (TutorError, ModelLoadError, TranscriberLoadError) as e:
+    except (TutorError, ModelLoadError, TranscriberLoadError, ServerUnavailable) as e:
         raise SystemExit(f"error: {e}") from None
     if models.notice:
         log.warning("running on stand-in models: answers are not meaningful")

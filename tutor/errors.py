@@ -1,4 +1,5 @@
-"""The one base class for problems whose message is meant for the student."""
+"""The one base class for problems whose message is meant for the student, and start-up errors
+that modules without heavy imports must be able to name."""
 
 
 class TutorError(ValueError):
@@ -11,3 +12,7 @@ class BusyError(TutorError):
     def __init__(self) -> None:
         super().__init__("The tutor is busy with other students right now. Please try again in "
                          "a moment.")
+
+
+class TranscriberLoadError(RuntimeError):
+    """The Whisper model could not be found, downloaded or loaded."""

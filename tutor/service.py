@@ -10,24 +10,49 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from tutor import audio
-from tutor.conversation import fit_messages, normalize_history
+from tutor.conversation import Message, fit_messages, normalize_history
 from tutor.errors import TutorError
-from tutor.llm import GenerationStats, InLine, TutorLLM
-from tutor.modes import TutorMode, get_mode
-from tutor.transcribe import Transcriber
+from tutor.llm import Activity, GenerationStats, InLine
+from tutor.modes import Generation, TutorMode, get_mode
 
 MAX_QUESTION_CHARS = 20000
 log = logging.getLogger(__name__)
 
 
+class LanguageModel(Protocol):
+    """What the tutor needs of a language model: the embedded `tutor.llm.TutorLLM`, or
+    `tutor.remote_llm.RemoteLLM` on an OpenAI-compatible server."""
+
+    n_ctx: int  # one conversation's window, in tokens
+
+    def pin(self, messages: list[Message]) -> int: ...
+
+    def count_tokens(self, messages: list[Message]) -> int: ...
+
+    def stream(self, messages: list[Message], generation: Generation,
+               max_tokens: int | None = None, cancel: threading.Event | None = None,
+               seed: int | None = None, stats: GenerationStats | None = None,
+               places: bool = False) -> Iterator[str | InLine]: ...
+
+    def activity(self) -> Activity: ...
+
+
+class SpeechToText(Protocol):
+    """What the tutor needs of a transcriber: the local `tutor.transcribe.Transcriber`, or
+    `tutor.remote_stt.RemoteTranscriber`."""
+
+    def transcribe(self, audio: np.ndarray, language: str | None = None) -> str: ...
+
+
 class Tutor:
     """A language model, a transcriber and the tutor modes, ready to serve students."""
 
-    def __init__(self, llm: TutorLLM, transcriber: Transcriber, modes: dict[str, TutorMode],
+    def __init__(self, llm: LanguageModel, transcriber: SpeechToText, modes: dict[str, TutorMode],
                  audio_limits: audio.AudioLimits = audio.AudioLimits()) -> None:
         self.llm = llm
         self.transcriber = transcriber

@@ -18,11 +18,11 @@ from torch import Tensor, nn
 from whisper.model import TextDecoder
 
 from tutor.audio import SAMPLE_RATE, AudioError
+from tutor.errors import TranscriberLoadError
 from tutor.threads import DedicatedThread
 
-
-class TranscriberLoadError(RuntimeError):
-    """The Whisper model could not be found, downloaded or loaded."""
+__all__ = ["Int8VocabDecoder", "Transcriber", "TranscriberLoadError", "load_whisper",
+           "quantize_int8"]
 
 
 def load_whisper(spec: str, download_root: str | None = None) -> whisper.Whisper:
