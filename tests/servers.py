@@ -119,7 +119,7 @@ http {{
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
-    limit_req_zone $server_name zone=answers:1m rate={rate};
+    limit_req_zone $binary_remote_addr zone=answers:1m rate={rate};
     server {{
         listen 127.0.0.1:{port};
         location /v1/chat/completions {{

@@ -1,4 +1,6 @@
-"""Start-up faults: one clear line each, a non-zero exit, nothing half-built left behind."""
+"""Start-up faults: one clear line each, a non-zero exit, nothing half-built left behind.
+
+The model servers of `--llm-url` and `--stt-url` are checked once at start-up, too."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import gguf
 import numpy as np
 import pytest
 
+import servers
 from app_process import ROOT
 
 START_TIMEOUT_S = 600  # only a hang reaches it
@@ -96,3 +99,37 @@ def test_no_room_to_build_the_standins(tmp_path):
     _assert_one_clear_line(result, "stand-in")
     if cache.is_dir():
         assert not any(cache.iterdir())  # nothing half-built
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as s:  # bound and closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+
+
+def test_an_unreachable_language_model_server(tiny_whisper_path):
+    url = _closed_port_url()
+    result = _start("--llm-url", url, "--whisper", str(tiny_whisper_path))
+    _assert_one_clear_line(result, "cannot reach the language model server", url)
+
+
+def test_an_unreachable_speech_server(tiny_gguf):
+    url = _closed_port_url()
+    result = _start("--model", str(tiny_gguf), "--stt-url", url)
+    _assert_one_clear_line(result, "cannot reach the speech recognition server", url)
+
+
+def test_a_wrong_api_key(tiny_gguf, tiny_whisper_path, tmp_path):
+    with servers.llama_cpp_server(tiny_gguf, tmp_path / "server.log",
+                                  "--api_key", "the-right-key") as server:
+        result = _start("--llm-url", f"{server.url}/v1", "--whisper", str(tiny_whisper_path),
+                        env={"TUTOR_LLM_API_KEY": "a-wrong-key"})
+    _assert_one_clear_line(result, "refused the API key (401)")
+    assert "a-wrong-key" not in result.stderr + result.stdout  # keys stay out of logs
+
+
+def test_a_server_without_a_tokenizer_endpoint_needs_a_tokenizer(tiny_gguf, tiny_whisper_path,
+                                                                 tmp_path):
+    with servers.llama_cpp_server(tiny_gguf, tmp_path / "server.log") as server:
+        result = _start("--llm-url", f"{server.url}/v1", "--whisper", str(tiny_whisper_path))
+    _assert_one_clear_line(result, "--tokenizer")

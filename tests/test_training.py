@@ -118,6 +118,11 @@ def test_unsloth_is_chosen_only_with_a_gpu_and_the_package(monkeypatch):
         assert unsloth_usable() is expected
 
 
+# Only a hang reaches it: the tiny run takes ~2 min on a quiet machine, and many times that
+# beside other jobs on 2 cores (pytest's own 600 s per test would cut a slow run short).
+HANG_GUARD_S = 3000
+
+
 def _finetune(out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "train.finetune", "--config", str(TINY_CONFIG),
                              "--output-dir", str(out), *extra], cwd=ROOT,
@@ -129,11 +134,12 @@ def tiny_run(assets, tmp_path_factory) -> Path:
     """The tiny CPU config, run end to end once, uninterrupted."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
     proc = _finetune(out)
-    _, err = proc.communicate(timeout=600)
+    _, err = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == 0, err[-3000:]
     return out
 
 
+@pytest.mark.timeout(2 * HANG_GUARD_S)
 def test_tiny_config_runs_end_to_end_and_the_app_serves_it(tiny_run):
     record = json.loads((tiny_run / "run.json").read_text())
     final = record["final_metrics"]
@@ -154,11 +160,12 @@ def test_tiny_config_runs_end_to_end_and_the_app_serves_it(tiny_run):
     assert llm.stats.prompt.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
 
 
+@pytest.mark.timeout(3 * HANG_GUARD_S)
 def test_resume_after_kill_reaches_the_same_state(tiny_run, tmp_path):
     out = tmp_path / "killed"
     proc = _finetune(out)
     first_checkpoint = out / "checkpoints" / "checkpoint-10" / "trainer_state.json"
-    deadline = time.monotonic() + 900  # a hang guard: training waits for no one on a busy box
+    deadline = time.monotonic() + HANG_GUARD_S
     while not first_checkpoint.exists():
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
         time.sleep(0.05)
@@ -167,7 +174,7 @@ def test_resume_after_kill_reaches_the_same_state(tiny_run, tmp_path):
     assert not (out / "adapter").exists()  # it really died before the end
 
     resumed = _finetune(out, "--resume")
-    _, err = resumed.communicate(timeout=600)
+    _, err = resumed.communicate(timeout=HANG_GUARD_S)
     assert resumed.returncode == 0, err[-3000:]
 
     expected = load_file(tiny_run / "adapter" / "adapter_model.safetensors")

@@ -52,7 +52,10 @@ class TokenCounter:
         self.source = source
 
     def __call__(self, messages: list[Message]) -> int:
-        return self._count(json.dumps(messages))
+        try:
+            return self._count(json.dumps(messages))
+        except openai.OpenAIError as e:  # the server went away after start-up
+            raise explain(e, WHAT) from None
 
 
 def llama_server_counter(client: openai.OpenAI, root: str) -> TokenCounter | None:
@@ -193,8 +196,10 @@ class RemoteLLM:
         keeps its own line, so no places are reported). Closing the iterator closes the HTTP
         stream, and the server stops generating. A stream cut mid-answer ends with CUT_NOTE.
         """
+        stats = stats if stats is not None else GenerationStats()
+        stats.prompt_tokens = stats.evaluated_tokens = self.count_tokens(messages)  # cached
         return self._pieces(messages, generation, max_tokens or generation.max_tokens, cancel,
-                            seed, stats if stats is not None else GenerationStats())
+                            seed, stats)
 
     def answer(self, messages: list[Message], generation: Generation, **kwargs) -> str:
         """The whole answer at once."""
