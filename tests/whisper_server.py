@@ -3,9 +3,9 @@
     python tests/whisper_server.py CHECKPOINT --port 8000
 
 Serves `POST /v1/audio/transcriptions` (multipart: file, model, language, response_format) and
-`GET /v1/models`, plus `GET /requests` (transcription requests received so far) for the tests. No package
-on PyPI serves an openai-whisper checkpoint path offline (vLLM needs a GPU build and Hub
-weights; speaches/faster-whisper need CTranslate2 conversions from the Hub), so the tests of
+`GET /v1/models`, plus `GET /requests` (transcription requests received so far) for the tests.
+No package on PyPI serves an openai-whisper checkpoint path offline (vLLM needs a GPU build and
+Hub weights; speaches/faster-whisper need CTranslate2 conversions from the Hub), so the tests of
 `--stt-url` run against this one.
 """
 
