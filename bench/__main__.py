@@ -1,6 +1,6 @@
 """Run every benchmark side by side and write the report.
 
-    python -m bench [--out runs/bench] [--repeats 5] [--threads 2] [--parts base concurrency]
+    python -m bench [--out runs/bench] [--repeats 5] [--threads 2] [--parts base concurrency remote]
 
 Models of the real architectures with synthetic weights are built on first use and cached
 (`TUTOR_CACHE`/bench), and so is llama.cpp's `llama-server` (the concurrency anchor). Figures
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from app_process import running_app
-from bench import app, concurrency, hardware, llm, models, report, speech
+from bench import app, concurrency, hardware, llm, models, remote, report, speech
 from tutor.llm import DEFAULT_PARALLEL
 
 
@@ -29,8 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
                         help="the batched app's --parallel in the concurrency table")
-    parser.add_argument("--parts", nargs="+", choices=["base", "concurrency"],
-                        default=["base", "concurrency"])
+    parser.add_argument("--parts", nargs="+", choices=["base", "concurrency", "remote"],
+                        default=["base", "concurrency", "remote"])
+    parser.add_argument("--remote-rounds", type=int, default=3,
+                        help="rounds of the remote part (embedded app, app on llama-server, "
+                             "llama-server alone, taking turns)")
     parser.add_argument("--students", type=int, nargs="+", default=list(concurrency.STUDENT_COUNTS),
                         help="class sizes in the concurrency table")
     parser.add_argument("--one-at-a-time-max", type=int, default=max(concurrency.STUDENT_COUNTS),
@@ -52,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             llama, whisper_ckpt, args.threads, args.parallel, speech.clip_near(5.0)[0],
             tuple(args.students), args.one_at_a_time_max, not args.no_half_parallel)
         results["concurrency_goals"] = concurrency.goals(results["concurrency"])
+    if "remote" in args.parts:
+        print("scaling out: the app on llama-server beside the embedded engine …", flush=True)
+        results["remote"] = remote.run(llama, whisper_ckpt, args.threads, args.remote_rounds,
+                                       args.repeats, args.new_tokens)
     report.write(results, args.out)
     print(report.markdown(results))
     print(f"wrote {args.out}/report.md, report.json and charts")

@@ -78,15 +78,16 @@ def build() -> Path:
 
 
 @contextmanager
-def running(model: Path, parallel: int, kv_tokens: int, threads: int, log: Path
+def running(model: Path, parallel: int, kv_tokens: int, threads: int, log: Path, *extra: str
             ) -> Iterator[str]:
-    """Start `llama-server --parallel PARALLEL` on MODEL; yield its base URL once healthy."""
+    """Start `llama-server --parallel PARALLEL [EXTRA]` on MODEL; yield its root URL once
+    healthy."""
     port = free_port()
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [str(build()), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
              "--parallel", str(parallel), "-c", str(kv_tokens), "-t", str(threads),
-             "-tb", str(threads), "--load-mode", "none", "--kv-unified", "--no-webui"],
+             "-tb", str(threads), "--load-mode", "none", "--kv-unified", "--no-webui", *extra],
             stdout=out, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from bench.concurrency import GOALS as CONCURRENCY_GOALS
+from bench.remote import markdown as remote_markdown
 from train.plots import plot_bars, plot_lines
 from tutor.files import atomic_output
 
@@ -44,6 +45,8 @@ def markdown(results: dict) -> str:
         lines += _base_markdown(results)
     if "concurrency" in results:
         lines += _concurrency_markdown(results)
+    if "remote" in results:
+        lines += ["", *remote_markdown(results["remote"])]
     return "\n".join(lines) + "\n"
 
 
