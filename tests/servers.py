@@ -124,7 +124,7 @@ http {{
         listen 127.0.0.1:{port};
         location /v1/chat/completions {{
             limit_req zone=answers nodelay;
-            limit_req_status 429;
+            limit_req_status {status};
             proxy_pass http://127.0.0.1:{upstream};
             proxy_buffering off;
         }}
@@ -134,14 +134,14 @@ http {{
 """
 
 
-def rate_limiter(upstream: Server, folder: Path, rate: str = "1r/m"):
-    """nginx in front of UPSTREAM, refusing answers beyond RATE with 429, as a load balancer
-    in front of inference servers at capacity does."""
+def rate_limiter(upstream: Server, folder: Path, rate: str = "1r/m", status: int = 429):
+    """nginx in front of UPSTREAM, refusing answers beyond RATE with STATUS (429 or 503), as a
+    load balancer in front of inference servers at capacity does."""
     if not Path(NGINX).is_file():
         pytest.skip("nginx is not installed (make system-deps installs nginx-light)")
     port = free_port()
     config = folder / "nginx.conf"
     config.write_text(NGINX_CONFIG.format(dir=folder, port=port, upstream=upstream.port,
-                                          rate=rate))
+                                          rate=rate, status=status))
     return serve([NGINX, "-c", str(config), "-p", str(folder), "-e", "stderr"],
                  folder / "nginx.out", port)
