@@ -30,4 +30,5 @@ reference-converter:
 test: system-deps
 	$(PYTHON) -m pip install -r requirements-dev.txt
 	$(MAKE) reference-converter
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest

@@ -55,10 +55,13 @@ EXAMPLES = [
     "What is the derivative of x squared times sine of x?",
     "A patient has a fever, a stiff neck and a headache. What should I consider?",
 ]
-LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False},
-         {"left": "\\(", "right": "\\)", "display": False}, {"left": "\\[", "right": "\\]", "display": True}]
-LANGUAGES = [("English", "en"), ("Detect automatically", "auto"), ("French", "fr"), ("German", "de"),
-             ("Spanish", "es"), ("Italian", "it"), ("Portuguese", "pt"), ("Dutch", "nl")]
+LATEX = [{"left": "$$", "right": "$$", "display": True},
+         {"left": "$", "right": "$", "display": False},
+         {"left": "\\(", "right": "\\)", "display": False},
+         {"left": "\\[", "right": "\\]", "display": True}]
+LANGUAGES = [("English", "en"), ("Detect automatically", "auto"), ("French", "fr"),
+             ("German", "de"), ("Spanish", "es"), ("Italian", "it"), ("Portuguese", "pt"),
+             ("Dutch", "nl")]
 
 
 def _setting(help: str, env: str, default, type=str):
@@ -346,7 +349,8 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
 
     def ask(question: str, mode: str = settings.mode, history: list[dict] | None = None,
             request: gr.Request = None) -> Iterator[str]:
-        """Stream the tutor's answer to QUESTION in MODE after HISTORY ({role, content} messages)."""
+        """Stream the tutor's answer to QUESTION in MODE after HISTORY ({role, content}
+        messages)."""
         try:
             with limits.hold(*client_of(request)):
                 yield from coalesce(tutor.ask(question, mode, history), settings.update_interval)
@@ -369,7 +373,8 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
                 language = gr.Dropdown(LANGUAGES, value=settings.language, label="Spoken language",
                                        elem_id="language")
                 question = gr.Textbox(label="Your question (edit it, or just type)", lines=3,
-                                      elem_id="question", placeholder="e.g. How do I solve 3x + 5 = 20?")
+                                      elem_id="question",
+                                      placeholder="e.g. How do I solve 3x + 5 = 20?")
                 mode = gr.Radio([(m.title, m.name) for m in tutor.modes.values()],
                                 value=settings.mode, label="Tutor mode", elem_id="mode",
                                 info=" · ".join(f"{m.title}: {m.description}"

@@ -69,7 +69,8 @@ def run(llama: Path, whisper_ckpt: Path, threads: int, rounds: int, repeats: int
             "ratios": {
                 "remote_vs_embedded_tokens_per_s":
                     result["remote"]["tokens_per_s"] / result["embedded"]["tokens_per_s"],
-                "remote_vs_embedded_ttft": result["remote"]["ttft_s"] / result["embedded"]["ttft_s"],
+                "remote_vs_embedded_ttft":
+                    result["remote"]["ttft_s"] / result["embedded"]["ttft_s"],
                 "remote_vs_direct_tokens_per_s":
                     result["remote"]["tokens_per_s"] / result["llama-server"]["tokens_per_s"],
                 "remote_vs_direct_ttft":

@@ -81,10 +81,11 @@ def _base_markdown(results: dict) -> list[str]:
 def _concurrency_markdown(results: dict) -> list[str]:
     c = results["concurrency"]
     lines = [f"A class at once ({c['mode']} mode, {c['answer_tokens']}-token answers, a question "
-             "and a follow-up each, all starting together; small classes repeat in rounds, the servers "
-             "taking turns, until each has ≥ 8 first tokens):", "",
-             "| students | server | rounds | aggregate tokens/s | per-student tokens/s | p50 first token (s) "
-             "| p95 first token (s) | slowest student (s) |", "|---|---|---|---|---|---|---|---|"]
+             "and a follow-up each, all starting together; small classes repeat in rounds, the "
+             "servers taking turns, until each has ≥ 8 first tokens):", "",
+             "| students | server | rounds | aggregate tokens/s | per-student tokens/s "
+             "| p50 first token (s) | p95 first token (s) | slowest student (s) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in sorted(c["rows"], key=lambda r: (r["students"], r["server"])):
         if "error" in r:
             lines.append(f"| {r['students']} | {r['server']} | | failed: {r['error']} | | | | |")
@@ -137,7 +138,8 @@ def _base_charts(results: dict, out: Path) -> None:
               out / "generation.png", title="Llama-3.2-1B shape, Q4_K_M, 2 threads (medians)",
               ylabel="tokens/s")
     plot_bars({name: {"seconds": {"mean": value, **zero}}
-               for name, value in [("openai-whisper fp32", results["speech"]["openai-whisper fp32"]),
+               for name, value in [("openai-whisper fp32",
+                                    results["speech"]["openai-whisper fp32"]),
                                    ("tutor int8", results["speech"]["tutor int8"])]},
               out / "speech.png", title="Whisper base shape, ~5 s clip, 30 tokens (medians)",
               ylabel="seconds")

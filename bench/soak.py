@@ -286,7 +286,8 @@ def markdown(r: dict) -> str:
              f"a warm-up of {WARM_UP_FRACTION:.0%} of them, and idle at the end.", "",
              "| measure | after warm-up | end | |", "|---|---|---|---|",
              f"| resident memory (MB) | {r['rss_after_warm_up_mb']:.0f} | {r['rss_end_mb']:.0f} "
-             f"| growth {100 * r['rss_growth_after_warm_up']:+.1f} % (peak {r['rss_peak_mb']:.0f}) |",
+             f"| growth {100 * r['rss_growth_after_warm_up']:+.1f} % "
+             f"(peak {r['rss_peak_mb']:.0f}) |",
              f"| open file descriptors | {r['fds_after_warm_up']} | {r['fds_end']} | |",
              f"| threads | {r['threads_after_warm_up']} | {r['threads_end']} | |",
              f"| saved conversations (MB, bound {SAVED_CONVERSATIONS_MB}) "
@@ -294,7 +295,8 @@ def markdown(r: dict) -> str:
              f"| {r['saved_conversations_mb_end']:.1f} | |",
              f"| Gradio upload cache (MB) | | {r['upload_cache_end_mb']:.1f} "
              f"| peak {r['upload_cache_peak_mb']:.1f} |", "",
-             f"Requests that failed (no answer, or bad input not refused clearly): {r['failures']}.",
+             "Requests that failed (no answer, or bad input not refused clearly): "
+             f"{r['failures']}.",
              f"Answers by how they ended: {r['answers_ended']}.", "",
              "| scenario | count | p50 latency (s) | max (s) |", "|---|---|---|---|"]
     lines += [f"| {kind} | {v['count']} | {v['p50']:.2f} | {v['max']:.2f} |"
@@ -303,7 +305,8 @@ def markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.soak",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--students", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)

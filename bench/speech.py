@@ -26,7 +26,8 @@ def clip_near(seconds: float) -> tuple[Path, float]:
 
 def fixed_length_options(model: whisper.Whisper) -> dict:
     """Decode exactly DECODED_TOKENS tokens (end-of-text suppressed), one pass, full 30 s window."""
-    tokenizer = whisper.tokenizer.get_tokenizer(model.is_multilingual, num_languages=model.num_languages)
+    tokenizer = whisper.tokenizer.get_tokenizer(model.is_multilingual,
+                                                num_languages=model.num_languages)
     return {"sample_len": DECODED_TOKENS, "without_timestamps": True,
             "suppress_tokens": [-1, tokenizer.eot], "compression_ratio_threshold": None,
             "logprob_threshold": None, "no_speech_threshold": None}

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from export.vocab import UnsupportedTokenizerError, add_vocab
 from export.quiet import quiet_logger
+from tutor.errors import first_line
 from tutor.files import atomic_output
 
 SUPPORTED_MODEL_TYPES = ("llama",)
@@ -91,7 +92,7 @@ def _load_model(src: Path, adapter: Path | None) -> torch.nn.Module:
     try:
         model = AutoModelForCausalLM.from_pretrained(src, dtype="auto", low_cpu_mem_usage=True)
     except Exception as e:  # transformers/safetensors raise many types for unreadable weights
-        raise ExportError(f"cannot load the weights in {src}: {_first_line(e)}") from None
+        raise ExportError(f"cannot load the weights in {src}: {first_line(e)}") from None
     if adapter is not None:
         from peft import PeftModel
 
@@ -100,17 +101,13 @@ def _load_model(src: Path, adapter: Path | None) -> torch.nn.Module:
         try:
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         except Exception as e:
-            raise ExportError(f"cannot merge the adapter in {adapter}: {_first_line(e)}") from None
+            raise ExportError(f"cannot merge the adapter in {adapter}: {first_line(e)}") from None
     return model.eval()
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
-
-
 def _rope_parameters(config: dict) -> dict:
-    """RoPE settings across transformers versions (`rope_parameters` in 5.x, `rope_scaling` before)."""
+    """RoPE settings across transformers versions (`rope_parameters` in 5.x, `rope_scaling`
+    before)."""
     rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
     rope.setdefault("rope_theta", config.get("rope_theta", 10000.0))
     rope["rope_type"] = rope.get("rope_type", rope.get("type", "default"))
@@ -171,7 +168,8 @@ def _add_hparams(writer: gguf.GGUFWriter, config: dict, name: str, file_type: in
 
 
 def _permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """HF stores Q/K rows as two halves per head (rotate_half); llama.cpp wants pairs interleaved."""
+    """HF stores Q/K rows as two halves per head (rotate_half); llama.cpp wants pairs
+    interleaved."""
     return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
             .swapaxes(1, 2).reshape(w.shape))
 
@@ -204,7 +202,8 @@ def _gguf_tensors(model: torch.nn.Module, config: dict):
 
 
 def _to_numpy(tensor: torch.Tensor, qtype: gguf.GGMLQuantizationType):
-    """Convert one tensor to the writer's type; 1-D tensors (norms, rope) stay F32 as llama.cpp expects."""
+    """Convert one tensor to the writer's type; 1-D tensors (norms, rope) stay F32 as llama.cpp
+    expects."""
     tensor = tensor.detach()
     if tensor.ndim <= 1 or qtype == gguf.GGMLQuantizationType.F32:
         return tensor.float().numpy(), None
@@ -239,7 +238,8 @@ def write_gguf(model: torch.nn.Module, config: dict, tokenizer_dir: Path, path: 
     writer.close()
 
 
-def quantize(src: Path, dst: Path, qtype: str, expected_bytes: int, threads: int | None = None) -> None:
+def quantize(src: Path, dst: Path, qtype: str, expected_bytes: int,
+             threads: int | None = None) -> None:
     """Quantize a GGUF with llama.cpp, showing progress as the output file grows."""
     import llama_cpp
 
@@ -256,7 +256,8 @@ def quantize(src: Path, dst: Path, qtype: str, expected_bytes: int, threads: int
     worker = threading.Thread(target=run, daemon=True)
     # llama.cpp logs every tensor through this logger; keep only errors so the bar stays readable.
     with (quiet_logger("llama-cpp-python"),
-          tqdm(desc=f"Quantizing to {qtype}", total=expected_bytes, unit="B", unit_scale=True) as bar):
+          tqdm(desc=f"Quantizing to {qtype}", total=expected_bytes, unit="B",
+               unit_scale=True) as bar):
         worker.start()
         while not done.wait(0.2):  # llama.cpp has no progress callback: watch the file grow
             bar.n = min(dst.stat().st_size if dst.exists() else 0, expected_bytes)
@@ -314,12 +315,13 @@ def push_to_hub(path: Path, repo: str) -> str:
         api.create_repo(repo, exist_ok=True)
         api.upload_file(path_or_fileobj=str(path), path_in_repo=path.name, repo_id=repo)
     except Exception as e:
-        raise ExportError(f"cannot push to {repo}: {_first_line(e)}") from None
+        raise ExportError(f"cannot push to {repo}: {first_line(e)}") from None
     return f"https://huggingface.co/{repo}/blob/main/{path.name}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.to_gguf", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m export.to_gguf",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("src", type=Path, help="Hugging Face Llama checkpoint directory")
     parser.add_argument("out", type=Path, help="output .gguf file")
     parser.add_argument("--type", default="Q4_K_M",

@@ -56,7 +56,8 @@ def token_table(tok: PreTrainedTokenizerBase, vocab_size: int) -> tuple[list[str
             types.append(gguf.TokenType.UNUSED)
         elif i in added:
             tokens.append(reverse[i])
-            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+            types.append(gguf.TokenType.CONTROL if added[i].special
+                         else gguf.TokenType.USER_DEFINED)
         else:
             tokens.append(reverse[i])
             types.append(gguf.TokenType.NORMAL)

@@ -36,7 +36,8 @@ def tiny_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    """Tiny Llama (tied embeddings, Llama 3 RoPE scaling, rows of 256 for K-quants), briefly fitted."""
+    """Tiny Llama (tied embeddings, Llama 3 RoPE scaling, rows of 256 for K-quants), briefly
+    fitted."""
     return synth_llama.build_checkpoint(tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer,
                                         fit_steps=60)
 

@@ -1,4 +1,5 @@
-"""Continuous batching in the engine: exactness, shared prefixes, stopping, KV room (real llama.cpp).
+"""Continuous batching in the engine: exactness, shared prefixes, stopping, KV room (real
+llama.cpp).
 
 Exactness is checked on a seeded F32 model with greedy sampling and an F32 KV cache: then a
 conversation's tokens do not depend on what else shares its decode steps. (With an F16 cache,
@@ -12,7 +13,7 @@ import threading
 import pytest
 
 from tutor.batching import InLine
-from tutor.errors import BusyError, TutorError
+from tutor.errors import BusyError
 from tutor.llm import GenerationStats, TutorLLM
 from tutor.modes import Generation, load_modes
 from tutor.service import Tutor

@@ -1,4 +1,5 @@
-"""The benchmark's parts run on tiny models (no timing is asserted: speed lives in `python -m bench`)."""
+"""The benchmark's parts run on tiny models (no timing is asserted: speed lives in
+`python -m bench`)."""
 
 from __future__ import annotations
 

@@ -118,7 +118,9 @@ def test_llama3_chat_template_prompt_matches_hf(llama3_llm, llama3_tokenizer):
         {"role": "user", "content": "And 7 x 9?"},
     ]
     # The same inputs llama-cpp-python gives its default chat handler: the special tokens' text.
-    special = lambda token: llama3_llm.detokenize([token], special=True).decode()  # noqa: E731
+    def special(token: int) -> str:
+        return llama3_llm.detokenize([token], special=True).decode()
+
     formatter = Jinja2ChatFormatter(
         template=llama3_llm.metadata["tokenizer.chat_template"],
         eos_token=special(llama3_llm.token_eos()), bos_token=special(llama3_llm.token_bos()))
@@ -163,7 +165,8 @@ def test_lora_adapter_merged_on_export(tiny_llama_dir, tiny_tokenizer, export_di
     base = _hf_logits(tiny_llama_dir, ids[0].tolist())
     assert np.abs(expected - base).max() > 1e-2  # the adapter changed the model
 
-    path = export(tiny_llama_dir, export_dir / "tiny-lora-f32.gguf", "F32", adapter=adapter_dir).path
+    path = export(tiny_llama_dir, export_dir / "tiny-lora-f32.gguf", "F32",
+                  adapter=adapter_dir).path
     got = llama_cpp_helpers.logits(path, ids[0].tolist())
     assert np.abs(got - expected).max() <= 1e-4
 
@@ -183,7 +186,8 @@ def _bad_inputs(tiny_llama_dir: Path, tmp: Path) -> dict[str, tuple[list[str], s
     corrupt.mkdir()
     for f in tiny_llama_dir.iterdir():
         data = f.read_bytes()
-        (corrupt / f.name).write_bytes(data[: len(data) // 3] if f.suffix == ".safetensors" else data)
+        (corrupt / f.name).write_bytes(data[: len(data) // 3] if f.suffix == ".safetensors"
+                                       else data)
     a_file = tmp / "a-file"
     a_file.write_text("not a directory")
     out = str(tmp / "out" / "model.gguf")

@@ -10,7 +10,6 @@ import socket
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import gguf
 import numpy as np

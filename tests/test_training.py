@@ -157,7 +157,8 @@ def test_tiny_config_runs_end_to_end_and_the_app_serves_it(tiny_run):
                          {"role": "user", "content": "What causes a fever?"}],
                         Generation(temperature=0.0, max_tokens=16))
     assert llm.stats.generated_tokens > 0 and isinstance(answer, str)
-    assert llm.stats.prompt.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
+    assert llm.stats.prompt.startswith(
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
 
 
 @pytest.mark.timeout(3 * HANG_GUARD_S)

@@ -1,4 +1,5 @@
-"""The Whisper transcriber: int8 weights everywhere (vocabulary projection included), same decoding."""
+"""The Whisper transcriber: int8 weights everywhere (vocabulary projection included), same
+decoding."""
 
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, when run as a file
 
-from tutor import audio  # noqa: E402
-from tutor.transcribe import Transcriber, load_whisper  # noqa: E402
+from tutor import audio
+from tutor.transcribe import Transcriber, load_whisper
 
 MODEL_ID = "whisper-test"
 

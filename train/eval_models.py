@@ -101,7 +101,8 @@ class HFModel:
         self.render: Render = hf_render(self.tokenizer)
 
     def count_tokens(self, messages: list[Message]) -> int:
-        return len(self.tokenizer(self.render(messages, False), add_special_tokens=False)["input_ids"])
+        prompt = self.render(messages, False)
+        return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def assistant_nll(self, messages: list[Message]) -> tuple[float, int]:
         text, spans = assistant_spans(self.render, messages)

@@ -197,7 +197,8 @@ def run(cfg: RunConfig, resume: bool = False, config_text: str = "") -> dict:
     cuda = torch.cuda.is_available()
     args = SFTConfig(
         output_dir=str(checkpoints), per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.gradient_accumulation,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
         learning_rate=t.learning_rate, lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_steps,
         weight_decay=t.weight_decay, num_train_epochs=t.epochs, max_steps=t.max_steps,
         logging_steps=t.logging_steps, eval_strategy="steps", eval_steps=t.eval_steps,

@@ -10,7 +10,8 @@ import yaml
 
 PROBLEMS_FILE = Path(__file__).with_name("eval_problems.yaml")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+)?(?![\w])")
-_STEP = re.compile(r"^\s*(?:\*\*)?(?:step\s*)?(\d+)\s*[.):](?:\*\*)?\s+\S", re.IGNORECASE | re.MULTILINE)
+_STEP = re.compile(r"^\s*(?:\*\*)?(?:step\s*)?(\d+)\s*[.):](?:\*\*)?\s+\S",
+                   re.IGNORECASE | re.MULTILINE)
 
 
 def load_problems(path: Path = PROBLEMS_FILE) -> list[dict]:

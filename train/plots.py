@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.pyplot as plt  # after the backend is chosen
 
-from tutor.files import atomic_output  # noqa: E402
+from tutor.files import atomic_output
 
 
 def save(fig, path: Path) -> None:

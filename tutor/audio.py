@@ -65,9 +65,9 @@ def read(source: str | Path | bytes | tuple[int, np.ndarray],
     """Decode SOURCE (a file path, file bytes, or Gradio's (rate, samples)) to (samples, rate).
 
     Samples are float32, shaped (frames, channels); a file comes back already averaged to mono
-    and at 16 kHz, (frames, 1), converted as it is decoded. A file over the length limit is refused from its header, and, should
-    the header understate it, as soon as decoding passes the limit: memory stays bounded by
-    the limit, whatever the file claims.
+    and at 16 kHz, (frames, 1), converted as it is decoded. A file over the length limit is
+    refused from its header, and, should the header understate it, as soon as decoding passes
+    the limit: memory stays bounded by the limit, whatever the file claims.
     """
     if isinstance(source, tuple):
         rate, samples = source
@@ -128,7 +128,8 @@ def check(samples: np.ndarray, rate: int, limits: AudioLimits) -> None:
     if len(samples) == 0:
         raise AudioError("The recording is empty: hold the microphone button and speak.")
     if not np.isfinite(samples).all():
-        raise AudioError("The recording is damaged (it contains invalid samples). Please record again.")
+        raise AudioError("The recording is damaged (it contains invalid samples). Please record "
+                         "again.")
     if seconds < limits.min_seconds:
         raise AudioError(f"The recording is too short ({seconds:.1f} s): please ask your "
                          "question in a full sentence.")

@@ -164,7 +164,8 @@ class Scheduler:
         seq = next(s for s in range(len(self.slots), len(self.slots) + self.max_pinned)
                    if s not in self.pinned)
         tokens = self.model.tokenize(text)
-        if sum(len(p.tokens) for p in self.pinned.values()) + len(tokens) > self.context.kv_tokens // 2:
+        pinned_tokens = sum(len(p.tokens) for p in self.pinned.values())
+        if pinned_tokens + len(tokens) > self.context.kv_tokens // 2:
             log.warning("not pinning a %d-token prefix: the KV cache is too small", len(tokens))
             return 0
         for start in range(0, len(tokens), self.context.n_batch):
@@ -181,7 +182,8 @@ class Scheduler:
 
     # -- the step -----------------------------------------------------------------------------
     def step(self) -> None:
-        """One round: admit, decode one batch, sample. Returns at once when there is nothing to do."""
+        """One round: admit, decode one batch, sample. Returns at once when there is nothing to
+        do."""
         while not self.inbox.empty():
             self.waiting.append(self.inbox.get())
         self._end_cancelled()

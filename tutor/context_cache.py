@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Context:
-    """Tokens in a KV cache, the bytes they spell, and (when saved) llama.cpp's copy of the cache."""
+    """Tokens in a KV cache, the bytes they spell, and (when saved) llama.cpp's copy of the
+    cache."""
 
     tokens: list[int] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)  # byte offset where each token's text ends

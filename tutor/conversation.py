@@ -114,7 +114,8 @@ def fit_messages(system_prompt: str, history: list[Message], question: str,
         return system + [m for turn in turns[dropped:] for m in turn] + ask
 
     def fits(blocks: int) -> bool:
-        return count_tokens(build(min(len(turns), blocks * TRIM_BLOCK_TURNS))) + answer_budget <= n_ctx
+        prompt = count_tokens(build(min(len(turns), blocks * TRIM_BLOCK_TURNS)))
+        return prompt + answer_budget <= n_ctx
 
     # The fewest blocks to drop, by bisection: the prompt only shrinks as blocks go, and a long
     # history then costs a few token counts, not one per block.

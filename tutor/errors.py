@@ -14,5 +14,11 @@ class BusyError(TutorError):
                          "a moment.")
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first line, or its type when it has no message (for one-line errors)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class TranscriberLoadError(RuntimeError):
     """The Whisper model could not be found, downloaded or loaded."""

@@ -113,7 +113,8 @@ class LlamaModel:
 
 
 class LlamaContext:
-    """One llama.cpp context: a KV cache of `kv_tokens` cells shared by up to n_seq_max sequences."""
+    """One llama.cpp context: a KV cache of `kv_tokens` cells shared by up to n_seq_max
+    sequences."""
 
     def __init__(self, model: LlamaModel, options: ContextOptions) -> None:
         params = llama_cpp.llama_context_default_params()
@@ -199,11 +200,15 @@ class LlamaContext:
 
 
 class Sampler:
-    """A llama.cpp sampler chain with a mode's settings: penalties, top-k, top-p, min-p, temperature."""
+    """A llama.cpp sampler chain with a mode's settings: penalties, top-k, top-p, min-p,
+    temperature."""
 
     def __init__(self, n_vocab: int, generation: Generation, seed: int | None = None) -> None:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        add = lambda sampler: llama_cpp.llama_sampler_chain_add(chain, sampler)  # noqa: E731
+
+        def add(sampler) -> None:
+            llama_cpp.llama_sampler_chain_add(chain, sampler)
+
         if generation.repeat_penalty != 1.0:  # a pass over the whole vocabulary: only if asked
             add(llama_cpp.llama_sampler_init_penalties(
                 n_vocab, PENALTY_LAST_N, generation.repeat_penalty, 0.0, 0.0))

@@ -25,6 +25,7 @@ from tutor.chat_format import LLAMA3_CHAT_TEMPLATE
 from tutor.context_cache import ContextStore
 from tutor.conversation import Message
 from tutor.llama_runtime import ContextOptions, LlamaContext, LlamaError, LlamaModel
+from tutor.errors import first_line
 from tutor.modes import Generation
 from tutor.threads import DedicatedThread
 
@@ -71,7 +72,7 @@ def resolve_model(spec: str) -> Path:
         raise
     except Exception as e:  # missing repo or file, interrupted download
         raise ModelLoadError(f"cannot get {spec} from the Hugging Face Hub: "
-                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                             f"{first_line(e)}") from None
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
@@ -258,7 +259,7 @@ class TutorLLM:
         (a transcription), so they take turns a step at a time."""
         try:
             self._scheduler.step()
-        except Exception as e:  # noqa: BLE001 - every waiting caller must hear of it
+        except Exception as e:  # every waiting caller must hear of it
             log.exception("the decode loop failed; ending the answers in flight")
             self._scheduler.fail_all(e)
         with self._lock:

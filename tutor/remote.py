@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import openai
 
-from tutor.errors import BusyError, TutorError
+from tutor.errors import BusyError, TutorError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,6 @@ def client_for(options: ServerOptions) -> openai.OpenAI:
     return openai.OpenAI(base_url=options.base_url, api_key=options.api_key or NO_KEY,
                          timeout=openai.Timeout(options.timeout_s, connect=CONNECT_TIMEOUT_S),
                          max_retries=options.max_retries)
-
-
-def first_line(e: BaseException) -> str:
-    """An exception's first line, or its type when it has no message."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def check_server(client: openai.OpenAI, options: ServerOptions, what: str) -> str | None:

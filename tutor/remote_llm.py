@@ -23,11 +23,10 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from tutor.batching import GenerationStats, InLine
 from tutor.chat_format import LLAMA3_CHAT_TEMPLATE
 from tutor.conversation import Message
-from tutor.errors import BusyError, TutorError
+from tutor.errors import BusyError, TutorError, first_line
 from tutor.llm import Activity
 from tutor.modes import Generation
-from tutor.remote import (ServerOptions, ServerUnavailable, check_server, client_for, explain,
-                          first_line)
+from tutor.remote import ServerOptions, ServerUnavailable, check_server, client_for, explain
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +106,9 @@ def local_counter(spec: str) -> TokenCounter:
             tokenizer = Tokenizer.from_pretrained(spec)
             try:
                 config_path = Path(hf_hub_download(spec, "tokenizer_config.json"))
-            except Exception:  # noqa: BLE001 - no config: Llama 3's template
+            except Exception:  # no config: Llama 3's template
                 config_path = None
-    except Exception as e:  # noqa: BLE001 - a missing file, an offline Hub, a broken JSON
+    except Exception as e:  # a missing file, an offline Hub, a broken JSON
         raise ServerUnavailable(f"cannot load the tokenizer {spec!r}: {first_line(e)}") from None
     config = json.loads(config_path.read_text()) if config_path and config_path.is_file() else {}
 
@@ -238,7 +237,7 @@ class RemoteLLM:
             raise
         except TutorError:
             raise
-        except Exception as e:  # noqa: BLE001 - the server or the network failed
+        except Exception as e:  # the server or the network failed
             if not stats.generated_tokens:
                 if isinstance(e, StreamEnded):
                     log.warning("the server ended an answer before its first token")

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from whisper.model import TextDecoder
 
 from tutor.audio import SAMPLE_RATE, AudioError
-from tutor.errors import TranscriberLoadError
+from tutor.errors import TranscriberLoadError, first_line
 from tutor.threads import DedicatedThread
 
 __all__ = ["Int8VocabDecoder", "Transcriber", "TranscriberLoadError", "load_whisper",
@@ -38,8 +38,8 @@ def load_whisper(spec: str, download_root: str | None = None) -> whisper.Whisper
     try:
         return whisper.load_model(target, device="cpu", download_root=download_root)
     except Exception as e:  # offline download, corrupt checkpoint: both mean "not available"
-        raise TranscriberLoadError(f"cannot load Whisper model {spec!r}: "
-                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise TranscriberLoadError(f"cannot load Whisper model {spec!r}: {first_line(e)}"
+                                   ) from None
 
 
 class Int8VocabDecoder(TextDecoder):
@@ -63,7 +63,8 @@ def quantize_int8(model: whisper.Whisper) -> whisper.Whisper:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is whisper.model.Linear:
-                plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+                plain = nn.Linear(child.in_features, child.out_features,
+                                  bias=child.bias is not None)
                 plain.load_state_dict(child.state_dict())
                 setattr(parent, name, plain)
     decoder = model.decoder
@@ -109,6 +110,7 @@ class Transcriber:
     def _transcribe(self, audio: np.ndarray, language: str, decode_options: dict) -> dict:
         with torch.inference_mode():
             return self.model.transcribe(
-                audio.astype(np.float32, copy=False), language=None if language == "auto" else language,
+                audio.astype(np.float32, copy=False),
+                language=None if language == "auto" else language,
                 **{"fp16": False, "temperature": 0.0, "condition_on_previous_text": False,
                    "without_timestamps": True, "verbose": None, **decode_options})
