@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from app_process import running_app
+from bench.harness import running_app
 from bench import app, concurrency, hardware, llm, models, remote, report, speech
 from tutor.llm import DEFAULT_PARALLEL
 

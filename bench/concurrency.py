@@ -24,7 +24,7 @@ from pathlib import Path
 import openai
 from gradio_client import Client, handle_file
 
-from app_process import running_app
+from bench.harness import running_app
 from bench import llama_server
 from bench.app import greedy_prompts, peak_rss_bytes
 from tutor.llm import DEFAULT_KV_TOKENS

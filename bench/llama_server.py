@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app_process import free_port, stop
+from bench.harness import free_port, stop
 from synth.standin import CACHE_DIR
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

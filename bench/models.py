@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from shared_assets import assets_dir
+from train.assets import assets_dir
 from synth import llama as synth_llama
 from synth import whisper as synth_whisper
 from synth.standin import CACHE_DIR

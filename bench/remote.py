@@ -20,7 +20,7 @@ from pathlib import Path
 
 import openai
 
-from app_process import running_app
+from bench.harness import running_app
 from bench import app, llama_server
 from bench.llm import QUESTIONS
 from tutor.llm import DEFAULT_KV_TOKENS, DEFAULT_KV_TYPE, DEFAULT_PARALLEL

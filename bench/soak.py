@@ -29,7 +29,7 @@ import soundfile
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from app_process import running_app
+from bench.harness import running_app
 from bench.app import greedy_prompts
 from bench.speech import clip_near
 from synth.standin import standin_llm, standin_whisper

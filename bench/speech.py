@@ -9,7 +9,7 @@ from pathlib import Path
 
 import whisper
 
-from shared_assets import assets_dir
+from train.assets import assets_dir
 from tutor import audio
 from tutor.transcribe import Transcriber, load_whisper
 

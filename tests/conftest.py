@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared_assets import assets_dir
+from train.assets import assets_dir
 from synth import llama as synth_llama
 
 # A Llama 3 shape scaled down; the real tokenizer makes the embedding the largest tensor.

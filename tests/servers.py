@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app_process import ROOT, free_port, stop
+from bench.harness import ROOT, free_port, stop
 from bench import llama_server as llama_server_build
 
 READY_TIMEOUT_S = 600.0  # only a hang reaches it: a busy machine may take minutes to start one

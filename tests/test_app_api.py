@@ -14,7 +14,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import raw_http
-from app_process import ROOT, running_app
+from bench.harness import ROOT, running_app
 from audio_files import tone, write
 from test_audio import BAD_CASES, _bad_recordings
 from tutor import audio

@@ -15,7 +15,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 import raw_http
-from app_process import running_app
+from bench.harness import running_app
 from bench.app import greedy_prompts
 
 N_STUDENTS = 16

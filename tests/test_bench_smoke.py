@@ -28,7 +28,7 @@ def test_speech_benchmark_decodes_a_fixed_length(tiny_whisper_path, assets):
 
 def test_concurrency_benchmark_students_and_goals_run(tiny_gguf, tiny_whisper_path, tmp_path):
     """Two students at once through the app, twice, and the goal arithmetic over a table of rows."""
-    from app_process import running_app
+    from bench.harness import running_app
     from bench import concurrency
     from bench.app import greedy_prompts
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from app_process import running_app
+from bench.harness import running_app
 from tutor.modes import PROMPTS_DIR
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -18,7 +18,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from app_process import ROOT
+from bench.harness import ROOT
 
 HANG_GUARD_S = 300.0  # only a writer that never writes reaches it
 

@@ -11,7 +11,7 @@ import yaml
 from gradio_client import Client
 
 import servers
-from app_process import ROOT, free_port, running_app
+from bench.harness import ROOT, free_port, running_app
 
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 

@@ -7,7 +7,7 @@ import urllib.request
 
 from gradio_client import Client
 
-from app_process import running_app
+from bench.harness import running_app
 
 
 def test_app_starts_offline_on_standins_and_says_so(tmp_path):

@@ -22,7 +22,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 import servers
-from app_process import running_app
+from bench.harness import running_app
 from bench.app import greedy_prompts
 from tutor.llm import TutorLLM
 from tutor.modes import load_modes

@@ -16,7 +16,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import servers
-from app_process import running_app
+from bench.harness import running_app
 from audio_files import write
 from tutor import audio
 from tutor.remote_stt import wav_bytes

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import servers
-from app_process import ROOT
+from bench.harness import ROOT
 
 START_TIMEOUT_S = 600  # only a hang reaches it
 

@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared_assets import assets_dir
+from train.assets import assets_dir
 
 
 class Strict(BaseModel):

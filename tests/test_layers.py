@@ -1,0 +1,54 @@
+"""The packages form layers: each imports only those below it, and serving pulls in no training.
+
+    tutor (runtime) ← export (HF → GGUF) ← synth ← train ← bench, tests; space_app.py uses tutor.
+
+Each package's every module is imported in a fresh interpreter, which then says which of the
+project's other packages (and which heavy stacks) got imported along.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.harness import ROOT
+
+PACKAGES = ["tutor", "export", "synth", "train", "bench"]
+BELOW = {"tutor": set(), "export": {"tutor"}, "synth": {"tutor", "export"},
+         "train": {"tutor", "export", "synth"}, "bench": {"tutor", "export", "synth", "train"}}
+TRAINING_STACKS = {"trl", "peft", "datasets", "accelerate"}
+
+PROBE = """
+import importlib, json, pkgutil, sys
+name = sys.argv[1]
+if name == "space_app":
+    importlib.import_module(name)
+else:
+    package = importlib.import_module(name)
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name != "__main__":
+            importlib.import_module(f"{name}.{module.name}")
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def _imported_by(name: str) -> set[str]:
+    """Top-level modules in sys.modules after importing NAME (all of its modules)."""
+    result = subprocess.run([sys.executable, "-c", PROBE, name], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    return set(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_a_package_imports_only_the_layers_below_it(package):
+    imported = _imported_by(package) & set(PACKAGES)
+    assert imported - {package} <= BELOW[package], imported - {package} - BELOW[package]
+
+
+def test_the_app_imports_the_runtime_and_no_training_stack():
+    imported = _imported_by("space_app")
+    assert not imported & (set(PACKAGES) - {"tutor"}), imported & set(PACKAGES)
+    assert not imported & TRAINING_STACKS, imported & TRAINING_STACKS
