@@ -24,8 +24,9 @@ TRAINING_STACKS = {"trl", "peft", "datasets", "accelerate"}
 PROBE = """
 import importlib, json, pkgutil, sys
 name = sys.argv[1]
-if name == "space_app":
+if name == "space_app":  # the entry file and the app it serves
     importlib.import_module(name)
+    importlib.import_module("tutor.app")
 else:
     package = importlib.import_module(name)
     for module in pkgutil.iter_modules(package.__path__):

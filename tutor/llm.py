@@ -23,6 +23,8 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from tutor.batching import DONE, GenerationStats, InLine, Request, Scheduler
 from tutor.chat_format import LLAMA3_CHAT_TEMPLATE
 from tutor.context_cache import ContextStore
+from tutor.defaults import (DEFAULT_KV_TOKENS, DEFAULT_KV_TYPE, DEFAULT_MAX_WAITING,
+                            DEFAULT_PARALLEL)
 from tutor.conversation import Message
 from tutor.llama_runtime import ContextOptions, LlamaContext, LlamaError, LlamaModel
 from tutor.errors import first_line
@@ -30,15 +32,10 @@ from tutor.modes import Generation
 from tutor.threads import DedicatedThread
 
 log = logging.getLogger(__name__)
-__all__ = ["GenerationStats", "ModelLoadError", "TutorLLM", "resolve_model"]
+__all__ = ["DEFAULT_KV_TOKENS", "DEFAULT_KV_TYPE", "DEFAULT_MAX_WAITING", "DEFAULT_PARALLEL",
+           "GenerationStats", "ModelLoadError", "TutorLLM", "resolve_model"]
 
-DEFAULT_PARALLEL = 8  # answers at once in the app: chosen by `python -m bench` (README "Results")
 MAX_PINNED_PREFIXES = 8  # mode prompts kept evaluated in the KV cache
-DEFAULT_KV_TOKENS = 6144  # KV cache cells shared by all conversations
-# q8_0 cells: 102 MB for a 1B Llama 3 (f16: 192 MB), so that the default app fits 2 GB; saved
-# conversations halve too. Measured beside f16 in one run: the same speed within noise.
-DEFAULT_KV_TYPE = "q8_0"
-DEFAULT_MAX_WAITING = 16  # answers that may wait for a slot; more are refused as busy
 DEFAULT_PREFILL_CHUNK = 64  # prompt tokens per step while other answers stream
 
 

@@ -12,9 +12,12 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tutor.defaults import PROMPTS_DIR
 from tutor.errors import TutorError
 
-PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
+__all__ = ["PROMPTS_DIR", "Generation", "ModeError", "TutorMode", "get_mode", "load_mode",
+           "load_modes"]
+
 
 
 class Generation(BaseModel):

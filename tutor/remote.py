@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import openai
 
+from tutor.defaults import DEFAULT_TIMEOUT_S
 from tutor.errors import BusyError, TutorError, first_line
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 60.0  # longest wait for the server's next bytes (a first token included)
 CONNECT_TIMEOUT_S = 5.0  # a server that does not accept a connection by then is unreachable
 MAX_RETRIES = 3  # the openai client's backoff: ~0.5 s, 1 s, 2 s (with jitter) between tries
 NO_KEY = "not-needed"  # the client insists on a key; servers started without one ignore it

@@ -1,0 +1,349 @@
+"""The Gradio app and its API over `tutor.service.Tutor`: the page, `/transcribe`, `/ask`,
+`/health`; loading the models (or stand-ins, or remote servers) as the settings say.
+
+API (gradio_client): `/transcribe` (recording, language → text) and
+`/ask` (question, mode, history → the answer, streamed).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from tutor.audio import AudioLimits
+from tutor.errors import TranscriberLoadError, TutorError, first_line
+from tutor.fairness import BoundedLine, InFlightLimits
+from tutor.llama_runtime import KV_TYPES
+from tutor.defaults import DEFAULT_MODEL, DEFAULT_WHISPER
+from tutor.llm import InLine, ModelLoadError, TutorLLM, resolve_model
+from tutor.modes import load_modes
+from tutor.remote import ServerOptions, ServerUnavailable
+from tutor.service import LanguageModel, SpeechToText, Tutor
+from tutor.settings import Settings
+from tutor.threads import DedicatedThread
+
+log = logging.getLogger("voice-tutor")
+
+MAX_PARALLEL = 64
+MAX_QUEUE_SIZE = 256  # each waiting question holds a Gradio worker thread
+OTHER_WORKER_THREADS = 8  # Gradio worker threads beyond the answers: transcriptions, page events
+JOIN_BURST = 256  # requests arriving at the same instant that Gradio holds before its handlers
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+SOMETHING_WENT_WRONG = "Something went wrong on our side. Please try again."
+EXAMPLES = [
+    "How do I solve 3x + 5 = 20?",
+    "Why does ice float on water?",
+    "What is the derivative of x squared times sine of x?",
+    "A patient has a fever, a stiff neck and a headache. What should I consider?",
+]
+LATEX = [{"left": "$$", "right": "$$", "display": True},
+         {"left": "$", "right": "$", "display": False},
+         {"left": "\\(", "right": "\\)", "display": False},
+         {"left": "\\[", "right": "\\]", "display": True}]
+LANGUAGES = [("English", "en"), ("Detect automatically", "auto"), ("French", "fr"),
+             ("German", "de"), ("Spanish", "es"), ("Italian", "it"), ("Portuguese", "pt"),
+             ("Dutch", "nl")]
+
+
+@dataclass
+class LoadedModels:
+    tutor: Tutor
+    notice: str | None  # shown on the page when stand-ins replace the real models
+
+
+def load(settings: Settings, build_standin: StandinBuilder | None = None) -> LoadedModels:
+    """Load the models; fall back to stand-ins (from BUILD_STANDIN) only for defaults that
+    cannot be had."""
+    modes = load_modes(Path(settings.prompts))
+    if settings.mode not in modes:
+        raise TutorError(f"--mode {settings.mode!r} is not one of: {', '.join(modes)}")
+    if not 1 <= settings.parallel <= MAX_PARALLEL:
+        raise TutorError(f"--parallel must be between 1 and {MAX_PARALLEL}")
+    if not 0 <= settings.queue_size <= MAX_QUEUE_SIZE:
+        raise TutorError(f"--queue-size must be between 0 and {MAX_QUEUE_SIZE}")
+    if settings.max_per_session < 1 or settings.max_per_address < 0:
+        raise TutorError("--max-per-session must be at least 1, --max-per-address at least 0")
+    if settings.max_upload_mb <= 0 or settings.upload_max_age_minutes <= 0:
+        raise TutorError("--max-upload-mb and --upload-max-age-minutes must be positive")
+    if settings.kv_type not in KV_TYPES:
+        raise TutorError(f"--kv-type must be one of: {', '.join(KV_TYPES)}")
+    if settings.kv_tokens < settings.n_ctx:
+        raise TutorError(f"--kv-tokens ({settings.kv_tokens}) must be at least --n-ctx "
+                         f"({settings.n_ctx}): one conversation must fit")
+    missing: list[str] = []  # real models replaced by stand-ins
+    # One thread for every native call, loading included: one OpenMP team in the process, as
+    # many threads as cores (a torch call from any other thread adds a team; tutor.threads).
+    native = DedicatedThread("native")
+    threads = settings.threads or os.cpu_count() or 1
+    # Whisper first: its fp32 → int8 conversion briefly needs twice its size, which is
+    # returned before llama.cpp takes its share (see return_freed_memory_to_the_system).
+    transcriber = (_remote_transcriber(settings) if settings.stt_url
+                   else _local_transcriber(settings, native, threads, missing, build_standin))
+    llm = (_remote_llm(settings) if settings.llm_url
+           else _local_llm(settings, native, threads, missing, build_standin))
+    tutor = Tutor(llm, transcriber, modes, AudioLimits(max_seconds=settings.max_audio_seconds))
+    notice = None
+    if missing:
+        notice = ("⚠️ **Stand-in models: answers are not meaningful.** The real "
+                  + " and ".join(missing) + " could not be loaded, so small local stand-ins "
+                  "are running. To use real models, run online once (they are cached), or pass "
+                  "`--model PATH.gguf --whisper base.en` (or set `TUTOR_MODEL`, `TUTOR_WHISPER`).")
+    return LoadedModels(tutor, notice)
+
+
+# Builds a small local stand-in for a model ("language model" or "speech model") that could
+# not be had, given why; space_app.py passes synth's (the runtime does not import synth).
+StandinBuilder = Callable[[str, Exception], Path]
+
+
+def _with_standin(load_fn, spec: str, default: str, what: str, missing: list[str],
+                  build_standin: StandinBuilder | None):
+    """LOAD_FN(SPEC); if SPEC is the default and cannot be had, LOAD_FN(a stand-in), noting
+    WHAT in MISSING."""
+    try:
+        return load_fn(spec)
+    except (ModelLoadError, TranscriberLoadError) as e:
+        if spec != default or build_standin is None:
+            raise
+        missing.append(f"{what} ({e})")
+        return load_fn(str(build_standin(what, e)))
+
+
+def _local_transcriber(settings: Settings, native: DedicatedThread, threads: int,
+                       missing: list[str], build_standin: StandinBuilder | None) -> SpeechToText:
+    # Imported here: torch and Whisper cost ~300 MB that an app with --stt-url does not need.
+    from tutor.transcribe import Transcriber, load_whisper
+
+    whisper_model = native.run(_with_standin, load_whisper, settings.whisper, DEFAULT_WHISPER,
+                               "speech model", missing, build_standin)
+    transcriber = Transcriber(whisper_model, settings.language, threads,
+                              settings.whisper_precision, thread=native)
+    del whisper_model
+    release_freed_memory()
+    return transcriber
+
+
+def _local_llm(settings: Settings, native: DedicatedThread, threads: int,
+               missing: list[str], build_standin: StandinBuilder | None) -> LanguageModel:
+    model_path = native.run(_with_standin, resolve_model, settings.model, DEFAULT_MODEL,
+                            "language model", missing, build_standin)
+    return TutorLLM(model_path, n_ctx=settings.n_ctx, n_threads=threads,
+                    cache_bytes=settings.cache_mb * 2**20, parallel=settings.parallel,
+                    kv_tokens=settings.kv_tokens, kv_type=settings.kv_type,
+                    max_waiting=settings.queue_size, thread=native)
+
+
+def _remote_llm(settings: Settings) -> LanguageModel:
+    from tutor.remote_llm import RemoteLLM
+
+    return RemoteLLM(ServerOptions(settings.llm_url, settings.llm_api_key or None,
+                                   settings.llm_model or None, settings.remote_timeout),
+                     n_ctx=settings.n_ctx, tokenizer=settings.tokenizer or None,
+                     max_in_flight=settings.parallel + settings.queue_size)
+
+
+def _remote_transcriber(settings: Settings) -> SpeechToText:
+    from tutor.remote_stt import RemoteTranscriber
+
+    return RemoteTranscriber(ServerOptions(settings.stt_url, settings.stt_api_key or None,
+                                           settings.stt_model or None, settings.remote_timeout),
+                             settings.language)
+
+
+def return_freed_memory_to_the_system() -> None:
+    """Make glibc give large freed blocks back to the OS at once (peak RSS is what a Space pays).
+
+    By default glibc raises its mmap threshold after big frees, and model-sized temporary
+    buffers then stay in the heap after they are freed.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+
+
+def release_freed_memory() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def coalesce(updates: Iterator[str], interval_s: float) -> Iterator[str]:
+    """Pass on the first update at once, then at most one per INTERVAL_S, and always the last.
+
+    Each streamed update costs Python time on the 2 shared cores (diffing, JSON, the event loop)
+    that llama.cpp would otherwise use; a few updates a second read just as smoothly.
+    """
+    last, pending = float("-inf"), None
+    for update in updates:
+        pending = update
+        now = time.monotonic()
+        if now - last >= interval_s:
+            last, pending = now, None
+            yield update
+    if pending is not None:
+        yield pending
+
+
+def waiting_message(place: int) -> str:
+    """What a student reads while their question waits for a free answer slot."""
+    if place == 1:
+        return "⏳ The tutor is answering other students. You are next in line."
+    return f"⏳ The tutor is answering other students. You are number {place} in line."
+
+
+def _user_error(e: Exception) -> gr.Error:
+    """One clear message for the page; details of unexpected failures go to the server log."""
+    if isinstance(e, TutorError):
+        return gr.Error(str(e), print_exception=False)
+    log.exception("request failed")
+    return gr.Error(SOMETHING_WENT_WRONG, print_exception=False)
+
+
+def client_of(request: gr.Request | None) -> tuple[str, str]:
+    """(session, network address) of a request; behind a proxy (a Space), the address the
+    proxy reports. A forged X-Forwarded-For only moves a client into another address's share."""
+    if request is None:
+        return "", ""
+    forwarded = request.headers.get("x-forwarded-for", "")
+    address = forwarded.split(",")[0].strip() or (request.client.host if request.client else "")
+    return request.session_hash or "", address
+
+
+def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
+    tutor = models.tutor
+    limits = InFlightLimits(settings.max_per_session, settings.max_per_address or None)
+    transcriptions = BoundedLine(1 + settings.queue_size)
+
+    def transcribe(recording: str | None, language: str = "en") -> str:
+        """Text of a recorded or uploaded question (WAV, FLAC or OGG)."""
+        try:
+            with transcriptions.hold():  # Whisper runs one at a time; the line is bounded
+                return tutor.transcribe(recording, language)
+        except Exception as e:
+            raise _user_error(e) from None
+
+    def respond(question: str, mode: str, history: list[dict], request: gr.Request):
+        try:
+            with limits.hold(*client_of(request)):
+                stream = tutor.ask(question, mode, history, places=True)
+                turn = list(history or []) + [{"role": "user", "content": question.strip()},
+                                              {"role": "assistant", "content": ""}]
+                yield turn, ""
+                for update in coalesce(stream, settings.update_interval):
+                    answer = waiting_message(update.place) if isinstance(update, InLine) else update
+                    turn[-1] = {"role": "assistant", "content": answer}
+                    yield turn, ""
+        except Exception as e:
+            raise _user_error(e) from None
+
+    def ask(question: str, mode: str = settings.mode, history: list[dict] | None = None,
+            request: gr.Request = None) -> Iterator[str]:
+        """Stream the tutor's answer to QUESTION in MODE after HISTORY ({role, content}
+        messages)."""
+        try:
+            with limits.hold(*client_of(request)):
+                yield from coalesce(tutor.ask(question, mode, history), settings.update_interval)
+        except Exception as e:
+            raise _user_error(e) from None
+
+    # Gradio keeps every upload in its cache folder; sweep it so that days of recordings do not
+    # fill the disk (at most max-age × upload rate stays on disk; measured by the soak).
+    max_age_s = int(settings.upload_max_age_minutes * 60)
+    sweep_every_s = max(60, max_age_s // 4)
+    with gr.Blocks(title="Voice tutor", delete_cache=(sweep_every_s, max_age_s)) as app:
+        gr.Markdown("# Voice tutor\nRecord or type a question, pick how the tutor should "
+                    "help, and read the answer as it is written.")
+        if models.notice:
+            gr.Markdown(models.notice, elem_id="standin-notice")
+        with gr.Row():
+            with gr.Column(scale=2):
+                recording = gr.Audio(sources=["microphone", "upload"], type="filepath",
+                                     label="Ask by voice", elem_id="recording")
+                language = gr.Dropdown(LANGUAGES, value=settings.language, label="Spoken language",
+                                       elem_id="language")
+                question = gr.Textbox(label="Your question (edit it, or just type)", lines=3,
+                                      elem_id="question",
+                                      placeholder="e.g. How do I solve 3x + 5 = 20?")
+                mode = gr.Radio([(m.title, m.name) for m in tutor.modes.values()],
+                                value=settings.mode, label="Tutor mode", elem_id="mode",
+                                info=" · ".join(f"{m.title}: {m.description}"
+                                                for m in tutor.modes.values()))
+                with gr.Row():
+                    send = gr.Button("Ask", variant="primary", elem_id="send")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    new = gr.Button("New conversation", elem_id="new")
+                gr.Examples(EXAMPLES, inputs=[question], label="Try one of these")
+            with gr.Column(scale=3):
+                chat = gr.Chatbot(label="Tutor", elem_id="chat", height=560, latex_delimiters=LATEX,
+                                  buttons=["copy"], feedback_options=None)
+        recording.stop_recording(transcribe, [recording, language], [question],
+                                 concurrency_limit=None,
+                                 api_name="transcribe")
+        recording.upload(transcribe, [recording, language], [question], concurrency_limit=None,
+                         api_visibility="private")
+        answering = [
+            send.click(respond, [question, mode, chat], [chat, question],
+                       concurrency_limit=None, api_visibility="private"),
+            question.submit(respond, [question, mode, chat], [chat, question],
+                            concurrency_limit=None, api_visibility="private"),
+        ]
+        stop.click(None, cancels=answering)
+        new.click(lambda: ([], ""), outputs=[chat, question], cancels=answering,
+                  api_visibility="private")
+        gr.api(ask, api_name="ask", concurrency_limit=None)
+
+        def health() -> dict:
+            """The engine's load and the process's resources (for monitoring and the soak)."""
+            activity = tutor.llm.activity()
+            return {"answering": activity.answering, "waiting": activity.waiting,
+                    "parallel": settings.parallel, "queue_size": settings.queue_size,
+                    "saved_conversations": activity.saved_conversations,
+                    "saved_mb": round(activity.saved_bytes / 2**20, 1),
+                    "answers_ended": activity.ended, "threads": threading.active_count()}
+
+        gr.api(health, api_name="health", concurrency_limit=None)
+    # Every event goes straight to its handler: the engine answers N at once and keeps a
+    # bounded line of questions (the page shows each student their place); Whisper keeps one
+    # of recordings; beyond them a request ends at once with "busy", a message every client
+    # receives. Gradio's own "queue full" is an HTTP 503 at join time, which gradio_client 2.7
+    # never reports to a caller iterating the job (it waits forever), so Gradio's queue is
+    # only a backstop for requests arriving in the same instant.
+    app.queue(max_size=JOIN_BURST, default_concurrency_limit=None)
+    return app
+
+
+def serve(settings: Settings, build_standin: StandinBuilder | None = None) -> None:
+    """Load the models as SETTINGS say and serve the app until stopped (SystemExit with one
+    line when it cannot start)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return_freed_memory_to_the_system()
+    try:
+        models = load(settings, build_standin)
+    except (TutorError, ModelLoadError, TranscriberLoadError, ServerUnavailable) as e:
+        raise SystemExit(f"error: {e}") from None
+    if models.notice:
+        log.warning("running on stand-in models: answers are not meaningful")
+    app = build_app(models, settings)
+    try:
+        app.launch(
+            server_name=settings.host, server_port=settings.port,
+            # Our handlers raise only gr.Error (a message for the user); this lets a caller
+            # also learn why Gradio itself refused a request, e.g. a file never uploaded.
+            show_error=True,
+            max_file_size=int(settings.max_upload_mb * 2**20),
+            # A worker thread per answer in flight or waiting, per recording waiting, and some more.
+            max_threads=settings.parallel + 2 * settings.queue_size + OTHER_WORKER_THREADS)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        raise SystemExit(f"error: cannot serve on {settings.host}:{settings.port}: "
+                         f"{first_line(e)}") from None
