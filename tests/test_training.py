@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from train.backends import unsloth_usable
 from train.config import ConfigError, DataConfig, Source, load_config
-from train.data import clean, from_sharegpt
+from train.data import clean, from_sharegpt, mix, split, write_report
 from train.encode import IGNORE, encode
 from tutor.llm import TutorLLM
 from tutor.modes import Generation
@@ -84,6 +84,30 @@ def test_malformed_rows_are_counted_per_reason(tmp_path):
         "unparseable": 1, "missing_fields": 2, "unknown_role": 1, "empty_turn": 1,
         "bad_role_order": 2, "not_ending_on_assistant": 1, "below_score": 1, "duplicate": 1,
         "near_duplicate": 1, "over_token_budget": 1}
+
+
+def test_a_source_that_contributes_nothing_is_a_warning_in_the_report(tmp_path, caplog):
+    def rows(n: int, words: int) -> Path:
+        path = tmp_path / f"rows-{n}-{words}.jsonl"
+        path.write_text("\n".join(json.dumps({"conversations": [
+            {"from": "human", "value": f"Question {i}: " + "why " * words},
+            {"from": "gpt", "value": f"Answer {i}."}]}) for i in range(n)))
+        return path
+
+    cfg = DataConfig(sources=[Source(name="short", format="sharegpt", path=str(rows(40, 3))),
+                              Source(name="too-long", format="sharegpt", path=str(rows(3, 500))),
+                              Source(name="capped", format="sharegpt", path=str(rows(30, 4)),
+                                     max_rows=5)], dedup=False)
+    kept, reports = clean(cfg, lambda messages: sum(len(m["content"]) for m in messages) // 4,
+                          max_tokens=200)
+    train, val = split(mix(cfg, kept), 0.1)
+    report = write_report(reports, train, val, tmp_path)
+    sources = report["sources"]
+    assert sources["capped"]["used"] == 5 and sources["capped"]["kept"] == 30  # used, not read
+    assert sources["too-long"]["used"] == 0
+    assert report["warnings"] == ["source 'too-long' contributes nothing: 3 rows read, none used "
+                                  "(3 over_token_budget)"]
+    assert report["warnings"][0] in caplog.text
 
 
 def test_chatdoctor_rows_become_system_user_assistant(assets):

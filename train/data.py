@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import re
 from collections import Counter
@@ -25,6 +26,8 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
          "system": "system"}
 DEFAULT_CHATDOCTOR_SYSTEM = ("You are a doctor. Answer the patient's medical question based on "
                              "their description.")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -233,15 +236,24 @@ def write_report(reports: dict[str, SourceReport], train: list[Example], val: li
         "train_by_source": dict(Counter(e.source for e in train)),
     }
     used = Counter(e.source for e in train + val)
+    report["warnings"] = []
     for name, entry in report["sources"].items():  # what the caps and ratios left out
         entry["used"] = used[name]
         entry["left_out_by_mix"] = entry["kept"] - used[name]
+        if not used[name]:  # say so: a source that vanishes silently skews the mix
+            why = ", ".join(f"{n} {reason}" for reason, n in entry["dropped"].items()) or (
+                "left out by the mix" if entry["kept"] else "no rows")
+            warning = (f"source {name!r} contributes nothing: {entry['read']} rows read, "
+                       f"none used ({why})")
+            report["warnings"].append(warning)
+            log.warning(warning)
     with atomic_output(out_dir / "data_report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2))
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, r in reports.items():
         if r.token_lengths:
-            ax.hist(r.token_lengths, bins=30, alpha=0.6, label=f"{name} ({r.kept} kept)")
+            ax.hist(r.token_lengths, bins=30, alpha=0.6,
+                    label=f"{name} ({used[name]} used of {r.kept} cleaned)")
     ax.set(xlabel="tokens per conversation (chat template applied)", ylabel="rows",
            title="Token lengths of the cleaned data")
     ax.legend()
