@@ -7,8 +7,14 @@ REFERENCE_DIR := .cache/reference
 
 .PHONY: app test system-deps reference-converter
 
-app:
+# pip runs again only when the requirements change (a stamp records the last install).
+RUNTIME_STAMP := .cache/requirements.installed
+
+$(RUNTIME_STAMP): requirements.txt
 	$(PYTHON) -m pip install -r requirements.txt
+	@mkdir -p $(dir $@) && touch $@
+
+app: $(RUNTIME_STAMP)
 	$(PYTHON) space_app.py
 
 # Debian's Chromium and ChromeDriver drive the browser test (no test tool downloads a browser);
