@@ -19,3 +19,24 @@ def tone(seconds: float, rate: int, channels: int = 1, freq: float = 440.0,
 def write(path: Path, samples: np.ndarray, rate: int, **kwargs) -> Path:
     soundfile.write(path, samples, rate, **kwargs)
     return path
+
+
+def encode(path: Path, samples: np.ndarray, rate: int, codec: str, out_rate: int = 48000) -> Path:
+    """SAMPLES (frames, channels) at RATE, compressed with CODEC into PATH's container (.webm,
+    .m4a, ...) by PyAV, as a browser's MediaRecorder or a phone would."""
+    import av
+
+    layout = "mono" if samples.shape[1] == 1 else "stereo"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=out_rate, layout=layout)
+        stream.bit_rate = 12200 if out_rate == 8000 else 64000  # AMR-NB's highest mode
+        for start in range(0, len(samples), 1024):  # a recorder's chunks, not one huge frame
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(samples[start:start + 1024].T, dtype=np.float32),
+                format="fltp", layout=layout)
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path

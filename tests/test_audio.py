@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from audio_files import tone, write
+from audio_files import encode, tone, write
 from tutor import audio
 
 
@@ -132,3 +132,48 @@ def test_six_channels_at_96_khz_for_two_minutes_decode_within_bounds(tmp_path):
     assert whisper_input.shape == (120 * audio.SAMPLE_RATE,)
     all_channels_bytes = 120 * 96000 * 6 * 4  # what decoding the file at once would hold
     assert peak_bytes < all_channels_bytes / 2
+
+
+def _envelope(samples: np.ndarray, frame: int = 480) -> np.ndarray:
+    """RMS loudness of 30 ms frames of 16 kHz mono samples."""
+    mono = samples[: len(samples) // frame * frame]
+    return np.sqrt(np.mean(mono.reshape(-1, frame).astype(np.float64) ** 2, axis=1))
+
+
+@pytest.mark.parametrize("name, codec, out_rate", [
+    ("chromium-recording.webm", "libopus", 48000),  # MediaRecorder in Chromium and Firefox
+    ("iphone-voice-memo.m4a", "aac", 44100),
+    ("phone-recorder.amr", "libopencore_amrnb", 8000),
+])
+def test_what_browsers_and_phones_record_is_decoded(name, codec, out_rate, assets, tmp_path):
+    clip = assets / "speech" / "ljspeech" / "LJ001-0002.wav"
+    samples, rate = soundfile.read(clip, always_2d=True, dtype="float32")
+    reference = audio.load(clip)
+    decoded = audio.load(encode(tmp_path / name, samples, rate, codec, out_rate))
+    assert abs(len(decoded) - len(reference)) < 0.1 * audio.SAMPLE_RATE  # codec priming only
+    # The same speech: the loudness envelopes agree (at the best shift of up to 150 ms).
+    a, b = _envelope(decoded), _envelope(reference)
+    n = min(len(a), len(b)) - 5
+    best = max(np.corrcoef(a[lag:lag + n], b[:n])[0, 1] for lag in range(5))
+    assert best > 0.95
+
+
+def test_a_compressed_recording_over_the_limit_is_refused(tmp_path):
+    path = encode(tmp_path / "lecture.webm", tone(130.0, 16000), 16000, "libopus")
+    with pytest.raises(audio.AudioError, match="too long"):
+        audio.load(path, audio.AudioLimits(max_seconds=120))
+
+
+def test_a_playlist_is_never_followed(tmp_path):
+    """FFmpeg would open the files an HLS playlist names: such a file must not reach it."""
+    playlist = tmp_path / "question.m3u8"
+    playlist.write_text("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile:///etc/passwd\n"
+                        "#EXT-X-ENDLIST\n")
+    with pytest.raises(audio.AudioError, match="not a readable recording"):
+        audio.load(playlist)
+
+
+def test_a_clip_just_under_the_minimum_says_its_length_exactly(tmp_path):
+    path = write(tmp_path / "short.wav", tone(0.45, 16000), 16000)
+    with pytest.raises(audio.AudioError, match=r"0\.45 s; the shortest is 0\.5 s"):
+        audio.load(path)

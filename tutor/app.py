@@ -226,7 +226,7 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
     transcriptions = BoundedLine(1 + settings.queue_size)
 
     def transcribe(recording: str | None, language: str = "en") -> str:
-        """Text of a recorded or uploaded question (WAV, FLAC or OGG)."""
+        """Text of a recorded or uploaded question (WAV, FLAC, OGG, MP3, WebM, MP4/M4A, AMR)."""
         try:
             with transcriptions.hold():  # Whisper runs one at a time; the line is bounded
                 return tutor.transcribe(recording, language)

@@ -1,9 +1,10 @@
-"""Recordings → the float32 16 kHz mono array Whisper wants, with no ffmpeg.
+"""Recordings → the float32 16 kHz mono array Whisper wants, with no system ffmpeg.
 
-Browsers and uploads deliver any sample rate (8–96 kHz), mono or stereo, as WAV, FLAC or OGG.
-Files are decoded with soundfile, channels are averaged, and soxr resamples. Recordings that
-cannot help (empty, a click, silence, far too long, broken samples) are refused with a message
-for the student: Whisper invents text from silence, so it must never see it.
+Browsers and uploads deliver any sample rate (8–96 kHz), mono or stereo: WAV, FLAC, OGG and MP3
+are decoded with soundfile (channels averaged, soxr resamples); what browsers and phones record
+(WebM/Opus, MP4 and M4A with AAC or Opus, AMR) with PyAV, whose wheel ships FFmpeg's decoders.
+Recordings that cannot help (empty, a click, silence, far too long, broken samples) are refused
+with a message for the student: Whisper invents text from silence, so it must never see it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ DECODE_BLOCK_S = 4  # seconds of a file decoded at a time (a bounded buffer, wha
 MAX_CHANNELS = 8  # more is not a recording of a question
 MIN_RATE, MAX_RATE = 4000, 384000  # Hz: phone audio to studio formats
 UNKNOWN_LENGTH = 2**62  # libsndfile reports a file of unknown length as SF_COUNT_MAX frames
+READABLE_FORMATS = "WAV, FLAC, OGG, MP3, WebM, MP4/M4A or AMR"
 
 
 class AudioError(TutorError):
@@ -79,8 +81,11 @@ def read(source: str | Path | bytes | tuple[int, np.ndarray],
         except AudioError:
             raise
         except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
-            raise AudioError("That file is not a readable recording: "
-                             "please send WAV, FLAC or OGG audio.") from None
+            container = _recorded_container(data)
+            if container is None:
+                raise AudioError(f"That file is not a readable recording: please send "
+                                 f"{READABLE_FORMATS} audio.") from None
+            samples, rate = _decode_recorded(data, container, limits)
         except OSError:
             raise AudioError("The recording could not be opened.") from None
     if samples.ndim == 1:
@@ -114,6 +119,64 @@ def _decode_mono(data: str | Path | io.BytesIO, limits: AudioLimits) -> tuple[np
         return np.concatenate(pieces)[:, None], SAMPLE_RATE
 
 
+def _recorded_container(data: str | Path | io.BytesIO) -> str | None:
+    """The FFmpeg demuxer for a container that browsers and phones record into and libsndfile
+    cannot read, recognised by the file's first bytes; None for anything else.
+
+    A file never chooses its own demuxer: a playlist (HLS, concat) would make FFmpeg open other
+    files, and nothing outside the app's folders may be read.
+    """
+    try:
+        if isinstance(data, io.BytesIO):
+            head = data.getvalue()[:16]
+        else:
+            with open(data, "rb") as f:
+                head = f.read(16)
+    except OSError:
+        return None
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"  # WebM/Opus from MediaRecorder (Chromium, Firefox, Android)
+    if head[4:8] == b"ftyp":
+        return "mov"  # MP4/M4A: Safari's MediaRecorder, iPhone voice memos (AAC)
+    if head.startswith(b"#!AMR"):
+        return "amr"  # phone voice recorders
+    return None
+
+
+def _decode_recorded(data: str | Path | io.BytesIO, container: str, limits: AudioLimits
+                     ) -> tuple[np.ndarray, int]:
+    """Like `_decode_mono`, through PyAV (FFmpeg's decoders ship in its wheel) with the given
+    demuxer: (frames, 1) at SAMPLE_RATE, refused as soon as it passes the length limit."""
+    import av
+
+    if isinstance(data, io.BytesIO):
+        data.seek(0)
+    try:
+        with av.open(data, mode="r", format=container) as f:
+            stream = next((s for s in f.streams if s.type == "audio"), None)
+            if stream is None:
+                raise AudioError("That file has no sound in it.")
+            rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
+            if not 0 < channels <= MAX_CHANNELS or not MIN_RATE <= rate <= MAX_RATE:
+                raise AudioError(f"That file is not a usable recording ({channels} channels at "
+                                 f"{rate} Hz).")
+            if f.duration is not None and f.duration > 0:  # microseconds, from the header
+                _refuse_if_too_long(f.duration / 1e6, limits)
+            to_mono = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            pieces, seconds = [], 0.0
+            for frame in f.decode(stream):
+                seconds += frame.samples / (frame.sample_rate or rate)
+                if seconds > limits.max_seconds:  # the header understated the length
+                    _refuse_if_too_long(seconds, limits)
+                pieces += [out.to_ndarray().reshape(-1) for out in to_mono.resample(frame)]
+            pieces += [out.to_ndarray().reshape(-1) for out in to_mono.resample(None)]
+    except av.FFmpegError:
+        raise AudioError("That file is not a readable recording: it may be damaged. Please "
+                         "record again.") from None
+    samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    return samples.astype(np.float32, copy=False)[:, None], SAMPLE_RATE
+
+
 def to_whisper(samples: np.ndarray, rate: int) -> np.ndarray:
     """(frames, channels) at RATE → float32 mono at 16 kHz."""
     mono = samples.mean(axis=1, dtype=np.float64)
@@ -130,9 +193,10 @@ def check(samples: np.ndarray, rate: int, limits: AudioLimits) -> None:
     if not np.isfinite(samples).all():
         raise AudioError("The recording is damaged (it contains invalid samples). Please record "
                          "again.")
-    if seconds < limits.min_seconds:
-        raise AudioError(f"The recording is too short ({seconds:.1f} s): please ask your "
-                         "question in a full sentence.")
+    if seconds < limits.min_seconds:  # two decimals: 0.45 s must not read as the 0.5 s limit
+        raise AudioError(f"The recording is too short ({seconds:.2f} s; the shortest is "
+                         f"{limits.min_seconds:g} s): please ask your question in a full "
+                         "sentence.")
     _refuse_if_too_long(seconds, limits)
     frame = max(1, int(FRAME_S * rate))
     mono = samples.mean(axis=1) if samples.ndim == 2 else samples
