@@ -78,7 +78,7 @@ def load(settings: Settings, build_standin: StandinBuilder | None = None) -> Loa
     if settings.kv_tokens < settings.n_ctx:
         raise TutorError(f"--kv-tokens ({settings.kv_tokens}) must be at least --n-ctx "
                          f"({settings.n_ctx}): one conversation must fit")
-    missing: list[str] = []  # real models replaced by stand-ins
+    missing: list[str] = []  # the real models replaced by stand-ins
     # One thread for every native call, loading included: one OpenMP team in the process, as
     # many threads as cores (a torch call from any other thread adds a team; tutor.threads).
     native = DedicatedThread("native")
@@ -90,13 +90,26 @@ def load(settings: Settings, build_standin: StandinBuilder | None = None) -> Loa
     llm = (_remote_llm(settings) if settings.llm_url
            else _local_llm(settings, native, threads, missing, build_standin))
     tutor = Tutor(llm, transcriber, modes, AudioLimits(max_seconds=settings.max_audio_seconds))
-    notice = None
-    if missing:
-        notice = ("⚠️ **Stand-in models: answers are not meaningful.** The real "
-                  + " and ".join(missing) + " could not be loaded, so small local stand-ins "
-                  "are running. To use real models, run online once (they are cached), or pass "
-                  "`--model PATH.gguf --whisper base.en` (or set `TUTOR_MODEL`, `TUTOR_WHISPER`).")
-    return LoadedModels(tutor, notice)
+    return LoadedModels(tutor, standin_notice(missing))
+
+
+def standin_notice(missing: list[str]) -> str | None:
+    """What the page says when stand-ins replace the real models in MISSING ("language model",
+    "speech model"): what is affected and what to do, without the download error (logged)."""
+    if not missing:
+        return None
+    fixes = {"language model": "`--model PATH.gguf` (or `TUTOR_MODEL`)",
+             "speech model": "`--whisper PATH.pt`, a Whisper checkpoint file (or `TUTOR_WHISPER`)"}
+    if missing == ["speech model"]:
+        headline = ("Stand-in speech model: spoken questions are not transcribed meaningfully; "
+                    "typed questions are answered as usual.")
+    elif missing == ["language model"]:
+        headline = "Stand-in language model: answers are not meaningful."
+    else:
+        headline = "Stand-in models: answers and transcripts are not meaningful."
+    return (f"⚠️ **{headline}** The real {' and '.join(missing)} could not be downloaded (no "
+            "network), so small local stand-ins are running. Run online once (models are "
+            "cached), or pass " + " and ".join(fixes[m] for m in missing) + ".")
 
 
 # Builds a small local stand-in for a model ("language model" or "speech model") that could
@@ -113,7 +126,8 @@ def _with_standin(load_fn, spec: str, default: str, what: str, missing: list[str
     except (ModelLoadError, TranscriberLoadError) as e:
         if spec != default or build_standin is None:
             raise
-        missing.append(f"{what} ({e})")
+        log.warning("the %s could not be loaded (%s): using a stand-in", what, e)
+        missing.append(what)
         return load_fn(str(build_standin(what, e)))
 
 
