@@ -21,6 +21,8 @@ from tutor import audio
 from tutor.modes import PROMPTS_DIR
 from tutor.transcribe import Transcriber, load_whisper
 
+pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
+
 UPLOAD_LIMIT_MB = 25
 
 

@@ -18,6 +18,8 @@ import raw_http
 from bench.harness import running_app
 from bench.app import greedy_prompts
 
+pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
+
 N_STUDENTS = 16
 PARALLEL = 4
 JOIN_TIMEOUT_S = 600

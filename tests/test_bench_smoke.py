@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import pytest
 import whisper
 
 from bench import hardware, llm, speech
+
+pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
 
 
 def test_llm_benchmark_parts_run(tiny_gguf):

@@ -12,9 +12,10 @@ from bench.harness import running_app
 from tutor.modes import PROMPTS_DIR
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="needs Debian's chromium and chromium-driver "
-                                       "(make test installs them)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                 reason="needs Debian's chromium and chromium-driver "
+                                        "(make test installs them)")]
 
 # Records the length of tutor message number arguments[0] at every DOM change, so that growth is
 # seen even when updates come faster than a test could poll.

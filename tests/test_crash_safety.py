@@ -20,6 +20,8 @@ import pytest
 
 from bench.harness import ROOT
 
+pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
+
 HANG_GUARD_S = 300.0  # only a writer that never writes reaches it
 
 # name -> (Python loop rewriting DEST forever, alternating versions k % 2; the file it writes)

@@ -7,11 +7,15 @@ container paths, host names and ports mapped to this machine.
 
 from __future__ import annotations
 
+import pytest
+
 import yaml
 from gradio_client import Client
 
 import servers
 from bench.harness import ROOT, free_port, running_app
+
+pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
 
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 

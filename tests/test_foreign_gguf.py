@@ -22,6 +22,8 @@ from tutor.chat_format import LLAMA3_CHAT_TEMPLATE
 from tutor.llm import TutorLLM
 from tutor.modes import Generation
 
+pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
+
 REFERENCE_DIR = Path(__file__).parents[1] / ".cache" / "reference"
 GREEDY = Generation(temperature=0.0, max_tokens=16)
 MESSAGES = [{"role": "system", "content": "You are a tutor."},

@@ -16,6 +16,8 @@ import pytest
 
 from bench.harness import ROOT
 
+pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
+
 PACKAGES = ["tutor", "export", "synth", "train", "bench"]
 BELOW = {"tutor": set(), "export": {"tutor"}, "synth": {"tutor", "export"},
          "train": {"tutor", "export", "synth"}, "bench": {"tutor", "export", "synth", "train"}}

@@ -3,6 +3,8 @@ that says what is affected and what to do, without the download error."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import urllib.request
 from pathlib import Path
@@ -10,6 +12,8 @@ from pathlib import Path
 from gradio_client import Client
 
 from bench.harness import running_app
+
+pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
 
 
 def _offline(tmp_path: Path) -> dict[str, str]:

@@ -29,6 +29,8 @@ from tutor.modes import load_modes
 from tutor.remote_llm import CUT_NOTE
 from tutor.service import Tutor
 
+pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
+
 MAX_TOKENS = 48
 LONG_ANSWER_TOKENS = 4000  # the slow model never ends: Stop or a failure must end the answer
 QUESTION = "How do I solve 3x + 5 = 20?"

@@ -22,6 +22,8 @@ from tutor import audio
 from tutor.remote_stt import wav_bytes
 from tutor.transcribe import Transcriber, load_whisper
 
+pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
+
 CLIPS = ["ljspeech/LJ001-0002.wav", "whisper/jfk.flac"]
 
 

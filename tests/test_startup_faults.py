@@ -18,6 +18,8 @@ import pytest
 import servers
 from bench.harness import ROOT
 
+pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
+
 START_TIMEOUT_S = 600  # only a hang reaches it
 
 

@@ -163,6 +163,7 @@ def tiny_run(assets, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(2 * HANG_GUARD_S)
 def test_tiny_config_runs_end_to_end_and_the_app_serves_it(tiny_run):
     record = json.loads((tiny_run / "run.json").read_text())
@@ -185,6 +186,7 @@ def test_tiny_config_runs_end_to_end_and_the_app_serves_it(tiny_run):
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(3 * HANG_GUARD_S)
 def test_resume_after_kill_reaches_the_same_state(tiny_run, tmp_path):
     out = tmp_path / "killed"
