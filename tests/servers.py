@@ -50,8 +50,11 @@ def serve(command: list[str], log: Path, port: int, ready_path: str = "/v1/model
     """Run COMMAND; yield once GET READY_PATH gets any answer but 503 (a 401 means up, too)."""
     url = f"http://127.0.0.1:{port}"
     with open(log, "a") as out:
+        # Unbuffered: the tests read what a server prints (llama_cpp.server prints, to stdout,
+        # that a client went away) while it runs, not when a buffer happens to fill.
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+                                env={**os.environ, "PYTHONPATH": str(ROOT),
+                                     "PYTHONUNBUFFERED": "1", **(env or {})})
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
