@@ -101,7 +101,10 @@ def build_checkpoint(out_dir: Path, tokenizer: PreTrainedTokenizerFast | None,
     distributions then have clear winners, as a trained model's do, so quantized and exact
     arg-max predictions can be compared meaningfully. NEVER_ENDS zeroes the output rows of the
     tokenizer's special tokens, so that greedy answers always run to their token budget
-    (comparable timings, streams that are visibly long).
+    (comparable timings, streams that are visibly long), and those of tokens that are not whole
+    UTF-8 characters on their own: a server holds those back until a character is complete
+    (llama-cpp-python's does, and notices a client gone only when it sends), and a random
+    model may never complete one.
     """
     out_dir = Path(out_dir)
     vocab_size = shape.vocab_size or len(tokenizer)
@@ -130,11 +133,18 @@ def build_checkpoint(out_dir: Path, tokenizer: PreTrainedTokenizerFast | None,
         _fit(model, tokenizer, fit_steps)
     if never_ends:
         with torch.no_grad():
-            model.get_output_embeddings().weight[list(tokenizer.added_tokens_decoder)] = 0.0
+            model.get_output_embeddings().weight[_never_sampled(tokenizer)] = 0.0
     model.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def _never_sampled(tokenizer: PreTrainedTokenizerFast) -> list[int]:
+    """Ids of the special tokens and of the tokens that are partial UTF-8 characters."""
+    partial = [i for i in range(len(tokenizer))
+               if "\ufffd" in tokenizer.decode([i], skip_special_tokens=False)]
+    return sorted(set(tokenizer.added_tokens_decoder) | set(partial))
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:

@@ -75,7 +75,8 @@ def slow_gguf(tiny_tokenizer, tmp_path_factory) -> Path:
     """A ~25M-parameter F32 Llama: slow enough (~100 tokens/s here) that streaming is visible.
 
     Its output rows for the special tokens are zero, so greedy answers never end early: every
-    answer runs to the mode's token budget.
+    answer runs to the mode's token budget; nor does it emit partial UTF-8 characters, which a
+    server would hold back (see `synth.llama.build_checkpoint`).
     """
     from export.to_gguf import export
 

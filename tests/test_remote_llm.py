@@ -122,9 +122,7 @@ def test_a_follow_up_keeps_the_history(remote, embedded):
     assert _ask(client, FOLLOW_UP, "hint", history)[-1] == expected
 
 
-# llama_cpp.server's Stop case times out reading from the app in about half the full runs (an
-# httpx ReadTimeout, not yet understood); Stop is tested on llama-server until that is found.
-@pytest.fixture(params=["llama-server"])
+@pytest.fixture(params=["llama_cpp", "llama-server"])
 def slow_remote(request, slow_gguf, tiny_llama_dir, tiny_whisper_path, tmp_path):
     """The app on a server of the slow, never-ending model, with long answers."""
     kind = request.param
