@@ -11,7 +11,6 @@ import ctypes
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,14 @@ from tutor.errors import TranscriberLoadError, TutorError, first_line
 from tutor.fairness import BoundedLine, InFlightLimits
 from tutor.llama_runtime import KV_TYPES
 from tutor.defaults import DEFAULT_MODEL, DEFAULT_WHISPER
-from tutor.llm import InLine, ModelLoadError, TutorLLM, resolve_model
+from tutor.llm import ModelLoadError, TutorLLM, resolve_model
 from tutor.modes import load_modes
 from tutor.remote import ServerOptions, ServerUnavailable
 from tutor.service import LanguageModel, SpeechToText, Tutor
 from tutor.settings import Settings
 from tutor.threads import DedicatedThread
+from tutor.web import client_of, coalesce, user_error
+from tutor import page
 
 log = logging.getLogger("voice-tutor")
 
@@ -37,20 +38,6 @@ MAX_QUEUE_SIZE = 256  # each waiting question holds a Gradio worker thread
 OTHER_WORKER_THREADS = 8  # Gradio worker threads beyond the answers: transcriptions, page events
 JOIN_BURST = 256  # requests arriving at the same instant that Gradio holds before its handlers
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-SOMETHING_WENT_WRONG = "Something went wrong on our side. Please try again."
-EXAMPLES = [
-    "How do I solve 3x + 5 = 20?",
-    "Why does ice float on water?",
-    "What is the derivative of x squared times sine of x?",
-    "A patient has a fever, a stiff neck and a headache. What should I consider?",
-]
-LATEX = [{"left": "$$", "right": "$$", "display": True},
-         {"left": "$", "right": "$", "display": False},
-         {"left": "\\(", "right": "\\)", "display": False},
-         {"left": "\\[", "right": "\\]", "display": True}]
-LANGUAGES = [("English", "en"), ("Detect automatically", "auto"), ("French", "fr"),
-             ("German", "de"), ("Spanish", "es"), ("Italian", "it"), ("Portuguese", "pt"),
-             ("Dutch", "nl")]
 
 
 @dataclass
@@ -192,74 +179,22 @@ def release_freed_memory() -> None:
         pass
 
 
-def coalesce(updates: Iterator[str], interval_s: float) -> Iterator[str]:
-    """Pass on the first update at once, then at most one per INTERVAL_S, and always the last.
-
-    Each streamed update costs Python time on the 2 shared cores (diffing, JSON, the event loop)
-    that llama.cpp would otherwise use; a few updates a second read just as smoothly.
-    """
-    last, pending = float("-inf"), None
-    for update in updates:
-        pending = update
-        now = time.monotonic()
-        if now - last >= interval_s:
-            last, pending = now, None
-            yield update
-    if pending is not None:
-        yield pending
-
-
-def waiting_message(place: int) -> str:
-    """What a student reads while their question waits for a free answer slot."""
-    if place == 1:
-        return "⏳ The tutor is answering other students. You are next in line."
-    return f"⏳ The tutor is answering other students. You are number {place} in line."
-
-
-def _user_error(e: Exception) -> gr.Error:
-    """One clear message for the page; details of unexpected failures go to the server log."""
-    if isinstance(e, TutorError):
-        return gr.Error(str(e), print_exception=False)
-    log.exception("request failed")
-    return gr.Error(SOMETHING_WENT_WRONG, print_exception=False)
-
-
-def client_of(request: gr.Request | None) -> tuple[str, str]:
-    """(session, network address) of a request; behind a proxy (a Space), the address the
-    proxy reports. A forged X-Forwarded-For only moves a client into another address's share."""
-    if request is None:
-        return "", ""
-    forwarded = request.headers.get("x-forwarded-for", "")
-    address = forwarded.split(",")[0].strip() or (request.client.host if request.client else "")
-    return request.session_hash or "", address
-
-
 def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
+    """The page (tutor.page) and the API: `/transcribe`, `/ask`, `/health`."""
     tutor = models.tutor
     limits = InFlightLimits(settings.max_per_session, settings.max_per_address or None)
     transcriptions = BoundedLine(1 + settings.queue_size)
 
+    def transcribe_or_raise(recording: str | None, language: str = "en") -> str:
+        with transcriptions.hold():  # Whisper runs one at a time; the line is bounded
+            return tutor.transcribe(recording, language)
+
     def transcribe(recording: str | None, language: str = "en") -> str:
         """Text of a recorded or uploaded question (WAV, FLAC, OGG, MP3, WebM, MP4/M4A, AMR)."""
         try:
-            with transcriptions.hold():  # Whisper runs one at a time; the line is bounded
-                return tutor.transcribe(recording, language)
+            return transcribe_or_raise(recording, language)
         except Exception as e:
-            raise _user_error(e) from None
-
-    def respond(question: str, mode: str, history: list[dict], request: gr.Request):
-        try:
-            with limits.hold(*client_of(request)):
-                stream = tutor.ask(question, mode, history, places=True)
-                turn = list(history or []) + [{"role": "user", "content": question.strip()},
-                                              {"role": "assistant", "content": ""}]
-                yield turn, ""
-                for update in coalesce(stream, settings.update_interval):
-                    answer = waiting_message(update.place) if isinstance(update, InLine) else update
-                    turn[-1] = {"role": "assistant", "content": answer}
-                    yield turn, ""
-        except Exception as e:
-            raise _user_error(e) from None
+            raise user_error(e) from None
 
     def ask(question: str, mode: str = settings.mode, history: list[dict] | None = None,
             request: gr.Request = None) -> Iterator[str]:
@@ -269,52 +204,24 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
             with limits.hold(*client_of(request)):
                 yield from coalesce(tutor.ask(question, mode, history), settings.update_interval)
         except Exception as e:
-            raise _user_error(e) from None
+            raise user_error(e) from None
 
     # Gradio keeps every upload in its cache folder; sweep it so that days of recordings do not
     # fill the disk (at most max-age × upload rate stays on disk; measured by the soak).
     max_age_s = int(settings.upload_max_age_minutes * 60)
     sweep_every_s = max(60, max_age_s // 4)
     with gr.Blocks(title="Voice tutor", delete_cache=(sweep_every_s, max_age_s)) as app:
-        gr.Markdown("# Voice tutor\nRecord or type a question, pick how the tutor should "
-                    "help, and read the answer as it is written.")
-        if models.notice:
-            gr.Markdown(models.notice, elem_id="standin-notice")
-        with gr.Row():
-            with gr.Column(scale=2):
-                recording = gr.Audio(sources=["microphone", "upload"], type="filepath",
-                                     label="Ask by voice", elem_id="recording")
-                language = gr.Dropdown(LANGUAGES, value=settings.language, label="Spoken language",
-                                       elem_id="language")
-                question = gr.Textbox(label="Your question (edit it, or just type)", lines=3,
-                                      elem_id="question",
-                                      placeholder="e.g. How do I solve 3x + 5 = 20?")
-                mode = gr.Radio([(m.title, m.name) for m in tutor.modes.values()],
-                                value=settings.mode, label="Tutor mode", elem_id="mode",
-                                info=" · ".join(f"{m.title}: {m.description}"
-                                                for m in tutor.modes.values()))
-                with gr.Row():
-                    send = gr.Button("Ask", variant="primary", elem_id="send")
-                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
-                    new = gr.Button("New conversation", elem_id="new")
-                gr.Examples(EXAMPLES, inputs=[question], label="Try one of these")
-            with gr.Column(scale=3):
-                chat = gr.Chatbot(label="Tutor", elem_id="chat", height=560, latex_delimiters=LATEX,
-                                  buttons=["copy"], feedback_options=None)
-        recording.stop_recording(transcribe, [recording, language], [question],
-                                 concurrency_limit=None,
-                                 api_name="transcribe")
-        recording.upload(transcribe, [recording, language], [question], concurrency_limit=None,
-                         api_visibility="private")
-        answering = [
-            send.click(respond, [question, mode, chat], [chat, question],
-                       concurrency_limit=None, api_visibility="private"),
-            question.submit(respond, [question, mode, chat], [chat, question],
-                            concurrency_limit=None, api_visibility="private"),
-        ]
-        stop.click(None, cancels=answering)
-        new.click(lambda: ([], ""), outputs=[chat, question], cancels=answering,
-                  api_visibility="private")
+        page.add_page(app, tutor, settings, limits, transcribe_or_raise, models.notice)
+        # The API's /transcribe takes a file as the page's recorder does, but reports failures
+        # as errors to its caller (the page shows them by the input instead); its components
+        # are not shown.
+        with gr.Column(visible=False):
+            api_recording = gr.Audio(type="filepath", label="Recording")
+            api_language = gr.Dropdown(page.LANGUAGES, value=settings.language, label="Language")
+            api_text = gr.Textbox(label="Transcript")
+            api_trigger = gr.Button("Transcribe")
+        api_trigger.click(transcribe, [api_recording, api_language], [api_text],
+                          concurrency_limit=None, api_name="transcribe")
         gr.api(ask, api_name="ask", concurrency_limit=None)
 
         def health() -> dict:
@@ -356,6 +263,7 @@ def serve(settings: Settings, build_standin: StandinBuilder | None = None) -> No
             # also learn why Gradio itself refused a request, e.g. a file never uploaded.
             show_error=True,
             max_file_size=int(settings.max_upload_mb * 2**20),
+            css=page.CSS, head=page.HEAD,
             # A worker thread per answer in flight or waiting, per recording waiting, and some more.
             max_threads=settings.parallel + 2 * settings.queue_size + OTHER_WORKER_THREADS)
     except OSError as e:  # the port is taken, or the address is not this machine's

@@ -1,0 +1,294 @@
+"""The student's page: the conversation first and the input under it, as in a chat app (a
+phone's narrow screen included); errors as a short note by the input; the conversation kept in
+the browser (never on the server) so that a reload brings it back.
+
+`add_page` builds it inside a `gr.Blocks`; the API endpoints are added by `tutor.app`.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import gradio as gr
+
+from tutor.conversation import Message, normalize_history
+from tutor.fairness import InFlightLimits
+from tutor.llm import InLine
+from tutor.math_text import dollars_to_parens
+from tutor.service import Tutor
+from tutor.settings import Settings
+from tutor.web import client_of, coalesce, user_message, waiting_message
+
+EXAMPLES = [
+    "How do I solve 3x + 5 = 20?",
+    "Why does ice float on water?",
+    "What is the derivative of x squared times sine of x?",
+    "A patient has a fever, a stiff neck and a headache. What should I consider?",
+]
+# No lone "$": it would turn prices into formulas; single-dollar maths is rewritten as \(…\)
+# first (tutor.math_text), by Pandoc's rule.
+LATEX = [{"left": "$$", "right": "$$", "display": True},
+         {"left": "\\(", "right": "\\)", "display": False},
+         {"left": "\\[", "right": "\\]", "display": True}]
+LANGUAGES = [("English", "en"), ("Detect automatically", "auto"), ("French", "fr"),
+             ("German", "de"), ("Spanish", "es"), ("Italian", "it"), ("Portuguese", "pt"),
+             ("Dutch", "nl")]
+# What tutor.audio decodes (soundfile; PyAV for WebM, MP4/M4A and AMR): the picker offers these.
+AUDIO_FILE_TYPES = [".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".webm", ".weba", ".mp4",
+                    ".m4a", ".amr"]
+STORAGE_KEY = "voice-tutor-conversation"  # localStorage key: one conversation per device
+# BrowserState encrypts with this; it is sent to the page, so it hides nothing from the
+# student's own device. It is fixed so that a conversation outlives a restart of the app.
+STORAGE_SECRET = "voice-tutor"
+ANSWER_END_WAIT_S = 600.0  # only a hang reaches it: a cancelled answer ends at its next token
+MODE_TAG = '<span class="mode-tag">{title}</span>\n\n'
+MODE_TAG_RE = re.compile(r'^<span class="mode-tag">[^<]*</span>\n\n')
+
+CHAT_HEIGHT = "max(16rem, calc(100dvh - 21rem))"  # the rest: title, input row, modes
+CSS = """
+.gradio-container { max-width: 60rem !important; margin: 0 auto !important; }
+#title h1 { font-size: 1.5rem; margin: 0; }
+.mode-tag { display: inline-block; font-size: 0.8em; font-weight: 600; color: #1f3a8a;
+            background: #e0e7ff; border-radius: 0.6em; padding: 0 0.5em; }
+#status:empty, #status .prose:empty { display: none; }
+#status { color: #7f1d1d; }
+#input-row { align-items: flex-end; flex-wrap: nowrap; gap: 0.4rem; }
+#input-row button { min-width: fit-content !important; flex-grow: 0; white-space: nowrap;
+                    padding: 0 0.9rem; }
+.visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden;
+                   clip: rect(0 0 0 0); white-space: nowrap; }
+@media (max-width: 640px) {
+  #title h1 { font-size: 1.2rem; margin: 0; }
+  #title p { display: none; }
+  .gradio-container { padding: 0.3rem !important; }
+}
+"""
+
+# Runs once in the page: names for the controls Gradio leaves unnamed, a polite live region for
+# finished answers (the chat itself would be read letter by letter while it streams).
+HEAD = """
+<script>
+(() => {
+  const named = {"#mode": "Tutor mode", "#language": "Spoken language"};
+  function label() {
+    for (const [id, name] of Object.entries(named)) {
+      const group = document.querySelector(id + " [role=radiogroup], " + id + " fieldset");
+      if (group && !group.getAttribute("aria-label")) group.setAttribute("aria-label", name);
+    }
+    const status = document.querySelector("#status");
+    if (status && !status.getAttribute("role")) {
+      status.setAttribute("role", "status");
+      status.setAttribute("aria-live", "polite");
+    }
+    if (!document.querySelector("#announce")) {
+      const live = document.createElement("div");
+      live.id = "announce"; live.className = "visually-hidden";
+      live.setAttribute("aria-live", "polite"); live.setAttribute("role", "status");
+      document.body.appendChild(live);
+    }
+  }
+  new MutationObserver(label).observe(document.documentElement, {childList: true, subtree: true});
+})();
+</script>
+"""
+
+FOCUS_QUESTION = """(text) => {
+  setTimeout(() => document.querySelector("#question textarea")?.focus(), 0);
+  return text;
+}"""
+ANNOUNCE_ANSWER = """() => {
+  const bots = document.querySelectorAll("#chat [data-testid='bot']");
+  const live = document.querySelector("#announce");
+  if (live && bots.length) live.textContent = bots[bots.length - 1].innerText;
+}"""
+ANNOUNCE_STOPPED = """() => {
+  const live = document.querySelector("#announce");
+  if (live) live.textContent = "Answer stopped.";
+}"""
+SAVE = "(chat) => chat"
+DOWNLOAD = """(chat) => {
+  const text = (content) => typeof content === "string" ? content
+    : (content || []).filter((p) => p.type === "text").map((p) => p.text).join("");
+  const tag = /^<span class="mode-tag">([^<]*)<\\/span>\\n\\n/;
+  const parts = ["# Voice tutor conversation", ""];
+  for (const message of chat || []) {
+    let body = text(message.content);
+    if (message.role === "user") {
+      parts.push("**Student:**", "", body, "");
+    } else {
+      const mode = body.match(tag);
+      body = body.replace(tag, "");
+      parts.push(mode ? `**Tutor (${mode[1]}):**` : "**Tutor:**", "", body, "");
+    }
+  }
+  const blob = new Blob([parts.join("\\n")], {type: "text/markdown"});
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = "tutor-conversation.md";
+  document.body.appendChild(link); link.click(); link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}"""
+
+
+def conversation_markdown(chat: list[Message]) -> str:
+    """The conversation as DOWNLOAD writes it (for tests and API users)."""
+    parts = ["# Voice tutor conversation", ""]
+    for message in chat:
+        body = message["content"]
+        if message["role"] == "user":
+            parts += ["**Student:**", "", body, ""]
+        else:
+            tag = MODE_TAG_RE.match(body)
+            title = html.unescape(tag.group(0)[len('<span class="mode-tag">'):-len("</span>\n\n")]
+                                  ) if tag else None
+            parts += [f"**Tutor ({title}):**" if title else "**Tutor:**", "",
+                      MODE_TAG_RE.sub("", body), ""]
+    return "\n".join(parts)
+
+
+def without_mode_tags(history: list[Message]) -> list[Message]:
+    """HISTORY as the model wrote it: the page's mode tags taken off the answers."""
+    return [{"role": m["role"], "content": MODE_TAG_RE.sub("", m["content"])} for m in history]
+
+
+class RunningAnswers:
+    """Which sessions have an answer streaming, so that "New conversation" can wait for it to end
+    before it empties the chat (a cancelled answer's last update would otherwise land after)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ended: dict[str, threading.Event] = {}  # one entry per answer streaming
+
+    @contextmanager
+    def running(self, session: str) -> Iterator[None]:
+        ended = threading.Event()
+        with self._lock:
+            self._ended[session] = ended
+        try:
+            yield
+        finally:
+            ended.set()
+            with self._lock:
+                if self._ended.get(session) is ended:
+                    del self._ended[session]
+
+    def wait_until_ended(self, session: str, timeout_s: float = ANSWER_END_WAIT_S) -> None:
+        with self._lock:
+            ended = self._ended.get(session)
+        if ended is not None:
+            ended.wait(timeout_s)
+
+
+def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightLimits,
+             transcribe: Callable[[str | None, str], str], notice: str | None) -> None:
+    """The page's components and events, inside APP (being built). TRANSCRIBE raises what
+    goes wrong; the page shows it by the input."""
+    running = RunningAnswers()
+    titles = {m.name: m.title for m in tutor.modes.values()}
+
+    gr.Markdown("# Voice tutor\nAsk by voice or text, pick how the tutor should help, and read "
+                "the answer as it is written.", elem_id="title")
+    if notice:
+        gr.Markdown(notice, elem_id="standin-notice")
+    saved = gr.BrowserState([], storage_key=STORAGE_KEY, secret=STORAGE_SECRET)
+    # The chat takes the screen above the input row and the modes, on a phone as on a desktop.
+    chat = gr.Chatbot(label="Conversation", elem_id="chat", height=CHAT_HEIGHT,
+                      latex_delimiters=LATEX, buttons=["copy"], feedback_options=None,
+                      placeholder="Your conversation with the tutor appears here.",
+                      examples=[{"text": example} for example in EXAMPLES])
+    status = gr.Markdown("", elem_id="status")
+    with gr.Row(elem_id="input-row", equal_height=False):
+        question = gr.Textbox(label="Your question", show_label=False, elem_id="question",
+                              lines=1, max_lines=8, scale=6, container=False,
+                              placeholder="Type or record a question. Enter sends; "
+                                          "Shift+Enter starts a new line.")
+        send = gr.Button("Send", variant="primary", elem_id="send", scale=0, size="md")
+        stop = gr.Button("Stop answer", variant="stop", elem_id="stop", scale=0, size="md")
+    mode = gr.Radio([(m.title, m.name) for m in tutor.modes.values()], value=settings.mode,
+                    label="Tutor mode", elem_id="mode", container=False)
+    with gr.Row(elem_id="voice-row", equal_height=False):
+        recording = gr.Audio(sources=["microphone"], type="filepath", label="Ask by voice",
+                             elem_id="recording", scale=3)
+        with gr.Column(scale=1, min_width=160):
+            upload = gr.UploadButton("Upload a recording", file_types=AUDIO_FILE_TYPES,
+                                     elem_id="upload", size="sm")
+            language = gr.Dropdown(LANGUAGES, value=settings.language,
+                                   label="Spoken language", elem_id="language")
+    with gr.Row(elem_id="conversation-row"):
+        new = gr.Button("New conversation", elem_id="new", size="sm")
+        download = gr.Button("Download conversation (.md)", elem_id="download", size="sm")
+    with gr.Accordion("What the modes do", open=False, elem_id="modes-help"):
+        gr.Markdown("\n".join(f"- **{m.title}**: {m.description}"
+                               for m in tutor.modes.values()))
+    pending = gr.State("")  # the question sent, once the box is cleared
+
+    def transcribe_into_box(recording_path: str | None, language_code: str):
+        try:
+            return transcribe(recording_path, language_code), ""
+        except Exception as e:
+            return gr.skip(), _note(user_message(e))
+
+    def use_example(chosen: gr.SelectData) -> str:
+        return chosen.value["text"]
+
+    def take_question(text: str):
+        return text, ""
+
+    def respond(text: str, mode_name: str, shown: list[dict], request: gr.Request):
+        session, address = client_of(request)
+        began = False
+        try:
+            with running.running(session), limits.hold(session, address):
+                history = without_mode_tags(normalize_history(shown))
+                stream = tutor.ask(text, mode_name, history, places=True)
+                tag = MODE_TAG.format(title=html.escape(titles.get(mode_name, mode_name)))
+                turn = list(shown or []) + [
+                    {"role": "user", "content": dollars_to_parens(text.strip())},
+                    {"role": "assistant", "content": tag}]
+                began = True
+                yield turn, "", gr.skip()
+                for update in coalesce(stream, settings.update_interval):
+                    answer = (waiting_message(update.place) if isinstance(update, InLine)
+                              else dollars_to_parens(update))
+                    turn[-1] = {"role": "assistant", "content": tag + answer}
+                    yield turn, gr.skip(), gr.skip()
+        except Exception as e:
+            # Refused before it began (busy, a bad request): the question goes back in the box.
+            # Failed mid-answer: the partial answer stays in the chat; the note says why.
+            yield gr.skip(), _note(user_message(e)), gr.skip() if began else text
+
+    def new_conversation(request: gr.Request):
+        # The cancelled answer's last update must land before the chat is emptied.
+        running.wait_until_ended(client_of(request)[0])
+        return [], [], ""
+
+    answering = []
+    for trigger in (send.click, question.submit):
+        taken = trigger(take_question, [question], [pending, question], js=FOCUS_QUESTION,
+                        queue=False, show_progress="hidden", api_visibility="private")
+        answer = taken.then(respond, [pending, mode, chat], [chat, status, question],
+                            concurrency_limit=None, api_visibility="private",
+                            show_progress="minimal")
+        answer.success(None, js=ANNOUNCE_ANSWER)
+        answering.append(answer)
+    stop.click(None, js=ANNOUNCE_STOPPED, cancels=answering)
+    for clear in (new.click, chat.clear):
+        clear(new_conversation, None, [chat, saved, status], cancels=answering,
+              api_visibility="private", show_progress="hidden")
+    recording.stop_recording(transcribe_into_box, [recording, language], [question, status],
+                             concurrency_limit=None, api_visibility="private")
+    upload.upload(transcribe_into_box, [upload, language], [question, status],
+                  concurrency_limit=None, api_visibility="private")
+    chat.example_select(use_example, None, [question], queue=False, api_visibility="private")
+    download.click(None, [chat], js=DOWNLOAD)
+    chat.change(None, [chat], [saved], js=SAVE, show_progress="hidden")
+    app.load(lambda kept: kept or [], [saved], [chat], api_visibility="private",
+              show_progress="hidden")
+
+
+def _note(message: str) -> str:
+    return f"⚠️ {message}" if message else ""
