@@ -19,12 +19,12 @@ app: $(RUNTIME_STAMP)
 
 # Debian's Chromium and ChromeDriver drive the browser test (no test tool downloads a browser);
 # nginx plays the load balancer of inference servers at capacity in the remote-backend tests
-# (RUNLEVEL=1: the package does not start its own service on port 80).
+# (RUNLEVEL=1: the package does not start its own service on port 80); npm installs axe-core.
 system-deps:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && \
-	  test -x /usr/sbin/nginx || \
+	  test -x /usr/sbin/nginx && command -v npm >/dev/null || \
 	  ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
-	   apt-get install -y -qq chromium chromium-driver nginx-light)
+	   apt-get install -y -qq chromium chromium-driver nginx-light npm)
 
 # llama.cpp's own HF→GGUF converter ships in the llama-cpp-python source release (PyPI): the
 # tests use it as an independent writer of GGUF files to check the exporter and the app against.
@@ -36,5 +36,6 @@ reference-converter:
 test: system-deps
 	$(PYTHON) -m pip install -r requirements-dev.txt
 	$(MAKE) reference-converter
+	npm ci --no-audit --no-fund  # axe-core, for the page's accessibility test
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest

@@ -94,3 +94,18 @@ def artifacts_dir() -> Path:
     path = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parents[1] / "artifacts"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def slow_app_url(slow_gguf, tiny_whisper_path, tmp_path_factory):
+    """The app on the slow model (long, greedy answers) and the tiny Whisper, for the browser
+    tests; shared by them (each browser is its own session)."""
+    from bench.app import greedy_prompts
+    from bench.harness import running_app
+
+    prompts = greedy_prompts(tmp_path_factory.mktemp("prompts"), 160)  # long, reproducible
+    log = tmp_path_factory.mktemp("logs") / "app.log"
+    with running_app("--model", str(slow_gguf), "--whisper", str(tiny_whisper_path),
+                     "--prompts", str(prompts), "--threads", "2", "--n-ctx", "2048",
+                     log=log) as app:
+        yield app.url

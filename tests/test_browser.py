@@ -6,10 +6,6 @@ import shutil
 import time
 
 import pytest
-import yaml
-
-from bench.harness import running_app
-from tutor.modes import PROMPTS_DIR
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [pytest.mark.slow,
@@ -31,20 +27,6 @@ window.__watch = new MutationObserver(() => {
 });
 window.__watch.observe(chat, {childList: true, subtree: true, characterData: true});
 """
-
-
-@pytest.fixture(scope="module")
-def app_url(slow_gguf, tiny_whisper_path, tmp_path_factory):
-    prompts = tmp_path_factory.mktemp("prompts")
-    for path in PROMPTS_DIR.glob("*.yaml"):  # long, reproducible answers
-        mode = yaml.safe_load(path.read_text())
-        mode["generation"].update(temperature=0.0, max_tokens=160)
-        (prompts / path.name).write_text(yaml.safe_dump(mode))
-    log = tmp_path_factory.mktemp("logs") / "app.log"
-    with running_app("--model", str(slow_gguf), "--whisper", str(tiny_whisper_path),
-                     "--prompts", str(prompts), "--threads", "2", "--n-ctx", "2048",
-                     log=log) as app:
-        yield app.url
 
 
 @pytest.fixture
@@ -84,9 +66,9 @@ def _answer_done(driver) -> bool:
     return "hide" in tracker.get_attribute("class")
 
 
-def test_record_transcribe_and_stream_in_every_mode(browser, app_url, artifacts_dir):
+def test_record_transcribe_and_stream_in_every_mode(browser, slow_app_url, artifacts_dir):
     by = "css selector"
-    browser.get(app_url)
+    browser.get(slow_app_url)
     _wait(lambda: browser.find_elements(by, "#recording button.record-button"))
     browser.find_element(by, "#recording button.record-button").click()
     time.sleep(3)  # the fake microphone plays the clip meanwhile
@@ -118,14 +100,14 @@ def test_record_transcribe_and_stream_in_every_mode(browser, app_url, artifacts_
     browser.save_screenshot(str(artifacts_dir / "browser-tutor.png"))
 
 
-def test_stop_halts_the_answer_and_the_next_question_is_answered(browser, app_url):
+def test_stop_halts_the_answer_and_the_next_question_is_answered(browser, slow_app_url):
     from gradio_client import Client
 
     by = "css selector"
     story = "Tell me a long story about fractions."
-    job = Client(app_url, verbose=False).submit(story, "hint", [], api_name="/ask")
+    job = Client(slow_app_url, verbose=False).submit(story, "hint", [], api_name="/ask")
     full = list(job)[-1]  # the whole answer, for comparison
-    browser.get(app_url)
+    browser.get(slow_app_url)
     question = _wait(lambda: browser.find_elements(by, "#question textarea"))[0]
 
     def bots():

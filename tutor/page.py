@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import gradio as gr
 
 from tutor.conversation import Message, normalize_history
+from tutor.errors import TutorError
 from tutor.fairness import InFlightLimits
 from tutor.llm import InLine
 from tutor.math_text import dollars_to_parens
@@ -59,6 +60,11 @@ CSS = """
 #input-row { align-items: flex-end; flex-wrap: nowrap; gap: 0.4rem; }
 #input-row button { min-width: fit-content !important; flex-grow: 0; white-space: nowrap;
                     padding: 0 0.9rem; }
+/* WCAG AA contrast (axe-core checks it in tests/test_page.py): Gradio's orange and red buttons
+   and its grey footer fall short with white or grey text. */
+#send { background: #1d4ed8 !important; border-color: #1d4ed8 !important; color: #fff !important; }
+#stop { background: #b91c1c !important; border-color: #b91c1c !important; color: #fff !important; }
+footer, footer * { color: #374151 !important; opacity: 1 !important; }
 .visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden;
                    clip: rect(0 0 0 0); white-space: nowrap; }
 @media (max-width: 640px) {
@@ -74,7 +80,19 @@ HEAD = """
 <script>
 (() => {
   const named = {"#mode": "Tutor mode", "#language": "Spoken language"};
+  // Gradio's own buttons, renamed where two would share a name ("Clear", "Stop").
+  const renamed = [["#chat button[aria-label='Clear']", "Clear the conversation"],
+                   ["#recording button[aria-label='Clear']", "Clear the recording"],
+                   ["#recording button.stop-button", "Stop recording"],
+                   ["#recording button.record-button", "Record a question"]];
   function label() {
+    for (const [selector, name] of renamed) {
+      for (const button of document.querySelectorAll(selector)) {
+        if (button.getAttribute("aria-label") !== name) {
+          button.setAttribute("aria-label", name); button.title = name;
+        }
+      }
+    }
     for (const [id, name] of Object.entries(named)) {
       const group = document.querySelector(id + " [role=radiogroup], " + id + " fieldset");
       if (group && !group.getAttribute("aria-label")) group.setAttribute("aria-label", name);
@@ -109,7 +127,9 @@ ANNOUNCE_STOPPED = """() => {
   const live = document.querySelector("#announce");
   if (live) live.textContent = "Answer stopped.";
 }"""
-SAVE = "(chat) => chat"
+# An empty chat is saved only by "New conversation" (the chat is empty, too, while a page loads).
+# One output: a bare array returned would be read as the list of outputs.
+SAVE = "(chat, kept) => [chat && chat.length ? chat : kept]"
 DOWNLOAD = """(chat) => {
   const text = (content) => typeof content === "string" ? content
     : (content || []).filter((p) => p.type === "text").map((p) => p.text).join("");
@@ -232,6 +252,13 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
         except Exception as e:
             return gr.skip(), _note(user_message(e))
 
+    def restore(kept: object) -> list[Message]:
+        # What the page saved is the chat as the browser holds it; anything else starts afresh.
+        try:
+            return normalize_history(kept)
+        except TutorError:
+            return []
+
     def use_example(chosen: gr.SelectData) -> str:
         return chosen.value["text"]
 
@@ -285,9 +312,8 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
                   concurrency_limit=None, api_visibility="private")
     chat.example_select(use_example, None, [question], queue=False, api_visibility="private")
     download.click(None, [chat], js=DOWNLOAD)
-    chat.change(None, [chat], [saved], js=SAVE, show_progress="hidden")
-    app.load(lambda kept: kept or [], [saved], [chat], api_visibility="private",
-              show_progress="hidden")
+    chat.change(None, [chat, saved], [saved], js=SAVE, show_progress="hidden")
+    app.load(restore, [saved], [chat], api_visibility="private", show_progress="hidden")
 
 
 def _note(message: str) -> str:

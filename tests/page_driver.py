@@ -1,0 +1,124 @@
+"""Headless Chromium on the tutor's page: a fake microphone, downloads into a folder, waits on
+events (not durations), and the page's parts by their ids."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+needs_chromium = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                    reason="needs Debian's chromium and chromium-driver "
+                                           "(make test installs them)")
+DESKTOP, PHONE = (1400, 1000), (390, 844)  # window sizes, in CSS pixels
+HANG_S = 300.0  # only a hang reaches it (a busy machine may take minutes for seconds' work)
+BY = "css selector"
+
+
+def chromium(size: tuple[int, int], microphone: Path, downloads: Path | None = None):
+    """A headless Chromium SIZE wide and high whose microphone plays MICROPHONE (a WAV file);
+    downloads land in DOWNLOADS."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ["--headless=new", "--no-sandbox", "--disable-gpu",
+                "--disable-background-networking", "--disable-component-update",
+                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={microphone}",
+                f"--window-size={size[0]},{size[1]}"]:
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    if downloads is not None:
+        driver.execute_cdp_cmd("Browser.setDownloadBehavior",
+                               {"behavior": "allow", "downloadPath": str(downloads)})
+    return driver
+
+
+def wait(condition, timeout: float = HANG_S, every: float = 0.05):
+    """Poll CONDITION (an event on the page) until it holds, and return its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError("the page did not get there in time")
+
+
+class Page:
+    """The tutor's page in DRIVER, by the ids tutor.page gives its parts."""
+
+    def __init__(self, driver, url: str) -> None:
+        self.driver = driver
+        self.url = url
+
+    def open(self) -> Page:
+        self.driver.get(self.url)
+        wait(lambda: self.driver.find_elements(BY, "#question textarea"))
+        wait(self.idle)  # the conversation kept in the browser has been put back
+        return self
+
+    def find(self, selector: str):
+        return self.driver.find_element(BY, selector)
+
+    @property
+    def question(self):
+        return self.find("#question textarea")
+
+    def clear_question(self) -> None:
+        """Empty the question box as a user does (the page hears of it)."""
+        from selenium.webdriver.common.keys import Keys
+
+        self.question.send_keys(Keys.CONTROL, "a")
+        self.question.send_keys(Keys.DELETE)
+        wait(lambda: not self.question.get_attribute("value"))
+
+    def upload(self, path: Path) -> None:
+        """Choose PATH in the "Upload a recording" picker."""
+        self.upload_input().send_keys(str(path))
+
+    def upload_input(self):
+        return self.find("input[data-testid='Upload a recording-upload-button']")
+
+    def bots(self) -> list:
+        return self.driver.find_elements(BY, "#chat [data-testid='bot']")
+
+    def users(self) -> list:
+        return self.driver.find_elements(BY, "#chat [data-testid='user']")
+
+    def idle(self) -> bool:
+        """No event of the chat's is running (its status tracker is hidden)."""
+        trackers = self.driver.find_elements(BY, "#chat [data-testid='status-tracker']")
+        return bool(trackers) and "hide" in trackers[0].get_attribute("class")
+
+    def ask(self, text: str) -> None:
+        """Type TEXT and press Enter; return once its answer has begun to stream."""
+        n = len(self.bots())
+        self.question.send_keys(text)
+        self.question.send_keys("\n")
+        wait(lambda: len(self.bots()) > n and self.answer_text())
+
+    def answer_text(self) -> str:
+        """The last answer's text without its mode tag."""
+        bots = self.bots()
+        if not bots:
+            return ""
+        tags = bots[-1].find_elements(BY, ".mode-tag")
+        text = bots[-1].text
+        return text[len(tags[0].text):].strip() if tags else text.strip()
+
+    def answered(self) -> str:
+        """Wait for the running answer to finish; its text."""
+        wait(self.idle)
+        return self.answer_text()
+
+    def status(self) -> str:
+        return self.find("#status").text.strip()
+
+    def screenshot(self, path: Path) -> None:
+        self.driver.save_screenshot(str(path))

@@ -1,0 +1,195 @@
+"""The student's page in real headless Chromium, at a desktop's and a phone's size: a chat that
+behaves like the chat apps students know."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+import soundfile
+from gradio_client import Client, handle_file
+
+from audio_files import encode, write
+from bench.harness import ROOT
+from page_driver import BY, DESKTOP, PHONE, Page, chromium, needs_chromium, wait
+from tutor.math_text import dollars_to_parens
+from tutor.page import AUDIO_FILE_TYPES, MODE_TAG, conversation_markdown
+
+pytestmark = [pytest.mark.slow, needs_chromium]
+
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
+QUESTION = "How do I solve 3x + 5 = 20?"
+NEW_CONVERSATION_ROUNDS = 20
+# Records a 3-second clip from the (fake) microphone with the browser's own MediaRecorder, as
+# a phone or a browser records a question; returns it base64-encoded.
+RECORD_WEBM = """
+const done = arguments[arguments.length - 1];
+navigator.mediaDevices.getUserMedia({audio: true}).then((stream) => {
+  const recorder = new MediaRecorder(stream, {mimeType: "audio/webm;codecs=opus"});
+  const chunks = [];
+  recorder.ondataavailable = (e) => chunks.push(e.data);
+  recorder.onstop = async () => {
+    const bytes = new Uint8Array(await new Blob(chunks).arrayBuffer());
+    let s = "";
+    for (let i = 0; i < bytes.length; i++) s += String.fromCharCode(bytes[i]);
+    stream.getTracks().forEach((t) => t.stop());
+    done([recorder.mimeType, btoa(s)]);
+  };
+  recorder.start();
+  setTimeout(() => recorder.stop(), 3000);
+}).catch((e) => done(["error", String(e)]));
+"""
+
+
+@pytest.fixture(params=[DESKTOP, PHONE], ids=["desktop", "phone"])
+def page(request, slow_app_url, assets, tmp_path):
+    driver = chromium(request.param, assets / "speech/ljspeech/LJ001-0001.wav", tmp_path)
+    yield Page(driver, slow_app_url).open()
+    driver.quit()
+
+
+@pytest.fixture
+def desktop(slow_app_url, assets, tmp_path):
+    driver = chromium(DESKTOP, assets / "speech/ljspeech/LJ001-0001.wav", tmp_path)
+    yield Page(driver, slow_app_url).open()
+    driver.quit()
+
+
+def _size(page: Page) -> str:
+    return "phone" if page.driver.get_window_size()["width"] < 800 else "desktop"
+
+
+def test_text_typed_while_an_answer_streams_survives(page, artifacts_dir):
+    page.ask(QUESTION)  # Enter sends
+    assert page.question.get_attribute("value") == ""  # cleared once, when sent
+    focused = page.driver.switch_to.active_element
+    assert focused == page.question  # focus is back in the box
+    page.question.send_keys("And what if it were 3x + 5 = 26?")
+    page.screenshot(artifacts_dir / f"page-{_size(page)}-mid-answer.png")
+    page.answered()
+    assert page.question.get_attribute("value") == "And what if it were 3x + 5 = 26?"
+    assert len(page.users()) == 1  # typing sent nothing
+
+
+def test_prices_stay_text_and_formulas_render(desktop):
+    desktop.ask(r"The book costs $5 and the pen $3. Is that $x^2$ or $$\int_0^1 x\,dx$$?")
+    user = desktop.users()[-1]
+    assert "The book costs $5 and the pen $3." in user.text
+    assert len(user.find_elements(BY, ".katex")) == 2  # x^2 and the integral, nothing else
+    desktop.answered()
+
+
+def test_each_answer_shows_its_mode(desktop):
+    for label in desktop.driver.find_elements(BY, "#mode label")[:2]:
+        label.click()
+        desktop.ask(f"In the mode {label.text}?")
+        assert desktop.bots()[-1].find_element(BY, ".mode-tag").text == label.text
+        desktop.answered()
+
+
+def test_an_error_is_a_note_by_the_input_and_the_chat_stays_readable(page, artifacts_dir,
+                                                                     tmp_path):
+    page.ask(QUESTION)
+    answer = page.answered()
+    page.find("#send").click()  # nothing typed
+    wait(lambda: "type or record a question" in page.status())
+    silence = write(tmp_path / "silence.wav", np.zeros((16000 * 2, 1), np.float32), 16000)
+    page.upload(silence)
+    wait(lambda: "speech" in page.status().lower())  # says what to do next
+    assert not page.driver.find_elements(BY, "[data-testid='toast-body']")  # no overlay
+    assert page.answer_text() == answer and len(page.users()) == 1
+    page.screenshot(artifacts_dir / f"page-{_size(page)}-after-error.png")
+
+
+def test_a_reload_brings_the_conversation_back_and_new_conversation_empties_it(desktop):
+    desktop.ask(QUESTION)
+    answer = desktop.answered()
+    desktop.driver.refresh()
+    desktop.open()
+    wait(lambda: desktop.bots())
+    assert [u.text for u in desktop.users()] == [QUESTION] and desktop.answer_text() == answer
+    desktop.find("#new").click()
+    wait(lambda: not desktop.bots() and not desktop.users())
+    desktop.driver.refresh()
+    desktop.open()
+    assert not desktop.bots() and not desktop.users()
+
+
+def test_the_downloaded_markdown_equals_the_conversation(desktop, slow_app_url, tmp_path):
+    expected_answer = Client(slow_app_url, verbose=False).predict(QUESTION, "hint", [],
+                                                                 api_name="/ask")
+    desktop.ask(QUESTION)
+    desktop.answered()
+    desktop.find("#download").click()
+    path = tmp_path / "tutor-conversation.md"
+    wait(path.is_file)
+    assert path.read_text() == conversation_markdown([
+        {"role": "user", "content": dollars_to_parens(QUESTION)},
+        {"role": "assistant",
+         "content": MODE_TAG.format(title="Hints") + dollars_to_parens(expected_answer)}])
+
+
+def test_new_conversation_mid_answer_always_starts_over(slow_app_url, assets, tmp_path):
+    driver = chromium(PHONE, assets / "speech/ljspeech/LJ001-0001.wav")
+    try:
+        page = Page(driver, slow_app_url).open()
+        page.ask(QUESTION)
+        reference = page.answered()  # a question asked in an empty conversation
+        page.find("#new").click()
+        wait(lambda: not page.users())
+        clear_chat = "#chat button[aria-label='Clear the conversation']"
+        for round_ in range(NEW_CONVERSATION_ROUNDS + 2):
+            page.ask(f"Question number {round_}?")
+            # The history sent is what the chat shows: only this question.
+            assert [u.text for u in page.users()] == [f"Question number {round_}?"], round_
+            # Twenty times the button, then twice the chat's own clear (its trash icon).
+            page.find("#new" if round_ < NEW_CONVERSATION_ROUNDS else clear_chat).click()
+            wait(lambda: not page.users() and not page.bots() and page.idle())
+        page.ask(QUESTION)
+        assert [u.text for u in page.users()] == [QUESTION]
+        assert page.answered() == reference  # the same answer: no old turn was sent with it
+    finally:
+        driver.quit()
+
+
+def test_browser_and_phone_recordings_transcribe_through_the_page_and_the_api(
+        desktop, slow_app_url, assets, tmp_path):
+    accept = desktop.upload_input().get_attribute("accept").split(",")
+    assert sorted(a.strip() for a in accept) == sorted(AUDIO_FILE_TYPES)
+    mime, recorded = desktop.driver.execute_async_script(RECORD_WEBM)
+    assert mime.startswith("audio/webm"), recorded
+    webm = tmp_path / "chromium-recording.webm"
+    webm.write_bytes(base64.b64decode(recorded))
+    samples, rate = soundfile.read(assets / "speech/ljspeech/LJ001-0001.wav", dtype="float32",
+                                   always_2d=True)
+    m4a = encode(tmp_path / "voice-memo.m4a", samples, rate, "aac", out_rate=44100)
+    client = Client(slow_app_url, verbose=False)
+    for recording in (webm, m4a):
+        through_api = client.predict(handle_file(str(recording)), "en", api_name="/transcribe")
+        assert through_api.strip(), recording.name
+        desktop.clear_question()
+        desktop.upload(recording)
+        wait(lambda: desktop.question.get_attribute("value"))
+        assert desktop.question.get_attribute("value") == through_api, recording.name
+        assert not desktop.status()
+
+
+@pytest.mark.skipif(not AXE.is_file(), reason="axe-core is not installed (make test runs npm ci)")
+def test_no_serious_accessibility_violations(page):
+    page.ask(QUESTION)
+    page.answered()
+    page.find("#send").click()  # an error note on the page too
+    wait(lambda: page.status())
+    page.driver.execute_script(AXE.read_text())
+    page.driver.set_script_timeout(120)
+    result = page.driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "axe.run(document, {runOnly: ['wcag2a', 'wcag2aa', 'best-practice']})"
+        ".then((r) => done(r.violations)).catch((e) => done(String(e)));")
+    assert isinstance(result, list), result
+    serious = [{"id": v["id"], "impact": v["impact"], "help": v["help"],
+                "nodes": [n["target"] for n in v["nodes"]][:5]}
+               for v in result if v["impact"] in ("serious", "critical")]
+    assert not serious, json.dumps(serious, indent=1)
