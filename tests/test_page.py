@@ -73,12 +73,12 @@ def test_text_typed_while_an_answer_streams_survives(page, artifacts_dir):
     assert len(page.users()) == 1  # typing sent nothing
 
 
-def test_prices_stay_text_and_formulas_render(desktop):
-    desktop.ask(r"The book costs $5 and the pen $3. Is that $x^2$ or $$\int_0^1 x\,dx$$?")
-    user = desktop.users()[-1]
+def test_prices_stay_text_and_formulas_render(page):
+    page.ask(r"The book costs $5 and the pen $3. Is that $x^2$ or $$\int_0^1 x\,dx$$?")
+    user = page.users()[-1]
     assert "The book costs $5 and the pen $3." in user.text
     assert len(user.find_elements(BY, ".katex")) == 2  # x^2 and the integral, nothing else
-    desktop.answered()
+    page.answered()
 
 
 def test_each_answer_shows_its_mode(desktop):
@@ -103,26 +103,26 @@ def test_an_error_is_a_note_by_the_input_and_the_chat_stays_readable(page, artif
     page.screenshot(artifacts_dir / f"page-{_size(page)}-after-error.png")
 
 
-def test_a_reload_brings_the_conversation_back_and_new_conversation_empties_it(desktop):
-    desktop.ask(QUESTION)
-    answer = desktop.answered()
-    desktop.driver.refresh()
-    desktop.open()
-    wait(lambda: desktop.bots())
-    assert [u.text for u in desktop.users()] == [QUESTION] and desktop.answer_text() == answer
-    desktop.find("#new").click()
-    wait(lambda: not desktop.bots() and not desktop.users())
-    desktop.driver.refresh()
-    desktop.open()
-    assert not desktop.bots() and not desktop.users()
+def test_a_reload_brings_the_conversation_back_and_new_conversation_empties_it(page):
+    page.ask(QUESTION)
+    answer = page.answered()
+    page.driver.refresh()
+    page.open()
+    wait(lambda: page.bots())
+    assert [u.text for u in page.users()] == [QUESTION] and page.answer_text() == answer
+    page.find("#new").click()
+    wait(lambda: not page.bots() and not page.users())
+    page.driver.refresh()
+    page.open()
+    assert not page.bots() and not page.users()
 
 
-def test_the_downloaded_markdown_equals_the_conversation(desktop, slow_app_url, tmp_path):
+def test_the_downloaded_markdown_equals_the_conversation(page, slow_app_url, tmp_path):
     expected_answer = Client(slow_app_url, verbose=False).predict(QUESTION, "hint", [],
                                                                  api_name="/ask")
-    desktop.ask(QUESTION)
-    desktop.answered()
-    desktop.find("#download").click()
+    page.ask(QUESTION)
+    page.answered()
+    page.find("#download").click()
     path = tmp_path / "tutor-conversation.md"
     wait(path.is_file)
     assert path.read_text() == conversation_markdown([
@@ -193,3 +193,49 @@ def test_no_serious_accessibility_violations(page):
                 "nodes": [n["target"] for n in v["nodes"]][:5]}
                for v in result if v["impact"] in ("serious", "critical")]
     assert not serious, json.dumps(serious, indent=1)
+
+
+# Records what the page asks the browser's speech synthesis to say (and each cancel).
+INTERCEPT_SPEECH = """
+window.__spoken = [];
+speechSynthesis.speak = (utterance) => window.__spoken.push(utterance.text);
+speechSynthesis.cancel = () => window.__spoken.push("<cancel>");
+"""
+# What read_aloud.js should have said for the answer ARGUMENTS[0]: each sentence, then the rest.
+EXPECTED_SPEECH = """
+const text = arguments[0], {done, rest} = sentences(text);
+return done.concat([text.slice(rest)]).map(speakable).filter((s) => s.replace(/\\W/g, ""));
+"""
+
+
+def test_answers_are_read_aloud_sentence_by_sentence_and_stop_silences_them(desktop,
+                                                                              slow_app_url):
+    expected_answer = Client(slow_app_url, verbose=False).predict(QUESTION, "hint", [],
+                                                                 api_name="/ask")
+    desktop.driver.execute_script(INTERCEPT_SPEECH)
+    wait(lambda: desktop.driver.find_elements(BY, "#read-aloud input"))[0].click()
+    desktop.ask(QUESTION)
+    desktop.answered()
+    content = MODE_TAG.format(title="Hints") + dollars_to_parens(expected_answer)
+    expected = desktop.driver.execute_script(EXPECTED_SPEECH, content)
+    wait(lambda: len(desktop.driver.execute_script("return window.__spoken")) >= len(expected))
+    spoken = desktop.driver.execute_script("return window.__spoken")
+    assert len(expected) >= 2 and spoken == expected  # in order, sentence by sentence
+
+    desktop.ask("Tell me a long story about fractions.")
+    before = len(desktop.driver.execute_script("return window.__spoken"))
+    desktop.find("#stop").click()
+    wait(desktop.idle)
+    spoken = desktop.driver.execute_script("return window.__spoken")[before:]
+    assert "<cancel>" in spoken and spoken[-1] == "<cancel>"  # silenced, and nothing after
+
+
+def test_switching_read_aloud_off_silences_it(desktop):
+    desktop.driver.execute_script(INTERCEPT_SPEECH)
+    switch = wait(lambda: desktop.driver.find_elements(BY, "#read-aloud input"))[0]
+    switch.click()
+    switch.click()
+    wait(lambda: "<cancel>" in desktop.driver.execute_script("return window.__spoken"))
+    desktop.ask(QUESTION)
+    desktop.answered()
+    assert desktop.driver.execute_script("return window.__spoken") == ["<cancel>"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import re
 import threading
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -76,7 +77,8 @@ footer, footer * { color: #374151 !important; opacity: 1 !important; }
 
 # Runs once in the page: names for the controls Gradio leaves unnamed, a polite live region for
 # finished answers (the chat itself would be read letter by letter while it streams).
-HEAD = """
+READ_ALOUD_JS = (Path(__file__).with_name("read_aloud.js")).read_text()
+HEAD = "<script>\n" + READ_ALOUD_JS + "\n</script>\n" + """
 <script>
 (() => {
   const named = {"#mode": "Tutor mode", "#language": "Spoken language"};
@@ -118,18 +120,23 @@ FOCUS_QUESTION = """(text) => {
   setTimeout(() => document.querySelector("#question textarea")?.focus(), 0);
   return text;
 }"""
-ANNOUNCE_ANSWER = """() => {
+ANNOUNCE_ANSWER = """(chat, readAloud) => {
+  window.readAloud.update(chat, readAloud, true);  // the answer's last words too
   const bots = document.querySelectorAll("#chat [data-testid='bot']");
   const live = document.querySelector("#announce");
   if (live && bots.length) live.textContent = bots[bots.length - 1].innerText;
 }"""
 ANNOUNCE_STOPPED = """() => {
+  window.readAloud.stop();
   const live = document.querySelector("#announce");
   if (live) live.textContent = "Answer stopped.";
 }"""
 # An empty chat is saved only by "New conversation" (the chat is empty, too, while a page loads).
 # One output: a bare array returned would be read as the list of outputs.
 SAVE = "(chat, kept) => [chat && chat.length ? chat : kept]"
+READ_NEW_SENTENCES = "(chat, readAloud) => { window.readAloud.update(chat, readAloud, false); }"
+SILENCE = "() => { window.readAloud.stop(); }"
+SILENCE_WHEN_OFF = "(readAloud) => { if (!readAloud) window.readAloud.stop(); }"
 DOWNLOAD = """(chat) => {
   const text = (content) => typeof content === "string" ? content
     : (content || []).filter((p) => p.type === "text").map((p) => p.text).join("");
@@ -239,6 +246,8 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
             language = gr.Dropdown(LANGUAGES, value=settings.language,
                                    label="Spoken language", elem_id="language")
     with gr.Row(elem_id="conversation-row"):
+        read_aloud = gr.Checkbox(False, label="Read answers aloud", elem_id="read-aloud",
+                                 container=False)
         new = gr.Button("New conversation", elem_id="new", size="sm")
         download = gr.Button("Download conversation (.md)", elem_id="download", size="sm")
     with gr.Accordion("What the modes do", open=False, elem_id="modes-help"):
@@ -300,10 +309,11 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
         answer = taken.then(respond, [pending, mode, chat], [chat, status, question],
                             concurrency_limit=None, api_visibility="private",
                             show_progress="minimal")
-        answer.success(None, js=ANNOUNCE_ANSWER)
+        answer.success(None, [chat, read_aloud], js=ANNOUNCE_ANSWER)
         answering.append(answer)
     stop.click(None, js=ANNOUNCE_STOPPED, cancels=answering)
     for clear in (new.click, chat.clear):
+        clear(None, js=SILENCE)
         clear(new_conversation, None, [chat, saved, status], cancels=answering,
               api_visibility="private", show_progress="hidden")
     recording.stop_recording(transcribe_into_box, [recording, language], [question, status],
@@ -313,6 +323,8 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
     chat.example_select(use_example, None, [question], queue=False, api_visibility="private")
     download.click(None, [chat], js=DOWNLOAD)
     chat.change(None, [chat, saved], [saved], js=SAVE, show_progress="hidden")
+    chat.change(None, [chat, read_aloud], None, js=READ_NEW_SENTENCES, show_progress="hidden")
+    read_aloud.change(None, [read_aloud], None, js=SILENCE_WHEN_OFF)
     app.load(restore, [saved], [chat], api_visibility="private", show_progress="hidden")
 
 
