@@ -9,13 +9,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import soundfile
+import soxr
 import yaml
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import raw_http
 from bench.harness import ROOT, running_app
-from audio_files import tone, write
+from bench.vad import non_speech
+from audio_files import write
 from test_audio import BAD_CASES, _bad_recordings
 from tutor import audio
 from tutor.modes import PROMPTS_DIR
@@ -131,10 +134,21 @@ def test_bad_recordings_get_a_message_and_the_app_keeps_serving(case, client, tm
 
 
 @pytest.mark.parametrize("rate", [8000, 96000])
-def test_unusual_sample_rates_are_transcribed(rate, client, tmp_path, local_transcriber):
-    path = write(tmp_path / f"tone-{rate}.wav", tone(2.0, rate, amplitude=0.5), rate)
+def test_unusual_sample_rates_are_transcribed(rate, client, tmp_path, local_transcriber, assets):
+    speech, speech_rate = soundfile.read(assets / "speech/ljspeech/LJ001-0001.wav",
+                                         dtype="float32", always_2d=True)
+    path = write(tmp_path / f"speech-{rate}.wav", soxr.resample(speech, speech_rate, rate), rate)
     text = client.predict(handle_file(str(path)), "en", api_name="/transcribe")
     assert text == local_transcriber.transcribe(audio.load(path))
+
+
+@pytest.mark.parametrize("kind", ["white noise", "steady tone", "keyboard clicks"])
+def test_noise_tones_and_clicks_are_refused_before_whisper_invents_text(kind, client, tmp_path):
+    samples = non_speech(np.random.default_rng(0))[kind]()  # each loud enough for the energy gate
+    path = write(tmp_path / f"{kind}.wav", samples[:, None], audio.SAMPLE_RATE)
+    with pytest.raises(AppError, match="No speech was heard in the recording"):
+        client.predict(handle_file(str(path)), "en", api_name="/transcribe")
+    assert _ask(client, "Still there?", "hint")[-1]
 
 
 @pytest.mark.parametrize("question, mode, words", [

@@ -126,7 +126,8 @@ def _local_transcriber(settings: Settings, native: DedicatedThread, threads: int
     whisper_model = native.run(_with_standin, load_whisper, settings.whisper, DEFAULT_WHISPER,
                                "speech model", missing, build_standin)
     transcriber = Transcriber(whisper_model, settings.language, threads,
-                              settings.whisper_precision, thread=native)
+                              settings.whisper_precision, thread=native,
+                              detect_speech=settings.vad)
     del whisper_model
     release_freed_memory()
     return transcriber

@@ -16,6 +16,17 @@ from tutor.defaults import (DEFAULT_KV_TOKENS, DEFAULT_KV_TYPE, DEFAULT_MAX_WAIT
 DESCRIPTION = "Voice tutor: record a question, pick a tutor mode, read the answer as it streams in."
 
 
+def yes_no(text: str | bool) -> bool:
+    """A switch's value: yes/no, on/off, true/false or 1/0."""
+    if isinstance(text, bool):
+        return text
+    value = {"yes": True, "on": True, "true": True, "1": True,
+             "no": False, "off": False, "false": False, "0": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected yes or no, not {text!r}")
+    return value
+
+
 def _setting(help: str, env: str, default, type=str):
     return field(default=default, metadata={"help": help, "env": env, "type": type})
 
@@ -37,6 +48,8 @@ class Settings:
     whisper_precision: str = _setting("Whisper weights: int8 (fast on CPU) or fp32",
                                       "TUTOR_WHISPER_PRECISION", "int8")
     language: str = _setting("spoken language code, or 'auto'", "TUTOR_LANGUAGE", "en")
+    vad: bool = _setting("refuse recordings without speech (Silero VAD) before local Whisper "
+                         "sees them: yes or no", "TUTOR_VAD", True, yes_no)
     threads: int = _setting("CPU threads for llama.cpp and Whisper (0: all cores)",
                             "TUTOR_THREADS", 0, int)
     n_ctx: int = _setting("context window of the language model, in tokens", "TUTOR_N_CTX",

@@ -20,6 +20,7 @@ from whisper.model import TextDecoder
 from tutor.audio import SAMPLE_RATE, AudioError
 from tutor.errors import TranscriberLoadError, first_line
 from tutor.threads import DedicatedThread
+from tutor.vad import SpeechDetector
 
 __all__ = ["Int8VocabDecoder", "Transcriber", "TranscriberLoadError", "load_whisper",
            "quantize_int8"]
@@ -80,8 +81,10 @@ class Transcriber:
     """Whisper on CPU; `language` is a code such as "en", or "auto" to detect it."""
 
     def __init__(self, model: whisper.Whisper, language: str = "en", threads: int | None = None,
-                 precision: str = "int8", thread: DedicatedThread | None = None) -> None:
-        """THREAD runs every torch call (the app shares it with llama.cpp; see tutor.threads)."""
+                 precision: str = "int8", thread: DedicatedThread | None = None,
+                 detect_speech: bool = False) -> None:
+        """THREAD runs every torch call (the app shares it with llama.cpp; see tutor.threads).
+        DETECT_SPEECH: refuse recordings without speech (tutor.vad) before Whisper runs."""
         if precision not in ("int8", "fp32"):
             raise TranscriberLoadError(f"unknown Whisper precision {precision!r} (int8 or fp32)")
         # One transcription at a time, always on the same thread (see tutor.threads).
@@ -91,6 +94,7 @@ class Transcriber:
         self.model = self.thread.run(quantize_int8, model.eval()) if precision == "int8" \
             else model.eval()
         self.language = language
+        self.detector = SpeechDetector(self.thread) if detect_speech else None
 
     def transcribe(self, audio: np.ndarray, language: str | None = None, **decode_options) -> str:
         """Text of AUDIO (float32, 16 kHz, mono), or AudioError if Whisper heard no speech.
@@ -100,6 +104,8 @@ class Transcriber:
         language = language or self.language
         if not self.model.is_multilingual:
             language = "en"
+        if self.detector is not None:
+            self.detector.require_speech(audio)
         result = self.thread.run(self._transcribe, audio, language, decode_options)
         text = result["text"].strip()
         if not text:
