@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import numpy as np
 import pytest
@@ -239,3 +240,33 @@ def test_switching_read_aloud_off_silences_it(desktop):
     desktop.ask(QUESTION)
     desktop.answered()
     assert desktop.driver.execute_script("return window.__spoken") == ["<cancel>"]
+
+
+def test_hands_free_sends_the_question_when_speech_ends_with_no_further_click(
+        slow_app_url, assets, tmp_path, artifacts_dir):
+    speech, rate = soundfile.read(assets / "speech/ljspeech/LJ001-0001.wav", dtype="float32")
+    lead_s, trail_s = 0.5, 2.0
+    clip = write(tmp_path / "question.wav", np.concatenate(
+        [np.zeros(int(lead_s * rate)), speech, np.zeros(int(trail_s * rate))])[:, None], rate)
+    speech_end_s = lead_s + len(speech) / rate  # into the file (the fake microphone loops it)
+    driver = chromium(DESKTOP, clip)
+    try:
+        page = Page(driver, slow_app_url).open()
+        wait(lambda: driver.find_elements(BY, "#hands-free input"))[0].click()  # the one click
+        wait(lambda: driver.find_elements(BY, "#live button.stop-button"))  # listening
+        listening_since = time.monotonic()
+        wait(page.users)  # transcribed and sent by itself
+        sent = time.monotonic()
+        wait(page.answer_text, every=0.01)
+        first_token = time.monotonic()
+        assert page.users()[0].text.strip()
+        wait(lambda: len(page.answer_text()) > 20)  # the answer streams
+        timings = {"speech_end_to_question_sent_s": sent - listening_since - speech_end_s,
+                   "speech_end_to_first_answer_token_s":
+                       first_token - listening_since - speech_end_s,
+                   "note": "tiny stand-in models; the microphone's start is when the page "
+                           "showed it listening"}
+        (artifacts_dir / "hands-free-latency.json").write_text(json.dumps(timings, indent=1))
+        print(timings)
+    finally:
+        driver.quit()

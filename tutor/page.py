@@ -10,15 +10,18 @@ from __future__ import annotations
 import html
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import gradio as gr
+import numpy as np
 
 from tutor.conversation import Message, normalize_history
-from tutor.errors import TutorError
+from tutor.errors import BusyError, TutorError
 from tutor.fairness import InFlightLimits
+from tutor.live import Listener
 from tutor.llm import InLine
 from tutor.math_text import dollars_to_parens
 from tutor.service import Tutor
@@ -42,6 +45,9 @@ LANGUAGES = [("English", "en"), ("Detect automatically", "auto"), ("French", "fr
 # What tutor.audio decodes (soundfile; PyAV for WebM, MP4/M4A and AMR): the picker offers these.
 AUDIO_FILE_TYPES = [".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".webm", ".weba", ".mp4",
                     ".m4a", ".amr"]
+MAX_LISTENERS = 64  # students listening hands-free at once (each holds a VAD model, ~3 MB)
+LISTEN_CHUNK_S = 0.25  # the browser sends the microphone this often in hands-free mode
+MAX_LISTEN_S = 1800  # one hands-free stream's longest run; pressing the microphone again renews it
 STORAGE_KEY = "voice-tutor-conversation"  # localStorage key: one conversation per device
 # BrowserState encrypts with this; it is sent to the page, so it hides nothing from the
 # student's own device. It is fixed so that a conversation outlives a restart of the app.
@@ -133,6 +139,17 @@ ANNOUNCE_STOPPED = """() => {
 }"""
 # An empty chat is saved only by "New conversation" (the chat is empty, too, while a page loads).
 # One output: a bare array returned would be read as the list of outputs.
+# Hands-free on: the microphone starts listening at once, so that the switch is the only click.
+START_LISTENING = """(on) => {
+  if (!on) return;
+  const started = Date.now();
+  const press = () => {
+    const button = document.querySelector("#live button.record-button");
+    if (button) button.click();
+    else if (Date.now() - started < 10000) setTimeout(press, 100);
+  };
+  press();
+}"""
 SAVE = "(chat, kept) => [chat && chat.length ? chat : kept]"
 READ_NEW_SENTENCES = "(chat, readAloud) => { window.readAloud.update(chat, readAloud, false); }"
 SILENCE = "() => { window.readAloud.stop(); }"
@@ -203,6 +220,10 @@ class RunningAnswers:
                 if self._ended.get(session) is ended:
                     del self._ended[session]
 
+    def is_running(self, session: str) -> bool:
+        with self._lock:
+            return session in self._ended
+
     def wait_until_ended(self, session: str, timeout_s: float = ANSWER_END_WAIT_S) -> None:
         with self._lock:
             ended = self._ended.get(session)
@@ -215,6 +236,7 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
     """The page's components and events, inside APP (being built). TRANSCRIBE raises what
     goes wrong; the page shows it by the input."""
     running = RunningAnswers()
+    listeners = Listeners(tutor, settings)
     titles = {m.name: m.title for m in tutor.modes.values()}
 
     gr.Markdown("# Voice tutor\nAsk by voice or text, pick how the tutor should help, and read "
@@ -240,12 +262,17 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
     with gr.Row(elem_id="voice-row", equal_height=False):
         recording = gr.Audio(sources=["microphone"], type="filepath", label="Ask by voice",
                              elem_id="recording", scale=3)
+        live = gr.Audio(sources=["microphone"], type="numpy", streaming=True, visible=False,
+                        label="Hands-free: ask, pause, and the question is sent",
+                        elem_id="live", scale=3)
         with gr.Column(scale=1, min_width=160):
             upload = gr.UploadButton("Upload a recording", file_types=AUDIO_FILE_TYPES,
                                      elem_id="upload", size="sm")
             language = gr.Dropdown(LANGUAGES, value=settings.language,
                                    label="Spoken language", elem_id="language")
     with gr.Row(elem_id="conversation-row"):
+        hands_free = gr.Checkbox(False, label="Hands-free", elem_id="hands-free",
+                                 container=False)
         read_aloud = gr.Checkbox(False, label="Read answers aloud", elem_id="read-aloud",
                                  container=False)
         new = gr.Button("New conversation", elem_id="new", size="sm")
@@ -254,6 +281,7 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
         gr.Markdown("\n".join(f"- **{m.title}**: {m.description}"
                                for m in tutor.modes.values()))
     pending = gr.State("")  # the question sent, once the box is cleared
+    heard = gr.Number(0, visible=False)  # counts hands-free questions; each change sends one
 
     def transcribe_into_box(recording_path: str | None, language_code: str):
         try:
@@ -297,6 +325,26 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
             # Failed mid-answer: the partial answer stays in the chat; the note says why.
             yield gr.skip(), _note(user_message(e)), gr.skip() if began else text
 
+    def listen(chunk: tuple[int, np.ndarray] | None, language_code: str, count: float,
+               request: gr.Request):
+        """A chunk of the hands-free microphone; a question is sent when its speech ends."""
+        session = client_of(request)[0]
+        nothing = gr.skip(), gr.skip(), gr.skip()
+        try:
+            mine = listeners.of(session, language_code)
+            if chunk is None:
+                return nothing
+            if running.is_running(session):  # the answer is streaming: not a question
+                mine.reset()
+                return nothing
+            text = mine.feed(*chunk)
+            return nothing if text is None else (text, count + 1, "")
+        except Exception as e:
+            return gr.skip(), gr.skip(), _note(user_message(e))
+
+    def stop_listening(request: gr.Request) -> None:
+        listeners.close(client_of(request)[0])
+
     def new_conversation(request: gr.Request):
         # The cancelled answer's last update must land before the chat is emptied.
         running.wait_until_ended(client_of(request)[0])
@@ -311,6 +359,20 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
                             show_progress="minimal")
         answer.success(None, [chat, read_aloud], js=ANNOUNCE_ANSWER)
         answering.append(answer)
+    spoken = heard.change(respond, [pending, mode, chat], [chat, status, question],
+                          concurrency_limit=None, api_visibility="private",
+                          show_progress="minimal")
+    spoken.success(None, [chat, read_aloud], js=ANNOUNCE_ANSWER)
+    answering.append(spoken)
+    live.stream(listen, [live, language, heard], [pending, heard, status],
+                stream_every=LISTEN_CHUNK_S, time_limit=MAX_LISTEN_S, concurrency_limit=None,
+                api_visibility="private", show_progress="hidden")
+    hands_free.change(None, [hands_free], None, js=START_LISTENING)
+    hands_free.change(lambda on: (gr.update(visible=not on), gr.update(visible=on)),
+                      [hands_free], [recording, live], queue=False, api_visibility="private",
+                      show_progress="hidden")
+    live.stop_recording(stop_listening, api_visibility="private", show_progress="hidden")
+    app.unload(stop_listening)
     stop.click(None, js=ANNOUNCE_STOPPED, cancels=answering)
     for clear in (new.click, chat.clear):
         clear(None, js=SILENCE)
@@ -326,6 +388,39 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
     chat.change(None, [chat, read_aloud], None, js=READ_NEW_SENTENCES, show_progress="hidden")
     read_aloud.change(None, [read_aloud], None, js=SILENCE_WHEN_OFF)
     app.load(restore, [saved], [chat], api_visibility="private", show_progress="hidden")
+
+
+class Listeners:
+    """Hands-free listeners (tutor.live), one per session listening, at most MAX_LISTENERS;
+    a session's goes when its microphone stops or its page closes."""
+
+    def __init__(self, tutor: Tutor, settings: Settings) -> None:
+        self.tutor = tutor
+        self.settings = settings
+        self._by_session: dict[str, Listener] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def of(self, session: str, language: str) -> Listener:
+        """SESSION's listener (a new one on its first chunk); BusyError when too many listen."""
+        with self._lock:
+            listener = self._by_session.get(session)
+            if listener is None:
+                if len(self._by_session) >= MAX_LISTENERS:
+                    raise BusyError()
+                if self._executor is None:  # the first hands-free student
+                    # One segment transcription at a time (the local Whisper also runs on the
+                    # native thread, which answers share: tutor.live says how).
+                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="live-whisper")
+                listener = Listener(self.tutor.transcriber.transcribe, self._executor,
+                                    language, self.settings.end_of_speech_s)
+                self._by_session[session] = listener
+        listener.language = language
+        return listener
+
+    def close(self, session: str) -> None:
+        with self._lock:
+            self._by_session.pop(session, None)
 
 
 def _note(message: str) -> str:

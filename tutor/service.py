@@ -46,7 +46,8 @@ class SpeechToText(Protocol):
     """What the tutor needs of a transcriber: the local `tutor.transcribe.Transcriber`, or
     `tutor.remote_stt.RemoteTranscriber`."""
 
-    def transcribe(self, audio: np.ndarray, language: str | None = None) -> str: ...
+    def transcribe(self, audio: np.ndarray, language: str | None = None,
+                   max_tokens: int | None = None) -> str: ...
 
 
 class Tutor:

@@ -48,6 +48,8 @@ class Settings:
     whisper_precision: str = _setting("Whisper weights: int8 (fast on CPU) or fp32",
                                       "TUTOR_WHISPER_PRECISION", "int8")
     language: str = _setting("spoken language code, or 'auto'", "TUTOR_LANGUAGE", "en")
+    end_of_speech_s: float = _setting("hands-free mode: seconds of silence that end a spoken "
+                                      "question", "TUTOR_END_OF_SPEECH_S", 0.8, float)
     vad: bool = _setting("refuse recordings without speech (Silero VAD) before local Whisper "
                          "sees them: yes or no", "TUTOR_VAD", True, yes_no)
     threads: int = _setting("CPU threads for llama.cpp and Whisper (0: all cores)",

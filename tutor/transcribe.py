@@ -94,13 +94,17 @@ class Transcriber:
         self.model = self.thread.run(quantize_int8, model.eval()) if precision == "int8" \
             else model.eval()
         self.language = language
-        self.detector = SpeechDetector(self.thread) if detect_speech else None
+        self.detector = SpeechDetector() if detect_speech else None
 
-    def transcribe(self, audio: np.ndarray, language: str | None = None, **decode_options) -> str:
+    def transcribe(self, audio: np.ndarray, language: str | None = None,
+                   max_tokens: int | None = None, **decode_options) -> str:
         """Text of AUDIO (float32, 16 kHz, mono), or AudioError if Whisper heard no speech.
 
-        DECODE_OPTIONS go to whisper's transcribe (benchmarks fix the decoded length with them).
+        MAX_TOKENS caps the text decoded (a short piece of speech has few words); DECODE_OPTIONS
+        go to whisper's transcribe (benchmarks fix the decoded length with them).
         """
+        if max_tokens is not None:
+            decode_options.setdefault("sample_len", max_tokens)
         language = language or self.language
         if not self.model.is_multilingual:
             language = "en"

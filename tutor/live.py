@@ -1,0 +1,165 @@
+"""Hands-free questions: the microphone streamed to the server, cut at the pauses Silero VAD hears
+and transcribed while the student is still speaking; a trailing silence ends the question, and
+only the speech since the last pause is left to transcribe then.
+
+One `Listener` per student who is listening. Its segments end at pauses (PAUSE_S), so no word is
+cut in half; each finished segment goes to Whisper at once, in the background. How they share
+the cores: the VAD (Silero's ONNX model, ~6 ms of one core per second of audio) runs on the
+thread that receives the chunk; Whisper runs one segment at a time, on the one native thread
+that llama.cpp's answer steps also use (tutor.threads), so a segment's transcription holds the
+other students' answers for its duration, as an uploaded recording's does, and no more.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import soxr
+
+from tutor.audio import SAMPLE_RATE, AudioError
+from tutor.vad import load_vad
+
+VAD_WINDOW = 512  # samples Silero VAD takes at a time at 16 kHz (32 ms)
+PAUSE_S = 0.3  # a pause this long ends a segment: it goes to Whisper while the student goes on
+END_OF_QUESTION_S = 0.8  # default trailing silence that ends a question (--end-of-speech-s)
+MAX_QUESTION_S = 60.0  # speech beyond this in one question ends it
+# Whisper's text for a piece of speech is capped: fast speech is ~4 words (~6 tokens) a second,
+# and a cap bounds what noise mistaken for speech can cost.
+TOKENS_PER_S, MIN_TOKENS = 10, 16
+
+
+PREROLL_S = 1.0  # audio kept from before a question's first speech (Silero's start is padded)
+
+
+class Listener:
+    """One student's microphone stream → questions, each ready soon after its trailing silence.
+
+    `feed` takes each chunk the browser sends and returns a question's text when one has ended
+    (or raises AudioError when nothing in it could be understood), else None.
+    """
+
+    def __init__(self, transcribe: Callable[..., str], executor: ThreadPoolExecutor,
+                 language: str | None, end_of_question_s: float = END_OF_QUESTION_S) -> None:
+        """TRANSCRIBE(audio at 16 kHz, language, max_tokens) → text runs on EXECUTOR."""
+        from silero_vad import VADIterator
+
+        self.transcribe = transcribe
+        self.executor = executor
+        self.language = language
+        self.end_of_question = int(end_of_question_s * SAMPLE_RATE)  # samples
+        # A model per listener: Silero keeps its recurrent state inside the model.
+        self.vad = VADIterator(load_vad(), sampling_rate=SAMPLE_RATE,
+                               min_silence_duration_ms=int(PAUSE_S * 1000))
+        self._resampler: soxr.ResampleStream | None = None
+        self._rate = 0
+        self._pending = np.zeros(0, np.float32)  # resampled, not yet seen by the VAD
+        self._lock = threading.Lock()
+        self.speech_ended_at: float | None = None  # monotonic time the last question's speech ended
+        self._start_listening()
+
+    def feed(self, rate: int, samples: np.ndarray) -> str | None:
+        """Add a chunk (RATE Hz; int16 or float; mono, or (frames, channels))."""
+        with self._lock:
+            self._pending = np.concatenate([self._pending, self._to_16k(rate, samples)])
+            n = len(self._pending) // VAD_WINDOW * VAD_WINDOW
+            windows, self._pending = self._pending[:n], self._pending[n:]
+            segments = self._listen(windows)
+            if segments is None:
+                return None
+            text = " ".join(t for t in (f.result() for f in segments) if t).strip()
+        if not text:
+            raise AudioError("No words were recognised in what you said. Please try again.")
+        return text
+
+    def reset(self) -> None:
+        """Forget the question in progress and listen afresh."""
+        with self._lock:
+            self.vad.reset_states()
+            self._pending = np.zeros(0, np.float32)
+            self._start_listening()
+
+    def _start_listening(self) -> None:
+        self._heard = 0  # samples the VAD has seen since its reset (its own sample count)
+        self._preroll = np.zeros(0, np.float32)
+        self._start_question()
+
+    def _start_question(self) -> None:
+        self._audio = np.zeros(0, np.float32)  # the question so far, from its pre-roll
+        self._offset = 0  # VAD sample at which _audio starts
+        self._cut = 0  # where in _audio the next segment starts
+        self._speech_start: int | None = None  # VAD sample of the open segment's start
+        self._last_end: int | None = None  # VAD sample of the last segment's end
+        self._segments: list[Future] = []  # transcriptions of the question's finished segments
+
+    def _to_16k(self, rate: int, samples: np.ndarray) -> np.ndarray:
+        x = samples.astype(np.float32) / (32768.0 if samples.dtype == np.int16 else 1.0)
+        if x.ndim == 2:
+            x = x.mean(axis=1)
+        if rate == SAMPLE_RATE:
+            return x
+        if rate != self._rate:
+            self._resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
+            self._rate = rate
+        return self._resampler.resample_chunk(x)
+
+    def _listen(self, windows: np.ndarray) -> list[Future] | None:
+        """The VAD over WINDOWS; a question's segments when it ended."""
+        import torch  # here: an app on remote servers loads torch only if a student listens
+
+        with torch.inference_mode():
+            for i in range(0, len(windows), VAD_WINDOW):
+                window = windows[i:i + VAD_WINDOW]
+                event = self.vad(torch.from_numpy(window)) or {}
+                self._heard += VAD_WINDOW
+                in_question = self._speech_start is not None or self._last_end is not None
+                if in_question:
+                    self._audio = np.concatenate([self._audio, window])
+                else:
+                    self._preroll = np.concatenate([self._preroll, window])[
+                        -int(PREROLL_S * SAMPLE_RATE):]
+                if "start" in event:
+                    if not in_question:  # a question begins
+                        self._audio, self._preroll = self._preroll, np.zeros(0, np.float32)
+                        self._offset = self._heard - len(self._audio)
+                        self._cut = max(0, event["start"] - self._offset)
+                    self._speech_start = event["start"]
+                if "end" in event and self._speech_start is not None:
+                    self._segment(event["end"])
+                    self._speech_start, self._last_end = None, event["end"]
+                if self._question_ended():
+                    return self._finish()
+        return None
+
+    def _question_ended(self) -> bool:
+        if self._speech_start is not None:  # still speaking: only a very long question ends
+            return self._heard - self._offset > MAX_QUESTION_S * SAMPLE_RATE
+        return self._last_end is not None and self._heard - self._last_end >= self.end_of_question
+
+    def _segment(self, end: int) -> None:
+        """Send the speech from the last cut to END to Whisper, in the background."""
+        stop = max(self._cut, end - self._offset)
+        audio = self._audio[self._cut:stop].copy()
+        self._cut = stop
+        self._segments.append(self.executor.submit(self._transcribe_quietly, audio))
+
+    def _transcribe_quietly(self, audio: np.ndarray) -> str:
+        try:
+            max_tokens = MIN_TOKENS + int(TOKENS_PER_S * len(audio) / SAMPLE_RATE)
+            return self.transcribe(audio, self.language, max_tokens)
+        except AudioError:  # a cough, a breath: nothing was said in this piece
+            return ""
+
+    def _finish(self) -> list[Future]:
+        """The question's segments (the open one cut here); the next question starts afresh."""
+        if self._speech_start is not None:  # too long: the open segment ends here
+            self._segment(self._heard)
+            self._last_end = self._heard
+        silence_s = (self._heard - self._last_end) / SAMPLE_RATE
+        self.speech_ended_at = time.monotonic() - silence_s
+        segments = self._segments
+        self._start_question()
+        return segments
