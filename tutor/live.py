@@ -32,6 +32,7 @@ MAX_QUESTION_S = 60.0  # speech beyond this in one question ends it
 TOKENS_PER_S, MIN_TOKENS = 10, 16
 
 
+MIN_SPEECH_S = 0.25  # a shorter burst (a click, a breath) is no speech
 PREROLL_S = 1.0  # audio kept from before a question's first speech (Silero's start is padded)
 
 
@@ -80,6 +81,7 @@ class Listener:
         with self._lock:
             self.vad.reset_states()
             self._pending = np.zeros(0, np.float32)
+            self._rate = 0  # a fresh resampler: the old one still holds the last sounds
             self._start_listening()
 
     def _start_listening(self) -> None:
@@ -128,8 +130,12 @@ class Listener:
                         self._cut = max(0, event["start"] - self._offset)
                     self._speech_start = event["start"]
                 if "end" in event and self._speech_start is not None:
-                    self._segment(event["end"])
-                    self._speech_start, self._last_end = None, event["end"]
+                    if event["end"] - self._speech_start >= MIN_SPEECH_S * SAMPLE_RATE:
+                        self._segment(event["end"])
+                        self._last_end = event["end"]
+                    elif not self._segments:  # only a burst so far: no question began
+                        self._start_question()
+                    self._speech_start = None
                 if self._question_ended():
                     return self._finish()
         return None

@@ -1,0 +1,115 @@
+"""Hands-free listening (tutor.live) on real speech, Silero VAD and the tiny Whisper: segments cut
+at pauses go to Whisper while the student speaks; a trailing silence ends the question."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+
+from bench.vad import non_speech
+from tutor.audio import SAMPLE_RATE
+from tutor.live import PAUSE_S, Listener
+from tutor.transcribe import Transcriber, load_whisper
+
+BROWSER_RATE = 48000  # what Chromium's microphone streams
+CHUNK_S = 0.25
+END_OF_QUESTION_S = 0.8
+VAD_LATENCY_S = 0.3  # Silero's padding and windows: how late an end may be noticed
+
+
+@pytest.fixture(scope="module")
+def transcriber(tiny_whisper_path) -> Transcriber:
+    return Transcriber(load_whisper(str(tiny_whisper_path)), threads=2)
+
+
+@pytest.fixture(scope="module")
+def speech(assets) -> list[np.ndarray]:
+    """Two real spoken sentences at the browser's rate."""
+    clips = []
+    for name in ("LJ001-0001", "LJ001-0002"):
+        x, rate = soundfile.read(assets / f"speech/ljspeech/{name}.wav", dtype="float32")
+        clips.append(soxr.resample(x, rate, BROWSER_RATE).astype(np.float32))
+    return clips
+
+
+class Recorder:
+    """The transcriber, noting how much audio had been streamed when each call began."""
+
+    def __init__(self, transcriber: Transcriber) -> None:
+        self.transcriber = transcriber
+        self.fed_s = 0.0
+        self.calls: list[tuple[float, float]] = []  # (audio streamed then, segment length), s
+
+    def __call__(self, audio: np.ndarray, language: str | None, max_tokens: int) -> str:
+        self.calls.append((self.fed_s, len(audio) / SAMPLE_RATE))
+        return self.transcriber.transcribe(audio, language, max_tokens)
+
+
+def _stream(listener: Listener, recorder: Recorder, audio: np.ndarray
+            ) -> list[tuple[float, str]]:
+    """Feed AUDIO as the browser does, in int16 chunks; (audio streamed, text) per question."""
+    pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+    step, questions = int(CHUNK_S * BROWSER_RATE), []
+    for start in range(0, len(pcm), step):
+        recorder.fed_s = (start + step) / BROWSER_RATE
+        text = listener.feed(BROWSER_RATE, pcm[start:start + step])
+        if text is not None:
+            questions.append((recorder.fed_s, text))
+        time.sleep(0.002)  # let the background transcription run, as real time would
+    return questions
+
+
+def _silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * BROWSER_RATE), np.float32)
+
+
+def test_a_question_is_sent_once_its_trailing_silence_has_passed(transcriber, speech):
+    recorder = Recorder(transcriber)
+    listener = Listener(recorder, ThreadPoolExecutor(1), "en", END_OF_QUESTION_S)
+    audio = np.concatenate([_silence(0.5), speech[0], _silence(2.0)])
+    speech_end_s = (len(audio) - len(_silence(2.0))) / BROWSER_RATE
+    questions = _stream(listener, recorder, audio)
+    assert len(questions) == 1
+    at_s, text = questions[0]
+    assert speech_end_s + END_OF_QUESTION_S - CHUNK_S <= at_s
+    assert at_s <= speech_end_s + END_OF_QUESTION_S + VAD_LATENCY_S + CHUNK_S
+    assert text.strip()
+
+
+def test_speech_before_a_pause_is_transcribed_while_the_student_goes_on(transcriber, speech):
+    recorder = Recorder(transcriber)
+    listener = Listener(recorder, ThreadPoolExecutor(1), "en", END_OF_QUESTION_S)
+    first_end_s = 0.5 + len(speech[0]) / BROWSER_RATE
+    second_end_s = first_end_s + 0.6 + len(speech[1]) / BROWSER_RATE
+    questions = _stream(listener, recorder, np.concatenate(
+        [_silence(0.5), speech[0], _silence(0.6), speech[1], _silence(2.0)]))
+    assert len(questions) == 1  # a 0.6 s pause is a pause, not the end of the question
+    assert len(recorder.calls) >= 2
+    began_s, _ = recorder.calls[0]
+    assert began_s < first_end_s + PAUSE_S + CHUNK_S  # long before the question ended
+    # At the end of speech only the last piece was left: shorter than the whole question.
+    assert recorder.calls[-1][1] < second_end_s - 0.5 - 1.0
+
+
+def test_noise_and_silence_are_not_questions(transcriber):
+    recorder = Recorder(transcriber)
+    listener = Listener(recorder, ThreadPoolExecutor(1), "en", END_OF_QUESTION_S)
+    draws = non_speech(np.random.default_rng(0))
+    sounds = [soxr.resample(draws[kind](), SAMPLE_RATE, BROWSER_RATE).astype(np.float32)
+              for kind in ("silence", "white noise", "steady tone", "keyboard clicks")]
+    assert _stream(listener, recorder, np.concatenate(sounds)) == []
+    assert recorder.calls == []  # Whisper never ran
+
+
+def test_reset_forgets_the_question_in_progress(transcriber, speech):
+    recorder = Recorder(transcriber)
+    listener = Listener(recorder, ThreadPoolExecutor(1), "en", END_OF_QUESTION_S)
+    assert _stream(listener, recorder, np.concatenate([_silence(0.5), speech[0][:BROWSER_RATE]])
+                   ) == []
+    listener.reset()  # an answer began: what was heard is not a question
+    assert _stream(listener, recorder, _silence(2.0)) == []
