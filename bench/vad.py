@@ -91,11 +91,12 @@ def webrtc(mode: int, frame_ms: int = 30, min_speech_ms: int = 250, hang_ms: int
     return segments
 
 
-def silero() -> Callable[[np.ndarray], Segments]:
+def silero(onnx: bool = False) -> Callable[[np.ndarray], Segments]:
+    """Silero VAD's TorchScript model, or its ONNX one (onnxruntime; what the app runs)."""
     import torch
     from silero_vad import get_speech_timestamps, load_silero_vad
 
-    model = load_silero_vad()
+    model = load_silero_vad(onnx=onnx)
 
     def segments(x: np.ndarray) -> Segments:
         return [(s["start"], s["end"]) for s in get_speech_timestamps(
@@ -119,7 +120,8 @@ def run(repeats: int) -> dict:
         padded.append((np.concatenate([noise[:pad], x, noise[pad:]]), pad + len(x)))
     others = non_speech(rng)
     detectors = {"energy gate (today)": energy_gate, "webrtcvad mode 2": webrtc(2),
-                 "webrtcvad mode 3": webrtc(3), "Silero VAD": silero()}
+                 "webrtcvad mode 3": webrtc(3), "Silero VAD (TorchScript)": silero(),
+                 "Silero VAD (ONNX, the app's)": silero(onnx=True)}
     results = {}
     for name, detect in detectors.items():
         found, end_errors, cpu_s, audio_s = 0, [], 0.0, 0.0
