@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                 reason="needs Debian's chromium and chromium-driver "
-                                        "(make test installs them)")]
+from bench.browser import chromium, wait
+from page_driver import needs_chromium
+
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 # Records the length of tutor message number arguments[0] at every DOM change, so that growth is
 # seen even when updates come faster than a test could poll.
@@ -31,34 +29,9 @@ window.__watch.observe(chat, {childList: true, subtree: true, characterData: tru
 
 @pytest.fixture
 def browser(assets):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ["--headless=new", "--no-sandbox", "--disable-gpu",
-                "--disable-background-networking", "--disable-component-update",
-                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={assets / 'speech/ljspeech/LJ001-0001.wav'}",
-                "--window-size=1400,1100"]:
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = chromium((1400, 1100), assets / "speech/ljspeech/LJ001-0001.wav")
     yield driver
     driver.quit()
-
-
-def _wait(condition, timeout: float = 300.0, every: float = 0.1):
-    """Poll CONDITION (an event on the page) until it holds; TIMEOUT only guards against a hang.
-
-    A busy machine (another job on the CPU) can take minutes where an idle one takes seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError("the page did not get there in time")
 
 
 def _answer_done(driver) -> bool:
@@ -69,12 +42,12 @@ def _answer_done(driver) -> bool:
 def test_record_transcribe_and_stream_in_every_mode(browser, slow_app_url, artifacts_dir):
     by = "css selector"
     browser.get(slow_app_url)
-    _wait(lambda: browser.find_elements(by, "#recording button.record-button"))
+    wait(lambda: browser.find_elements(by, "#recording button.record-button"))
     browser.find_element(by, "#recording button.record-button").click()
     time.sleep(3)  # the fake microphone plays the clip meanwhile
     browser.find_element(by, "#recording button.stop-button").click()
     question = browser.find_element(by, "#question textarea")
-    transcript = _wait(lambda: question.get_attribute("value"))
+    transcript = wait(lambda: question.get_attribute("value"))
     assert transcript.strip()
 
     modes = browser.find_elements(by, "#mode label")
@@ -87,8 +60,8 @@ def test_record_transcribe_and_stream_in_every_mode(browser, slow_app_url, artif
         n_before = len(browser.find_elements(by, "#chat [data-testid='bot']"))
         browser.execute_script(WATCH_ANSWER, n_before)
         browser.find_element(by, "#send").click()
-        _wait(lambda: len(browser.find_elements(by, "#chat [data-testid='bot']")) > n_before)
-        _wait(lambda: _answer_done(browser))
+        wait(lambda: len(browser.find_elements(by, "#chat [data-testid='bot']")) > n_before)
+        wait(lambda: _answer_done(browser))
         lengths = [n for n in browser.execute_script("return window.__lengths") if n > 0]
         final = browser.find_elements(by, "#chat [data-testid='bot']")[-1].text.strip()
         assert final, label.text
@@ -108,19 +81,19 @@ def test_stop_halts_the_answer_and_the_next_question_is_answered(browser, slow_a
     job = Client(slow_app_url, verbose=False).submit(story, "hint", [], api_name="/ask")
     full = list(job)[-1]  # the whole answer, for comparison
     browser.get(slow_app_url)
-    question = _wait(lambda: browser.find_elements(by, "#question textarea"))[0]
+    question = wait(lambda: browser.find_elements(by, "#question textarea"))[0]
 
     def bots():
         return browser.find_elements(by, "#chat [data-testid='bot']")
 
     question.send_keys(story)
     browser.find_element(by, "#send").click()
-    _wait(lambda: bots() and len(bots()[-1].text) > 0, every=0.02)
+    wait(lambda: bots() and len(bots()[-1].text) > 0, every=0.02)
     browser.find_element(by, "#stop").click()
-    stopped = _wait(lambda: _answer_done(browser) and bots()[-1].text)
+    stopped = wait(lambda: _answer_done(browser) and bots()[-1].text)
     time.sleep(1.0)
     assert bots()[-1].text == stopped  # nothing more arrives after Stop
     assert len(stopped) < 0.8 * len(full)
     question.send_keys("And a short one?")
     browser.find_element(by, "#send").click()
-    _wait(lambda: len(bots()) == 2 and _answer_done(browser) and bots()[-1].text)
+    wait(lambda: len(bots()) == 2 and _answer_done(browser) and bots()[-1].text)

@@ -14,7 +14,8 @@ from gradio_client import Client, handle_file
 
 from audio_files import encode, write
 from bench.harness import ROOT
-from page_driver import BY, DESKTOP, PHONE, Page, chromium, needs_chromium, wait
+from bench.browser import DESKTOP, PHONE, chromium, wait
+from page_driver import BY, Page, needs_chromium
 from tutor.math_text import dollars_to_parens
 from tutor.page import AUDIO_FILE_TYPES, MODE_TAG, conversation_markdown
 
