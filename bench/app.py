@@ -70,7 +70,7 @@ def voice_to_first_token(url: str, clip: Path, repeats: int) -> dict:
             first_q.append(first)
             follow.append(second)
     return {"first_question_s": statistics.median(first_q),
-            "follow_up_s": statistics.median(follow)}
+            "follow_up_s": statistics.median(follow), "follow_up_each_s": follow}
 
 
 def peak_rss_bytes(pid: int) -> int:

@@ -17,7 +17,8 @@ from bench.harness import ROOT
 from bench.browser import DESKTOP, PHONE, chromium, wait
 from page_driver import BY, Page, needs_chromium
 from tutor.math_text import dollars_to_parens
-from tutor.page import AUDIO_FILE_TYPES, MODE_TAG, conversation_markdown
+from tutor.page import (AUDIO_FILE_TYPES, MODE_TAG, NEW_CONVERSATION_STARTED,
+                        conversation_markdown)
 
 pytestmark = [pytest.mark.slow, needs_chromium]
 
@@ -113,7 +114,8 @@ def test_a_reload_brings_the_conversation_back_and_new_conversation_empties_it(p
     wait(lambda: page.bots())
     assert [u.text for u in page.users()] == [QUESTION] and page.answer_text() == answer
     page.find("#new").click()
-    wait(lambda: not page.bots() and not page.users())
+    wait(lambda: page.status() == NEW_CONVERSATION_STARTED)
+    assert not page.bots() and not page.users()
     page.driver.refresh()
     page.open()
     assert not page.bots() and not page.users()
@@ -140,7 +142,7 @@ def test_new_conversation_mid_answer_always_starts_over(slow_app_url, assets, tm
         page.ask(QUESTION)
         reference = page.answered()  # a question asked in an empty conversation
         page.find("#new").click()
-        wait(lambda: not page.users())
+        wait(lambda: page.status() == NEW_CONVERSATION_STARTED)
         clear_chat = "#chat button[aria-label='Clear the conversation']"
         for round_ in range(NEW_CONVERSATION_ROUNDS + 2):
             page.ask(f"Question number {round_}?")
@@ -148,7 +150,9 @@ def test_new_conversation_mid_answer_always_starts_over(slow_app_url, assets, tm
             assert [u.text for u in page.users()] == [f"Question number {round_}?"], round_
             # Twenty times the button, then twice the chat's own clear (its trash icon).
             page.find("#new" if round_ < NEW_CONVERSATION_ROUNDS else clear_chat).click()
-            wait(lambda: not page.users() and not page.bots() and page.idle())
+            # Said once the stopped answer has ended, and the chat emptied after it.
+            wait(lambda: page.status() == NEW_CONVERSATION_STARTED)
+            assert not page.users() and not page.bots(), round_
         page.ask(QUESTION)
         assert [u.text for u in page.users()] == [QUESTION]
         assert page.answered() == reference  # the same answer: no old turn was sent with it

@@ -53,6 +53,7 @@ STORAGE_KEY = "voice-tutor-conversation"  # localStorage key: one conversation p
 # student's own device. It is fixed so that a conversation outlives a restart of the app.
 STORAGE_SECRET = "voice-tutor"
 ANSWER_END_WAIT_S = 600.0  # only a hang reaches it: a cancelled answer ends at its next token
+NEW_CONVERSATION_STARTED = "New conversation started."  # said once the old answer has ended
 MODE_TAG = '<span class="mode-tag">{title}</span>\n\n'
 MODE_TAG_RE = re.compile(r'^<span class="mode-tag">[^<]*</span>\n\n')
 
@@ -63,7 +64,7 @@ CSS = """
 .mode-tag { display: inline-block; font-size: 0.8em; font-weight: 600; color: #1f3a8a;
             background: #e0e7ff; border-radius: 0.6em; padding: 0 0.5em; }
 #status:empty, #status .prose:empty { display: none; }
-#status { color: #7f1d1d; }
+#status { color: #1f2937; }
 #input-row { align-items: flex-end; flex-wrap: nowrap; gap: 0.4rem; }
 #input-row button { min-width: fit-content !important; flex-grow: 0; white-space: nowrap;
                     padding: 0 0.9rem; }
@@ -348,7 +349,7 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
     def new_conversation(request: gr.Request):
         # The cancelled answer's last update must land before the chat is emptied.
         running.wait_until_ended(client_of(request)[0])
-        return [], [], ""
+        return [], [], NEW_CONVERSATION_STARTED
 
     answering = []
     for trigger in (send.click, question.submit):

@@ -1,0 +1,183 @@
+"""End of speech → first answer token of a spoken follow-up: hands-free streaming (the page in
+Chromium, its microphone playing a question) against today's one-shot path (the whole recording
+to /transcribe, then /ask), side by side against one app; alone, then with other students'
+answers streaming.
+
+    python -m bench.voice [--out runs/voice] [--repeats 3] [--others 4]
+
+Whisper base's and Llama 3.2 1B Q4_K_M's shapes with synthetic weights (bench.models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import yaml
+from gradio_client import Client
+
+from bench import app, hardware, models, speech
+from bench.browser import DESKTOP, chromium, wait
+from bench.harness import running_app
+from bench.llm import QUESTIONS
+
+LEAD_S, TRAIL_S = 0.5, 3.5  # silence before the question and after it (the microphone loops)
+ANSWER_TOKENS = 24  # the measured student's answers: short, done before the next question
+OTHER_ANSWER_TOKENS = 2000  # the other students' answers stream all along
+BY = "css selector"
+
+
+def prompts(folder: Path) -> Path:
+    """Greedy modes: short answers in "hint" (the measured student's), long ones elsewhere."""
+    app.greedy_prompts(folder, OTHER_ANSWER_TOKENS)
+    hint = folder / "hint.yaml"
+    mode = yaml.safe_load(hint.read_text())
+    mode["generation"]["max_tokens"] = ANSWER_TOKENS
+    hint.write_text(yaml.safe_dump(mode))
+    return folder
+
+
+def question_file(folder: Path) -> tuple[Path, float, float]:
+    """The ~5 s shared clip between silences: (WAV, seconds into it where speech ends, length)."""
+    clip, _ = speech.clip_near(5.0)
+    samples, rate = soundfile.read(clip, dtype="float32", always_2d=True)
+    mono = samples.mean(axis=1)
+    path = folder / "question.wav"
+    soundfile.write(path, np.concatenate([np.zeros(int(LEAD_S * rate), np.float32), mono,
+                                          np.zeros(int(TRAIL_S * rate), np.float32)]), rate)
+    return path, LEAD_S + len(mono) / rate, LEAD_S + len(mono) / rate + TRAIL_S
+
+
+def streaming(url: str, wav: Path, speech_end_s: float, length_s: float, repeats: int
+              ) -> list[float]:
+    """Seconds from the end of each spoken follow-up to its first answer token, hands-free.
+
+    The fake microphone loops the file: loop k's speech ends LENGTH_S × k + SPEECH_END_S after
+    the page showed the microphone listening; loop 0 asks, loops 1.. follow up.
+    """
+    driver = chromium(DESKTOP, wav)
+    try:
+        driver.get(url)
+        wait(lambda: driver.find_elements(BY, "#hands-free input"))[0].click()
+        wait(lambda: driver.find_elements(BY, "#live button.stop-button"), every=0.005)
+        listening_since = time.monotonic()
+        latencies = []
+        for k in range(repeats + 1):
+            def answered(k=k) -> bool:
+                bots = driver.find_elements(BY, "#chat [data-testid='bot']")
+                return len(bots) > k and len(bots[k].text.strip()) > len(_mode_tag(bots[k]))
+            wait(answered, every=0.01)
+            first_token = time.monotonic()
+            if k:
+                latencies.append(first_token - listening_since - k * length_s - speech_end_s)
+        return latencies
+    finally:
+        driver.quit()
+
+
+def _mode_tag(bot) -> str:
+    tags = bot.find_elements(BY, ".mode-tag")
+    return tags[0].text if tags else ""
+
+
+class OtherStudents:
+    """N clients whose long answers stream while the measurement runs."""
+
+    def __init__(self, url: str, n: int) -> None:
+        self.url, self.n = url, n
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._ask, args=(i,), daemon=True)
+                        for i in range(n)]
+
+    def __enter__(self) -> OtherStudents:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stopping.set()
+
+    def _ask(self, i: int) -> None:
+        client = Client(self.url, verbose=False)
+        while not self.stopping.is_set():
+            job = client.submit(QUESTIONS[i % len(QUESTIONS)] + f" ({i})", "explain", [],
+                                api_name="/ask")
+            for _ in job:
+                if self.stopping.is_set():
+                    job.cancel()
+                    break
+
+
+def run(repeats: int, others: int, threads: int, logs: Path) -> dict:
+    llama, whisper_ckpt = models.llama_1b_q4(), models.whisper_base()
+    result: dict = {"ceiling": hardware.ceiling(llama, threads), "repeats": repeats,
+                    "others": others}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        wav, speech_end_s, length_s = question_file(folder)
+        clip, _ = speech.clip_near(5.0)
+        with running_app("--model", str(llama), "--whisper", str(whisper_ckpt),
+                         "--threads", str(threads), "--prompts", str(prompts(folder / "p")),
+                         log=logs / "app.log") as served:
+            for load in ("alone", f"{others} others"):
+                print(f"voice, {load}: one-shot, then hands-free …", flush=True)
+                with (OtherStudents(served.url, others) if load != "alone"
+                      else _nothing()):
+                    one_shot = app.voice_to_first_token(served.url, clip,
+                                                        repeats)["follow_up_each_s"]
+                    hands_free = streaming(served.url, wav, speech_end_s, length_s, repeats)
+                result[load] = {"one_shot_s": one_shot, "streaming_s": hands_free,
+                                "one_shot_median_s": statistics.median(one_shot),
+                                "streaming_median_s": statistics.median(hands_free)}
+    alone, busy = result["alone"], result[f"{others} others"]
+    result["streaming_vs_one_shot"] = alone["streaming_median_s"] / alone["one_shot_median_s"]
+    result["streaming_busy_vs_alone"] = busy["streaming_median_s"] / alone["streaming_median_s"]
+    return result
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        return None
+
+
+def markdown(r: dict) -> str:
+    others = f"{r['others']} others"
+    return "\n".join([
+        f"Memory bandwidth in this run: {r['ceiling']['read_bandwidth_gb_s']:.1f} GB/s. End of a "
+        f"spoken follow-up → first answer token, median of {r['repeats']}:", "",
+        "| path | alone (s) | with " + others + " answering (s) |", "|---|---|---|",
+        f"| one-shot: /transcribe, then /ask | {r['alone']['one_shot_median_s']:.2f} | "
+        f"{r[others]['one_shot_median_s']:.2f} |",
+        f"| hands-free streaming | {r['alone']['streaming_median_s']:.2f} | "
+        f"{r[others]['streaming_median_s']:.2f} |", "",
+        f"Streaming / one-shot, alone: **{r['streaming_vs_one_shot']:.2f}×** (goal ≤ 0.45×). "
+        f"Streaming with {others} / alone: **{r['streaming_busy_vs_alone']:.2f}×** "
+        "(goal ≤ 1.5×)."])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.voice", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("runs/voice"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--others", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = run(args.repeats, args.others, args.threads, args.out)
+    (args.out / "voice.json").write_text(json.dumps(result, indent=1))
+    (args.out / "voice.md").write_text(markdown(result) + "\n")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
