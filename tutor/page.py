@@ -307,7 +307,9 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
         session, address = client_of(request)
         began = False
         try:
-            with running.running(session), limits.hold(session, address):
+            # The session's limit first: a refused second question must not stand in for the
+            # answer that is running (New conversation waits for that one).
+            with limits.hold(session, address), running.running(session):
                 history = without_mode_tags(normalize_history(shown))
                 stream = tutor.ask(text, mode_name, history, places=True)
                 tag = MODE_TAG.format(title=html.escape(titles.get(mode_name, mode_name)))
