@@ -18,8 +18,7 @@ from gradio_client.exceptions import AppError
 import raw_http
 from bench.harness import ROOT, running_app
 from bench.vad import non_speech
-from audio_files import write
-from test_audio import BAD_CASES, _bad_recordings
+from audio_files import BAD_CASES, bad_recordings, write
 from tutor import audio
 from tutor.modes import PROMPTS_DIR
 from tutor.transcribe import Transcriber, load_whisper
@@ -124,7 +123,7 @@ def _assert_clear_error(error: AppError, words: str) -> None:
 
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_recordings_get_a_message_and_the_app_keeps_serving(case, client, tmp_path):
-    source, words = _bad_recordings(tmp_path)[case]
+    source, words = bad_recordings(tmp_path)[case]
     if isinstance(source, tuple):  # the empty recording: as the browser would upload it
         source = write(tmp_path / "empty.wav", np.zeros((0, 1), np.int16), 16000)
     with pytest.raises(AppError) as error:
