@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 import soundfile
 import soxr
-import yaml
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import raw_http
+from bench import app as bench_app
 from bench.harness import ROOT, running_app
 from bench.vad import non_speech
 from audio_files import BAD_CASES, bad_recordings, write
 from tutor import audio
-from tutor.modes import PROMPTS_DIR
 from tutor.transcribe import Transcriber, load_whisper
 
 pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
@@ -31,13 +30,7 @@ UPLOAD_LIMIT_MB = 25
 @pytest.fixture(scope="module")
 def greedy_prompts(tmp_path_factory):
     """The shipped modes with temperature 0, so that answers are reproducible."""
-    folder = tmp_path_factory.mktemp("prompts")
-    for path in PROMPTS_DIR.glob("*.yaml"):
-        mode = yaml.safe_load(path.read_text())
-        mode["generation"]["temperature"] = 0.0
-        mode["generation"]["max_tokens"] = 48
-        (folder / path.name).write_text(yaml.safe_dump(mode))
-    return folder
+    return bench_app.greedy_prompts(tmp_path_factory.mktemp("prompts"), 48)
 
 
 @pytest.fixture(scope="module")
