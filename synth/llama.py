@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -45,6 +45,12 @@ LLAMA_3_2_1B = LlamaShape(
     rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
     tie_word_embeddings=True, initializer_range=0.02)
+
+
+def llama_3_2_1b_scaled(**sizes) -> LlamaShape:
+    """Llama 3.2 1B's shape with SIZES changed (hidden_size, layers, ...): its positions and
+    RoPE scaling kept, the vocabulary the tokenizer's."""
+    return replace(LLAMA_3_2_1B, vocab_size=None, **sizes)
 
 
 def _corpus() -> list[str]:

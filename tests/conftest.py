@@ -14,10 +14,10 @@ from train.assets import assets_dir
 from synth import llama as synth_llama
 
 # A Llama 3 shape scaled down; the real tokenizer makes the embedding the largest tensor.
-LLAMA3_TINY_SHAPE = synth_llama.LlamaShape(
+LLAMA3_TINY_SHAPE = synth_llama.llama_3_2_1b_scaled(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, rope_theta=500000.0,
-    rope_scaling=dict(synth_llama.LLAMA_3_2_1B.rope_scaling), tie_word_embeddings=False)
+    num_key_value_heads=2, tie_word_embeddings=False, max_position_embeddings=8192,
+    initializer_range=0.1)
 
 
 @pytest.fixture(scope="session")

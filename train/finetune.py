@@ -52,12 +52,10 @@ def base_model_dir(cfg: RunConfig, out: Path) -> str:
     spec = cfg.model.synthetic
     path = out / "base"
     if not (path / "config.json").is_file():
-        shape = synth_llama.LlamaShape(
+        shape = synth_llama.llama_3_2_1b_scaled(
             hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
             num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
-            num_key_value_heads=spec.num_key_value_heads, rope_theta=500000.0,
-            rope_scaling=dict(synth_llama.LLAMA_3_2_1B.rope_scaling),
-            max_position_embeddings=131072, initializer_range=0.02)
+            num_key_value_heads=spec.num_key_value_heads)
         tokenizer = synth_llama.load_tokenizer(resolve_path(spec.tokenizer))
         tmp = out / "base.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
