@@ -18,26 +18,22 @@ import statistics
 import sys
 from pathlib import Path
 
-from rouge_score import rouge_scorer
 from tqdm import tqdm
 
 from train.config import ConfigError, load_config
-from train.data import clean, mix, split
 from train.eval_models import load_model
+from train.heldout import (ROUGE_KEYS, assistant_loss, heldout_conversations, mean_per_key,
+                           rouge_of, rouge_scorer)
 from train.mode_checks import has_ordered_steps, leaks_answer, load_problems
 from train.plots import plot_bars
 from tutor.files import atomic_output
 from tutor.modes import Generation, load_modes
 
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 
 
 def held_out(config_path: Path, count_tokens, limit: int) -> list[list[dict]]:
     """The validation conversations of a training config (at most LIMIT)."""
-    cfg = load_config(config_path)
-    kept, _ = clean(cfg.data, count_tokens, cfg.train.seq_len)
-    _, val = split(mix(cfg.data, kept), cfg.data.val_fraction)
-    return [example.messages for example in val[:limit]]
+    return heldout_conversations(load_config(config_path), count_tokens, limit)
 
 
 def mean_std(values: list[float]) -> dict:
@@ -48,26 +44,22 @@ def mean_std(values: list[float]) -> dict:
 def evaluate_model(model, conversations: list[list[dict]], seeds: list[int],
                    generation: Generation, problems: list[dict], modes) -> dict:
     """All metrics of one model."""
-    nll = tokens = 0.0
-    for messages in tqdm(conversations, desc=f"{model.name}: loss", leave=False):
-        total, count = model.assistant_nll(messages)
-        nll, tokens = nll + total, tokens + count
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    nll, tokens = assistant_loss(
+        model, tqdm(conversations, desc=f"{model.name}: loss", leave=False))
+    scorer = rouge_scorer()
     per_seed = {key: [] for key in ROUGE_KEYS}
     lengths, ttfts, speeds = [], [], []
     for seed in seeds:
-        scores = {key: [] for key in ROUGE_KEYS}
+        scores = []
         for messages in tqdm(conversations, desc=f"{model.name}: seed {seed}", leave=False):
             reply = model.reply(messages[:-1], generation, seed)
-            result = scorer.score(messages[-1]["content"], reply.text)
-            for key in ROUGE_KEYS:
-                scores[key].append(result[key].fmeasure)
+            scores.append(rouge_of(scorer, messages[-1]["content"], reply.text))
             lengths.append(len(reply.text.split()))
             ttfts.append(reply.time_to_first_token_s)
             if reply.tokens_per_s:
                 speeds.append(reply.tokens_per_s)
-        for key in ROUGE_KEYS:
-            per_seed[key].append(statistics.fmean(scores[key]))
+        for key, mean in mean_per_key(scores).items():
+            per_seed[key].append(mean)
     checks = {"hint": lambda reply, p: leaks_answer(reply, str(p["answer"])),
               "step_by_step": lambda reply, p: has_ordered_steps(reply)}
     rates = {name: [] for name in checks}

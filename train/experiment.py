@@ -18,7 +18,6 @@ import argparse
 import copy
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -28,8 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
 from train.config import RunConfig, load_config, resolve_path
-from train.data import clean, mix, split
-from train.evaluate import ROUGE_KEYS, mean_std
+from train.evaluate import mean_std
+from train.heldout import (ROUGE_KEYS, assistant_loss, heldout_conversations, mean_per_key,
+                           rouge_of, rouge_scorer)
 from train.plots import plot_bars
 from tutor.files import atomic_output
 
@@ -72,34 +72,25 @@ def write_heldout(base: RunConfig, tokenizer_dir: str, path: Path, limit: int
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    kept, _ = clean(base.data, lambda m: len(tokenizer.apply_chat_template(
-        m, tokenize=True)["input_ids"]), base.train.seq_len)
-    _, val = split(mix(base.data, kept), base.data.val_fraction)
-    val = val[:limit]
+    val = heldout_conversations(base, lambda m: len(tokenizer.apply_chat_template(
+        m, tokenize=True)["input_ids"]), limit)
     with atomic_output(path) as tmp:
-        tmp.write_text("".join(json.dumps({"messages": e.messages}) + "\n" for e in val))
-    return [e.messages for e in val]
+        tmp.write_text("".join(json.dumps({"messages": messages}) + "\n" for messages in val))
+    return val
 
 
 def evaluate_cell(adapter: Path, heldout: list[list[dict]], max_new_tokens: int) -> dict:
     """Loss on the held-out assistant tokens and greedy-decoding ROUGE against the references."""
-    from rouge_score import rouge_scorer
-
     from train.eval_models import HFModel
     from tutor.modes import Generation
 
     model = HFModel(adapter.parent.name, adapter)
-    nll = tokens = 0.0
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
-    scores = {key: [] for key in ROUGE_KEYS}
+    nll, tokens = assistant_loss(model, heldout)
+    scorer = rouge_scorer()
     greedy = Generation(temperature=0.0, max_tokens=max_new_tokens)
-    for messages in heldout:
-        total, count = model.assistant_nll(messages)
-        nll, tokens = nll + total, tokens + count
-        result = scorer.score(messages[-1]["content"], model.reply(messages[:-1], greedy, 0).text)
-        for key in ROUGE_KEYS:
-            scores[key].append(result[key].fmeasure)
-    return {"heldout_loss": nll / tokens, **{k: statistics.fmean(v) for k, v in scores.items()}}
+    scores = [rouge_of(scorer, messages[-1]["content"],
+                       model.reply(messages[:-1], greedy, 0).text) for messages in heldout]
+    return {"heldout_loss": nll / tokens, **mean_per_key(scores)}
 
 
 def cell_config(grid: Grid, base_data: dict, condition: Condition, seed: int, cell: Path,
