@@ -113,3 +113,13 @@ def test_reset_forgets_the_question_in_progress(transcriber, speech):
                    ) == []
     listener.reset()  # an answer began: what was heard is not a question
     assert _stream(listener, recorder, _silence(2.0)) == []
+
+
+def test_a_question_that_never_pauses_long_enough_ends_at_the_length_limit(transcriber, speech,
+                                                                            monkeypatch):
+    monkeypatch.setattr("tutor.live.MAX_QUESTION_S", 12.0)  # the limit, scaled down for speed
+    recorder = Recorder(transcriber)
+    listener = Listener(recorder, ThreadPoolExecutor(1), "en", END_OF_QUESTION_S)
+    talk = np.concatenate([speech[0], _silence(0.5)] * 3)  # 0.5 s pauses: never the end
+    questions = _stream(listener, recorder, talk)
+    assert questions and questions[0][0] <= 12.0 + 1.0 + CHUNK_S

@@ -141,9 +141,13 @@ class Listener:
         return None
 
     def _question_ended(self) -> bool:
-        if self._speech_start is not None:  # still speaking: only a very long question ends
-            return self._heard - self._offset > MAX_QUESTION_S * SAMPLE_RATE
-        return self._last_end is not None and self._heard - self._last_end >= self.end_of_question
+        if self._speech_start is None and self._last_end is None:
+            return False  # no question yet
+        if self._heard - self._offset > MAX_QUESTION_S * SAMPLE_RATE:
+            return True  # a very long question (or one with only short pauses) ends here
+        if self._speech_start is not None:
+            return False  # still speaking
+        return self._heard - self._last_end >= self.end_of_question
 
     def _segment(self, end: int) -> None:
         """Send the speech from the last cut to END to Whisper, in the background."""
