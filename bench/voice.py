@@ -11,6 +11,7 @@ Whisper base's and Llama 3.2 1B Q4_K_M's shapes with synthetic weights (bench.mo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -120,7 +121,7 @@ class OtherStudents:
                 return
 
 
-def run(repeats: int, others: int, threads: int, logs: Path) -> dict:
+def run(repeats: int, others: int, threads: int) -> dict:
     llama, whisper_ckpt = models.llama_1b_q4(), models.whisper_base()
     result: dict = {"ceiling": hardware.ceiling(llama, threads), "repeats": repeats,
                     "others": others}
@@ -132,11 +133,11 @@ def run(repeats: int, others: int, threads: int, logs: Path) -> dict:
         with running_app("--model", str(llama), "--whisper", str(whisper_ckpt),
                          "--threads", str(threads), "--prompts", str(prompts(folder / "p")),
                          "--parallel", str(others + 1),
-                         log=logs / "app.log") as served:
+                         log=folder / "app.log") as served:
             for load in ("alone", f"{others} others"):
                 print(f"voice, {load}: one-shot, then hands-free …", flush=True)
                 with (OtherStudents(served.url, others) if load != "alone"
-                      else _nothing()):
+                      else contextlib.nullcontext()):
                     one_shot = app.voice_to_first_token(served.url, clip,
                                                         repeats)["follow_up_each_s"]
                     hands_free = streaming(served.url, wav, speech_end_s, length_s, repeats)
@@ -147,14 +148,6 @@ def run(repeats: int, others: int, threads: int, logs: Path) -> dict:
     result["streaming_vs_one_shot"] = alone["streaming_median_s"] / alone["one_shot_median_s"]
     result["streaming_busy_vs_alone"] = busy["streaming_median_s"] / alone["streaming_median_s"]
     return result
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *_):
-        return None
 
 
 def markdown(r: dict) -> str:
@@ -180,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = run(args.repeats, args.others, args.threads, args.out)
+    result = run(args.repeats, args.others, args.threads)
     (args.out / "voice.json").write_text(json.dumps(result, indent=1))
     (args.out / "voice.md").write_text(markdown(result) + "\n")
     print(markdown(result))

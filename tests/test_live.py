@@ -3,7 +3,6 @@ at pauses go to Whisper while the student speaks; a trailing silence ends the qu
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -38,15 +37,25 @@ def speech(assets) -> list[np.ndarray]:
 
 
 class Recorder:
-    """The transcriber, noting how much audio had been streamed when each call began."""
+    """The transcriber, noting each piece's length and how much audio had been streamed when
+    the listener handed the piece over (through `handover`, its one background worker)."""
 
     def __init__(self, transcriber: Transcriber) -> None:
         self.transcriber = transcriber
         self.fed_s = 0.0
-        self.calls: list[tuple[float, float]] = []  # (audio streamed then, segment length), s
+        self.handed_over_s: list[float] = []  # audio streamed when each piece was handed over
+        self.lengths_s: list[float] = []  # each transcribed piece's length
+        recorder = self
+
+        class Handover(ThreadPoolExecutor):
+            def submit(self, fn, /, *args, **kwargs):
+                recorder.handed_over_s.append(recorder.fed_s)
+                return super().submit(fn, *args, **kwargs)
+
+        self.handover = Handover(1)
 
     def __call__(self, audio: np.ndarray, language: str | None, max_tokens: int) -> str:
-        self.calls.append((self.fed_s, len(audio) / SAMPLE_RATE))
+        self.lengths_s.append(len(audio) / SAMPLE_RATE)
         return self.transcriber.transcribe(audio, language, max_tokens)
 
 
@@ -60,7 +69,6 @@ def _stream(listener: Listener, recorder: Recorder, audio: np.ndarray
         text = listener.feed(BROWSER_RATE, pcm[start:start + step])
         if text is not None:
             questions.append((recorder.fed_s, text))
-        time.sleep(0.002)  # let the background transcription run, as real time would
     return questions
 
 
@@ -70,7 +78,7 @@ def _silence(seconds: float) -> np.ndarray:
 
 def test_a_question_is_sent_once_its_trailing_silence_has_passed(transcriber, speech):
     recorder = Recorder(transcriber)
-    listener = Listener(recorder, ThreadPoolExecutor(1), "en", END_OF_QUESTION_S)
+    listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S)
     audio = np.concatenate([_silence(0.5), speech[0], _silence(2.0)])
     speech_end_s = (len(audio) - len(_silence(2.0))) / BROWSER_RATE
     questions = _stream(listener, recorder, audio)
@@ -83,32 +91,31 @@ def test_a_question_is_sent_once_its_trailing_silence_has_passed(transcriber, sp
 
 def test_speech_before_a_pause_is_transcribed_while_the_student_goes_on(transcriber, speech):
     recorder = Recorder(transcriber)
-    listener = Listener(recorder, ThreadPoolExecutor(1), "en", END_OF_QUESTION_S)
+    listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S)
     first_end_s = 0.5 + len(speech[0]) / BROWSER_RATE
     second_end_s = first_end_s + 0.6 + len(speech[1]) / BROWSER_RATE
     questions = _stream(listener, recorder, np.concatenate(
         [_silence(0.5), speech[0], _silence(0.6), speech[1], _silence(2.0)]))
     assert len(questions) == 1  # a 0.6 s pause is a pause, not the end of the question
-    assert len(recorder.calls) >= 2
-    began_s, _ = recorder.calls[0]
-    assert began_s < first_end_s + PAUSE_S + CHUNK_S  # long before the question ended
+    assert len(recorder.handed_over_s) >= 2
+    assert recorder.handed_over_s[0] < first_end_s + PAUSE_S + CHUNK_S  # long before the end
     # At the end of speech only the last piece was left: shorter than the whole question.
-    assert recorder.calls[-1][1] < second_end_s - 0.5 - 1.0
+    assert recorder.lengths_s[-1] < second_end_s - 0.5 - 1.0
 
 
 def test_noise_and_silence_are_not_questions(transcriber):
     recorder = Recorder(transcriber)
-    listener = Listener(recorder, ThreadPoolExecutor(1), "en", END_OF_QUESTION_S)
+    listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S)
     draws = non_speech(np.random.default_rng(0))
     sounds = [soxr.resample(draws[kind](), SAMPLE_RATE, BROWSER_RATE).astype(np.float32)
               for kind in ("silence", "white noise", "steady tone", "keyboard clicks")]
     assert _stream(listener, recorder, np.concatenate(sounds)) == []
-    assert recorder.calls == []  # Whisper never ran
+    assert recorder.lengths_s == []  # Whisper never ran
 
 
 def test_reset_forgets_the_question_in_progress(transcriber, speech):
     recorder = Recorder(transcriber)
-    listener = Listener(recorder, ThreadPoolExecutor(1), "en", END_OF_QUESTION_S)
+    listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S)
     assert _stream(listener, recorder, np.concatenate([_silence(0.5), speech[0][:BROWSER_RATE]])
                    ) == []
     listener.reset()  # an answer began: what was heard is not a question
@@ -119,7 +126,7 @@ def test_a_question_that_never_pauses_long_enough_ends_at_the_length_limit(trans
                                                                             monkeypatch):
     monkeypatch.setattr("tutor.live.MAX_QUESTION_S", 12.0)  # the limit, scaled down for speed
     recorder = Recorder(transcriber)
-    listener = Listener(recorder, ThreadPoolExecutor(1), "en", END_OF_QUESTION_S)
+    listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S)
     talk = np.concatenate([speech[0], _silence(0.5)] * 3)  # 0.5 s pauses: never the end
     questions = _stream(listener, recorder, talk)
     assert questions and questions[0][0] <= 12.0 + 1.0 + CHUNK_S

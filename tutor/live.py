@@ -13,7 +13,6 @@ other students' answers for its duration, as an uploaded recording's does, and n
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -21,7 +20,7 @@ import numpy as np
 import soxr
 
 from tutor.audio import SAMPLE_RATE, AudioError
-from tutor.vad import load_vad
+from tutor.vad import MIN_SPEECH_S, load_vad  # a shorter burst (a click) is no speech
 
 VAD_WINDOW = 512  # samples Silero VAD takes at a time at 16 kHz (32 ms)
 PAUSE_S = 0.3  # a pause this long ends a segment: it goes to Whisper while the student goes on
@@ -30,9 +29,6 @@ MAX_QUESTION_S = 60.0  # speech beyond this in one question ends it
 # Whisper's text for a piece of speech is capped: fast speech is ~4 words (~6 tokens) a second,
 # and a cap bounds what noise mistaken for speech can cost.
 TOKENS_PER_S, MIN_TOKENS = 10, 16
-
-
-MIN_SPEECH_S = 0.25  # a shorter burst (a click, a breath) is no speech
 PREROLL_S = 1.0  # audio kept from before a question's first speech (Silero's start is padded)
 
 
@@ -59,7 +55,6 @@ class Listener:
         self._rate = 0
         self._pending = np.zeros(0, np.float32)  # resampled, not yet seen by the VAD
         self._lock = threading.Lock()
-        self.speech_ended_at: float | None = None  # monotonic time the last question's speech ended
         self._start_listening()
 
     def feed(self, rate: int, samples: np.ndarray) -> str | None:
@@ -167,9 +162,6 @@ class Listener:
         """The question's segments (the open one cut here); the next question starts afresh."""
         if self._speech_start is not None:  # too long: the open segment ends here
             self._segment(self._heard)
-            self._last_end = self._heard
-        silence_s = (self._heard - self._last_end) / SAMPLE_RATE
-        self.speech_ended_at = time.monotonic() - silence_s
         segments = self._segments
         self._start_question()
         return segments

@@ -10,10 +10,10 @@ from __future__ import annotations
 import html
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -55,7 +55,7 @@ STORAGE_SECRET = "voice-tutor"
 ANSWER_END_WAIT_S = 600.0  # only a hang reaches it: a cancelled answer ends at its next token
 NEW_CONVERSATION_STARTED = "New conversation started."  # said once the old answer has ended
 MODE_TAG = '<span class="mode-tag">{title}</span>\n\n'
-MODE_TAG_RE = re.compile(r'^<span class="mode-tag">[^<]*</span>\n\n')
+MODE_TAG_RE = re.compile(r'^<span class="mode-tag">([^<]*)</span>\n\n')
 
 CHAT_HEIGHT = "max(16rem, calc(100dvh - 21rem))"  # the rest: title, input row, modes
 CSS = """
@@ -82,9 +82,9 @@ footer, footer * { color: #374151 !important; opacity: 1 !important; }
 }
 """
 
-# Runs once in the page: names for the controls Gradio leaves unnamed, a polite live region for
-# finished answers (the chat itself would be read letter by letter while it streams).
-READ_ALOUD_JS = (Path(__file__).with_name("read_aloud.js")).read_text()
+READ_ALOUD_JS = Path(__file__).with_name("read_aloud.js").read_text()
+# Runs once in the page: read-aloud; names for the controls Gradio leaves unnamed; a polite live
+# region for finished answers (the chat itself would be read letter by letter while it streams).
 HEAD = "<script>\n" + READ_ALOUD_JS + "\n</script>\n" + """
 <script>
 (() => {
@@ -138,8 +138,6 @@ ANNOUNCE_STOPPED = """() => {
   const live = document.querySelector("#announce");
   if (live) live.textContent = "Answer stopped.";
 }"""
-# An empty chat is saved only by "New conversation" (the chat is empty, too, while a page loads).
-# One output: a bare array returned would be read as the list of outputs.
 # Hands-free on: the microphone starts listening at once, so that the switch is the only click.
 START_LISTENING = """(on) => {
   if (!on) return;
@@ -151,6 +149,8 @@ START_LISTENING = """(on) => {
   };
   press();
 }"""
+# An empty chat is saved only by "New conversation" (the chat is empty, too, while a page loads).
+# One output: a bare array returned would be read as the list of outputs.
 SAVE = "(chat, kept) => [chat && chat.length ? chat : kept]"
 READ_NEW_SENTENCES = "(chat, readAloud) => { window.readAloud.update(chat, readAloud, false); }"
 SILENCE = "() => { window.readAloud.stop(); }"
@@ -177,22 +177,6 @@ DOWNLOAD = """(chat) => {
   document.body.appendChild(link); link.click(); link.remove();
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }"""
-
-
-def conversation_markdown(chat: list[Message]) -> str:
-    """The conversation as DOWNLOAD writes it (for tests and API users)."""
-    parts = ["# Voice tutor conversation", ""]
-    for message in chat:
-        body = message["content"]
-        if message["role"] == "user":
-            parts += ["**Student:**", "", body, ""]
-        else:
-            tag = MODE_TAG_RE.match(body)
-            title = html.unescape(tag.group(0)[len('<span class="mode-tag">'):-len("</span>\n\n")]
-                                  ) if tag else None
-            parts += [f"**Tutor ({title}):**" if title else "**Tutor:**", "",
-                      MODE_TAG_RE.sub("", body), ""]
-    return "\n".join(parts)
 
 
 def without_mode_tags(history: list[Message]) -> list[Message]:
@@ -353,20 +337,19 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
         running.wait_until_ended(client_of(request)[0])
         return [], [], NEW_CONVERSATION_STARTED
 
-    answering = []
-    for trigger in (send.click, question.submit):
-        taken = trigger(take_question, [question], [pending, question], js=FOCUS_QUESTION,
-                        queue=False, show_progress="hidden", api_visibility="private")
-        answer = taken.then(respond, [pending, mode, chat], [chat, status, question],
-                            concurrency_limit=None, api_visibility="private",
-                            show_progress="minimal")
+    def answers(trigger):
+        """The answer to PENDING once TRIGGER fires; announced (and read aloud) when done."""
+        answer = trigger(respond, [pending, mode, chat], [chat, status, question],
+                         concurrency_limit=None, api_visibility="private",
+                         show_progress="minimal")
         answer.success(None, [chat, read_aloud], js=ANNOUNCE_ANSWER)
-        answering.append(answer)
-    spoken = heard.change(respond, [pending, mode, chat], [chat, status, question],
-                          concurrency_limit=None, api_visibility="private",
-                          show_progress="minimal")
-    spoken.success(None, [chat, read_aloud], js=ANNOUNCE_ANSWER)
-    answering.append(spoken)
+        return answer
+
+    answering = [answers(trigger(take_question, [question], [pending, question],
+                                 js=FOCUS_QUESTION, queue=False, show_progress="hidden",
+                                 api_visibility="private").then)
+                 for trigger in (send.click, question.submit)]
+    answering.append(answers(heard.change))  # a hands-free question
     live.stream(listen, [live, language, heard], [pending, heard, status],
                 stream_every=LISTEN_CHUNK_S, time_limit=MAX_LISTEN_S, concurrency_limit=None,
                 api_visibility="private", show_progress="hidden")

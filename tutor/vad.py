@@ -1,7 +1,7 @@
 """Is anyone speaking? Silero VAD (its model ships inside the silero-vad package) on a recording
 at 16 kHz, before Whisper sees it: white noise, a steady tone and keyboard clicks pass an energy
 gate, and Whisper invents text from them. Chosen over webrtcvad and the energy gate by
-`python -m bench.vad` (docs/results/vad.md): every speech clip found, no false speech on noise,
+`python -m bench.vad` (docs/results/vad/vad.md): every speech clip found, no false speech on noise,
 tones or clicks. Its ONNX model (onnxruntime, one thread) costs ~6 ms of one core per second of
 audio, a third of its TorchScript one, and needs no torch thread: it runs on the caller's.
 """
@@ -48,7 +48,7 @@ class SpeechDetector:
         from silero_vad import get_speech_timestamps
 
         with torch.inference_mode():
+            # It resets the model's state first: each recording is heard afresh.
             spans = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(audio)),
                                           self.model, sampling_rate=SAMPLE_RATE)
-        self.model.reset_states()  # the next recording starts afresh
         return sum(s["end"] - s["start"] for s in spans) / SAMPLE_RATE
