@@ -1,21 +1,34 @@
 # Two entry points: `make app` (install the runtime, start the app) and `make test`.
+# Everything is installed into the project's own virtual environment (.venv), so a stock Debian or
+# Ubuntu Python, which refuses pip installs (PEP 668, "externally managed"), works as it is.
+# PYTHON only creates that environment; every later step runs .venv's Python.
 PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+ARGS ?=
 
-LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' requirements.txt)
-REFERENCE_DIR := .cache/reference
+.PHONY: app test lint system-deps reference-converter
 
-.PHONY: app test system-deps reference-converter
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 
-# pip runs again only when the requirements change (a stamp records the last install).
-RUNTIME_STAMP := .cache/requirements.installed
+# pip runs again only when what it installs changes (stamps record the last installs).
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP := $(VENV)/.dev-installed
 
-$(RUNTIME_STAMP): requirements.txt
-	$(PYTHON) -m pip install -r requirements.txt
-	@mkdir -p $(dir $@) && touch $@
+# The runtime (requirements.txt, what the Space installs) and the project, editable.
+$(RUNTIME_STAMP): requirements.txt pyproject.toml | $(PY)
+	$(PY) -m pip install -e .
+	@touch $@
+
+# On top: the training stack and the test tools.
+$(DEV_STAMP): $(RUNTIME_STAMP) requirements-train.txt requirements-dev.txt
+	$(PY) -m pip install -e ".[train,dev]"
+	@touch $@
 
 app: $(RUNTIME_STAMP)
-	$(PYTHON) space_app.py
+	$(PY) space_app.py $(ARGS)
 
 # Debian's Chromium and ChromeDriver drive the browser test (no test tool downloads a browser);
 # nginx plays the load balancer of inference servers at capacity in the remote-backend tests
@@ -27,15 +40,14 @@ system-deps:
 	   apt-get install -y -qq chromium chromium-driver nginx-light npm)
 
 # llama.cpp's own HF→GGUF converter ships in the llama-cpp-python source release (PyPI): the
-# tests use it as an independent writer of GGUF files to check the exporter and the app against.
-reference-converter:
-	@ls $(REFERENCE_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz >/dev/null 2>&1 || \
-	  $(PYTHON) -m pip download --quiet --no-deps --no-binary :all: \
-	    llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(REFERENCE_DIR)
+# tests use it as an independent writer of GGUF files. Fetched once per machine (TUTOR_CACHE).
+reference-converter: $(RUNTIME_STAMP)
+	@$(PY) -m bench.llama_server --source-only >/dev/null
 
-test: system-deps
-	$(PYTHON) -m pip install -r requirements-dev.txt
-	$(MAKE) reference-converter
+lint: $(DEV_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: system-deps $(DEV_STAMP) reference-converter lint
 	npm ci --no-audit --no-fund  # axe-core, for the page's accessibility test
-	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest
+	$(PY) -m pytest

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.harness import running_app
 from bench import app, concurrency, hardware, llm, models, remote, report, speech
-from tutor.llm import DEFAULT_PARALLEL
+from tutor.defaults import DEFAULT_PARALLEL
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def base(results: dict, llama: Path, whisper_ckpt: Path, args: argparse.Namespace) -> None:
     """One student: raw vs engine vs app, follow-ups, Whisper, voice to first token, memory."""
+    from tutor.llm import TutorLLM
+
     print("language model: raw vs engine …", flush=True)
-    engine = llm.TutorLLM(llama, n_ctx=4096, n_threads=args.threads)
+    engine = TutorLLM(llama, n_ctx=4096, n_threads=args.threads)
     results["llm"] = llm.generation(engine, args.repeats, args.new_tokens)
     print("follow-up turns …", flush=True)
     results["follow_up"] = llm.follow_up(engine, args.repeats, 32)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
-from gradio_client import Client, handle_file
 
 from bench.llm import QUESTIONS
 from tutor.modes import PROMPTS_DIR
+
+if TYPE_CHECKING:  # gradio_client is imported where used: `--help` need not wait
+    from gradio_client import Client
 
 
 def greedy_prompts(folder: Path, max_tokens: int) -> Path:
@@ -38,6 +41,8 @@ def _stream(client: Client, question: str, mode: str, history: list[dict], start
 
 def generation(url: str, count_tokens, repeats: int) -> dict:
     """Tokens per second seen by an API client (streamed updates), step-by-step mode."""
+    from gradio_client import Client
+
     client = Client(url, verbose=False)
     speeds, ttfts = [], []
     for i in range(repeats + 1):
@@ -53,6 +58,8 @@ def generation(url: str, count_tokens, repeats: int) -> dict:
 
 def voice_to_first_token(url: str, clip: Path, repeats: int) -> dict:
     """From the end of a recording (upload starts) to the first answer token on the client."""
+    from gradio_client import Client, handle_file
+
     client = Client(url, verbose=False)
     warm = Client(url, verbose=False)  # another student already asked in this mode
     _stream(warm, "What is a prime number?", "hint", [], time.perf_counter())

@@ -21,13 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import openai
-from gradio_client import Client, handle_file
-
 from bench.harness import running_app
 from bench import llama_server
 from bench.app import greedy_prompts, peak_rss_bytes
-from tutor.llm import DEFAULT_KV_TOKENS
+from tutor.defaults import DEFAULT_KV_TOKENS
 from tutor.modes import load_modes
 
 STUDENT_COUNTS = (1, 2, 4, 8, 16)
@@ -59,6 +56,8 @@ Student = Callable[[int, threading.Barrier], list[Turn]]
 def app_student(url: str, answer_tokens: int = ANSWER_TOKENS) -> Student:
     """A student of the app: ANSWER_TOKENS is the modes' budget, which answers always fill."""
     def run(i: int, go: threading.Barrier) -> list[Turn]:
+        from gradio_client import Client  # here: `--help` need not wait for it
+
         client = Client(url, verbose=False)
         go.wait()
         start = time.perf_counter()
@@ -80,6 +79,8 @@ def app_student(url: str, answer_tokens: int = ANSWER_TOKENS) -> Student:
 
 def server_student(url: str, system_prompt: str) -> Student:
     def run(i: int, go: threading.Barrier) -> list[Turn]:
+        import openai
+
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
                                timeout=STUDENT_TIMEOUT_S)
         go.wait()
@@ -164,6 +165,8 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 def transcription_stall(url: str, clip: Path) -> dict:
     """While an answer streams, one /transcribe: the longest pause in the stream vs its length."""
+    from gradio_client import Client, handle_file
+
     client, other = Client(url, verbose=False), Client(url, verbose=False)
     updates: list[float] = []
     job = client.submit(question(0) + " (during a transcription)", MODE, [], api_name="/ask")
@@ -265,6 +268,8 @@ def row(results: dict, server: str, students: int) -> dict:
 
 def _warm_server(url: str, system_prompt: str, n: int) -> None:
     """Warm slots: every slot has seen the mode prompt once (as llama-server users run it)."""
+    import openai
+
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
 
     def one(i: int) -> None:

@@ -6,12 +6,11 @@ import statistics
 import time
 from pathlib import Path
 
-import gguf
-import torch
-
 
 def read_bandwidth(threads: int, gib: float = 1.0, repeats: int = 15) -> float:
     """Bytes per second that THREADS threads read from memory (sum over a large array)."""
+    import torch
+
     torch.set_num_threads(threads)
     data = torch.ones(int(gib * 2**30 / 4), dtype=torch.float32)
     data.sum()  # fault the pages in
@@ -25,6 +24,8 @@ def read_bandwidth(threads: int, gib: float = 1.0, repeats: int = 15) -> float:
 
 def weight_bytes(model: Path) -> int:
     """Bytes of all tensors in a GGUF: what one generated token reads (embeddings are tied)."""
+    import gguf
+
     return sum(int(t.n_bytes) for t in gguf.GGUFReader(model).tensors)
 
 

@@ -7,6 +7,7 @@ release vendors (the same llama.cpp the app runs), then started on loopback with
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import os
 import shutil
@@ -23,8 +24,7 @@ from pathlib import Path
 from bench.harness import free_port, stop
 from synth.standin import CACHE_DIR
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SDIST_DIRS = (PROJECT_ROOT / ".cache" / "reference", CACHE_DIR / "sdist")  # Makefile's first
+SDIST_DIR = CACHE_DIR / "sdist"  # once per machine, for every clone (TUTOR_CACHE)
 
 
 def _version() -> str:
@@ -35,17 +35,17 @@ def binary_path() -> Path:
     return CACHE_DIR / f"llama-server-{_version()}" / "llama-server"
 
 
-def _sdist() -> Path:
-    """llama-cpp-python's source release (downloaded from PyPI once)."""
+def source_release() -> Path:
+    """llama-cpp-python's source release, llama.cpp vendored in it: downloaded from PyPI once."""
     name = f"llama_cpp_python-{_version()}.tar.gz"
-    for folder in SDIST_DIRS:
-        if (folder / name).is_file():
-            return folder / name
-    SDIST_DIRS[1].mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                    "--no-binary", ":all:", f"llama-cpp-python=={_version()}",
-                    "-d", str(SDIST_DIRS[1])], check=True)
-    return SDIST_DIRS[1] / name
+    if not (SDIST_DIR / name).is_file():
+        SDIST_DIR.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=SDIST_DIR) as tmp:  # then renamed: never half a file
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                            "--no-binary", ":all:", f"llama-cpp-python=={_version()}",
+                            "-d", tmp], check=True)
+            (Path(tmp) / name).rename(SDIST_DIR / name)
+    return SDIST_DIR / name
 
 
 def build() -> Path:
@@ -54,7 +54,7 @@ def build() -> Path:
     if target.is_file():
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(_sdist()) as sdist:
+        with tarfile.open(source_release()) as sdist:
             members = [m for m in sdist.getmembers() if "/vendor/llama.cpp/" in m.name]
             sdist.extractall(tmp, members=members, filter="data")
         source = next(Path(tmp).glob("*/vendor/llama.cpp"))
@@ -109,5 +109,16 @@ def running(model: Path, parallel: int, kv_tokens: int, threads: int, log: Path,
             stop(proc)
 
 
-if __name__ == "__main__":  # python -m bench.llama_server: build it now
-    print(build())
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.llama_server",
+                                     description="Build llama.cpp's llama-server once (~10 min on "
+                                                 "2 cores) and print its path.")
+    parser.add_argument("--source-only", action="store_true",
+                        help="only fetch llama-cpp-python's source release (llama.cpp's "
+                             "reference converter is in it) and print its path")
+    args = parser.parse_args(argv)
+    print(source_release() if args.source_only else build())
+
+
+if __name__ == "__main__":
+    main()

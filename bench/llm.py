@@ -5,11 +5,14 @@ from __future__ import annotations
 from statistics import median
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import llama_cpp
-
-from tutor.llm import TutorLLM
 from tutor.modes import Generation, load_modes
+
+if TYPE_CHECKING:  # llama.cpp is imported where used: `--help` need not wait
+    import llama_cpp
+
+    from tutor.llm import TutorLLM
 
 QUESTIONS = [
     "A farmer has 3 fields of 12.5 hectares and sells a third of the total. How many hectares "
@@ -82,6 +85,8 @@ def generation(engine: TutorLLM, repeats: int, n_tokens: int) -> dict:
     # Raw llama-cpp-python runs on the engine's thread too: one OpenMP team in this process, as
     # in the app (two calling threads would slow both; see tutor.threads).
     threads = engine.n_threads
+    import llama_cpp
+
     raw = engine.thread.run(llama_cpp.Llama, model_path=str(engine.model_path), n_ctx=4096,
                             n_threads=threads, n_threads_batch=threads, verbose=False)
     system = long_system_prompt()

@@ -10,12 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
-
-from train.assets import assets_dir
-from synth import llama as synth_llama
-from synth import whisper as synth_whisper
 from synth.standin import CACHE_DIR
+from train.assets import assets_dir
 
 BENCH_DIR = CACHE_DIR / "bench"
 
@@ -26,7 +22,10 @@ def llama_1b_q4(cache: Path = BENCH_DIR) -> Path:
     Its answers never end early (no special token is ever the greedy choice), so that every
     engine compared generates exactly the tokens asked for.
     """
+    import torch
+
     from export.to_gguf import export
+    from synth import llama as synth_llama
 
     path = cache / "llama-3.2-1b-shape-never-ends-Q4_K_M.gguf"
     if path.is_file():
@@ -52,6 +51,8 @@ SPOKEN_QUESTION_TOKENS = 30  # what Whisper decodes for a ~5 s spoken question
 
 def whisper_base(cache: Path = BENCH_DIR) -> Path:
     """Whisper-base-shaped checkpoint whose transcripts end after 30 tokens, like real ones."""
+    from synth import whisper as synth_whisper
+
     path = cache / f"whisper-base-shape-ends-after-{SPOKEN_QUESTION_TOKENS}.pt"
     if not path.is_file():
         cache.mkdir(parents=True, exist_ok=True)

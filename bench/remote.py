@@ -17,14 +17,16 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-
-import openai
+from typing import TYPE_CHECKING
 
 from bench.harness import running_app
 from bench import app, llama_server
 from bench.llm import QUESTIONS
-from tutor.llm import DEFAULT_KV_TOKENS, DEFAULT_KV_TYPE, DEFAULT_PARALLEL
+from tutor.defaults import DEFAULT_KV_TOKENS, DEFAULT_KV_TYPE, DEFAULT_PARALLEL
 from tutor.modes import load_modes
+
+if TYPE_CHECKING:
+    import openai
 
 MODE = "step_by_step"
 TARGETS = ("embedded", "remote", "llama-server")
@@ -33,6 +35,8 @@ TARGETS = ("embedded", "remote", "llama-server")
 def run(llama: Path, whisper_ckpt: Path, threads: int, rounds: int, repeats: int,
         new_tokens: int) -> dict:
     """Medians over ROUNDS of each target's median over REPEATS answers of NEW_TOKENS."""
+    import openai  # here: `--help` need not wait for it
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         prompts = app.greedy_prompts(tmp_path / "prompts", new_tokens)

@@ -24,10 +24,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
+from typing import TYPE_CHECKING
+
 import soundfile
-from gradio_client import Client, handle_file
-from gradio_client.exceptions import AppError
 
 from bench.harness import running_app
 from bench.app import greedy_prompts
@@ -35,6 +34,9 @@ from bench.speech import clip_near
 from synth.standin import standin_llm, standin_whisper
 from train.plots import plot_lines
 from tutor.files import atomic_output
+
+if TYPE_CHECKING:  # gradio_client is imported where used: `--help` need not wait
+    from gradio_client import Client
 
 ANSWER_TOKENS = 48  # the modes' budget: short answers, many requests
 SAMPLE_EVERY_S = 1.0
@@ -81,6 +83,18 @@ def _folder_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
+def _client(url: str) -> Client:
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def _upload(path: Path):
+    from gradio_client import handle_file
+
+    return handle_file(str(path))
+
+
 class Soak:
     """The students, the sampler and the tally of one run."""
 
@@ -121,13 +135,13 @@ class Soak:
                       _folder_mb(self.cache), saved)
 
     def sample(self) -> None:
-        client = Client(self.url, verbose=False)
+        client = _client(self.url)
         while not self.finished.wait(SAMPLE_EVERY_S):
             self.samples.append(self.snapshot(client))
 
     # -- one student ---------------------------------------------------------------------------
     def student(self, i: int) -> None:
-        client = Client(self.url, verbose=False)
+        client = _client(self.url)
         while (kind := self._take()) is not None:
             start = time.monotonic()
             ok, requests = getattr(self, "_" + kind.replace(" ", "_").replace("-", "_"))(client, i)
@@ -147,7 +161,7 @@ class Soak:
     def _voice_and_follow_up(self, client: Client, i: int) -> tuple[bool, int]:
         recording = self._recording(i)
         try:
-            question = client.predict(handle_file(str(recording)), "en", api_name="/transcribe")
+            question = client.predict(_upload(recording), "en", api_name="/transcribe")
         finally:
             recording.unlink()
         answer = self._ask(client, question, [])
@@ -166,6 +180,8 @@ class Soak:
         return True, 1
 
     def _vanish_mid_answer(self, client: Client, i: int) -> tuple[bool, int]:
+        import httpx
+
         with httpx.Client(base_url=self.url, timeout=SETTLE_TIMEOUT_S) as http:
             event = http.post("gradio_api/call/ask", json={"data": [
                 f"Student {i}: what is a prime?", "hint", []]}).json()["event_id"]
@@ -176,6 +192,8 @@ class Soak:
         return True, 1
 
     def _bad_input(self, client: Client, i: int) -> tuple[bool, int]:
+        from gradio_client.exceptions import AppError
+
         case = self.rng.randrange(3)
         try:
             if case == 0:
@@ -186,7 +204,7 @@ class Soak:
                 broken = Path(tempfile.gettempdir()) / f"soak-broken-{os.getpid()}-{i}.wav"
                 broken.write_bytes(b"RIFF" + os.urandom(2000))
                 try:
-                    client.predict(handle_file(str(broken)), "en", api_name="/transcribe")
+                    client.predict(_upload(broken), "en", api_name="/transcribe")
                 finally:
                     broken.unlink()
         except AppError as e:
@@ -217,7 +235,7 @@ class Soak:
         """A snapshot once the app reports no answer in flight and (given FDS_AT_MOST) closed
         connections are gone; the waits are hang guards, not pauses."""
         gc.collect()  # the students' clients close their connections
-        client = Client(self.url, verbose=False)
+        client = _client(self.url)
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while (health := client.predict(api_name="/health"))["answering"] or health["waiting"]:
             if time.monotonic() > deadline:

@@ -6,12 +6,13 @@ import json
 import statistics
 import time
 from pathlib import Path
-
-import whisper
+from typing import TYPE_CHECKING
 
 from train.assets import assets_dir
 from tutor import audio
-from tutor.transcribe import Transcriber, load_whisper
+
+if TYPE_CHECKING:  # whisper (and torch) are imported where used: `--help` need not wait
+    import whisper
 
 DECODED_TOKENS = 30
 
@@ -26,6 +27,8 @@ def clip_near(seconds: float) -> tuple[Path, float]:
 
 def fixed_length_options(model: whisper.Whisper) -> dict:
     """Decode exactly DECODED_TOKENS tokens (end-of-text suppressed), one pass, full 30 s window."""
+    import whisper
+
     tokenizer = whisper.tokenizer.get_tokenizer(model.is_multilingual,
                                                 num_languages=model.num_languages)
     return {"sample_len": DECODED_TOKENS, "without_timestamps": True,
@@ -35,6 +38,10 @@ def fixed_length_options(model: whisper.Whisper) -> dict:
 
 def transcription(checkpoint: Path, repeats: int, threads: int) -> dict:
     """Median seconds to transcribe a ~5 s clip: shipped fp32 vs the tutor's int8, alternating."""
+    import whisper
+
+    from tutor.transcribe import Transcriber, load_whisper
+
     clip, duration = clip_near(5.0)
     samples = audio.load(clip)
     tutor = Transcriber(load_whisper(str(checkpoint)), threads=threads)

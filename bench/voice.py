@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import yaml
-from gradio_client import Client
 
 from bench import app, hardware, models, speech
 from bench.browser import DESKTOP, chromium, wait
@@ -108,6 +107,8 @@ class OtherStudents:
         self.stopping.set()
 
     def _ask(self, i: int) -> None:
+        from gradio_client import Client  # here: `--help` need not wait for it
+
         client = Client(self.url, verbose=False)
         while not self.stopping.is_set():
             job = client.submit(QUESTIONS[i % len(QUESTIONS)] + f" ({i})", "explain", [],

@@ -19,16 +19,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gguf
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from export.vocab import UnsupportedTokenizerError, add_vocab
 from export.quiet import quiet_logger
 from tutor.errors import first_line
 from tutor.files import atomic_output
+
+if TYPE_CHECKING:  # torch and transformers are imported where used: `--help` need not wait
+    import torch
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 # Types the gguf writer produces directly; everything else is a llama.cpp quantization.
@@ -120,6 +122,8 @@ def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
     Computed in float32 tensor arithmetic, as transformers and llama.cpp's own converter do,
     so that the factors agree with both to the bit.
     """
+    import torch
+
     base = rope["rope_theta"]
     factor = rope.get("factor", 8.0)
     low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
@@ -176,6 +180,8 @@ def _permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 def _gguf_tensors(model: torch.nn.Module, config: dict):
     """Yield (gguf name, tensor) for every weight llama.cpp needs, in llama.cpp's layout."""
+    import torch
+
     n_layers = config["num_hidden_layers"]
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads") or n_head
@@ -204,6 +210,8 @@ def _gguf_tensors(model: torch.nn.Module, config: dict):
 def _to_numpy(tensor: torch.Tensor, qtype: gguf.GGMLQuantizationType):
     """Convert one tensor to the writer's type; 1-D tensors (norms, rope) stay F32 as llama.cpp
     expects."""
+    import torch
+
     tensor = tensor.detach()
     if tensor.ndim <= 1 or qtype == gguf.GGMLQuantizationType.F32:
         return tensor.float().numpy(), None
@@ -215,6 +223,8 @@ def _to_numpy(tensor: torch.Tensor, qtype: gguf.GGMLQuantizationType):
 
 def _lossless_type(model: torch.nn.Module) -> str:
     """The writer type that holds the checkpoint's weights without loss."""
+    import torch
+
     dtype = next(model.parameters()).dtype
     return {torch.bfloat16: "BF16", torch.float16: "F16"}.get(dtype, "F32")
 
@@ -222,6 +232,8 @@ def _lossless_type(model: torch.nn.Module) -> str:
 def write_gguf(model: torch.nn.Module, config: dict, tokenizer_dir: Path, path: Path,
                qtype: str, name: str) -> None:
     """Write model + tokenizer + chat template as a GGUF of a writer type (F32/F16/BF16)."""
+    from export.vocab import UnsupportedTokenizerError, add_vocab
+
     file_type, tensor_type = WRITER_TYPES[qtype]
     writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     _add_hparams(writer, config, name, int(file_type))

@@ -11,15 +11,13 @@ import os
 import tempfile
 from pathlib import Path
 
-from synth import llama as synth_llama
-from synth import whisper as synth_whisper
-
 CACHE_DIR = Path(os.environ.get("TUTOR_CACHE", Path.home() / ".cache" / "voice-tutor"))
 
 
 def standin_llm(cache_dir: Path = CACHE_DIR) -> Path:
     """Path of the stand-in GGUF, built on first use."""
     from export.to_gguf import export
+    from synth import llama as synth_llama  # torch and transformers: only to build it
 
     path = cache_dir / "standin-llama-q8_0.gguf"
     if not path.is_file():
@@ -33,6 +31,8 @@ def standin_llm(cache_dir: Path = CACHE_DIR) -> Path:
 
 def standin_whisper(cache_dir: Path = CACHE_DIR) -> Path:
     """Path of the stand-in Whisper checkpoint, built on first use."""
+    from synth import whisper as synth_whisper
+
     path = cache_dir / "standin-whisper-tiny-en.pt"
     if not path.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -7,12 +7,13 @@ import pytest
 import whisper
 
 from bench import hardware, llm, speech
+from tutor.llm import TutorLLM
 
 pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
 
 
 def test_llm_benchmark_parts_run(tiny_gguf):
-    engine = llm.TutorLLM(tiny_gguf, n_ctx=1024, n_threads=2)
+    engine = TutorLLM(tiny_gguf, n_ctx=1024, n_threads=2)
     result = llm.generation(engine, repeats=1, n_tokens=16)
     assert result["raw"]["tokens_per_s"] > 0 and result["engine"]["tokens_per_s"] > 0
     follow = llm.follow_up(engine, repeats=1, n_tokens=16)

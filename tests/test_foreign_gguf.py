@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import llama_cpp_helpers
+from bench import llama_server
 from export.to_gguf import export
 from tutor.chat_format import LLAMA3_CHAT_TEMPLATE
 from tutor.llm import TutorLLM
@@ -24,7 +25,6 @@ from tutor.modes import Generation
 
 pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
 
-REFERENCE_DIR = Path(__file__).parents[1] / ".cache" / "reference"
 GREEDY = Generation(temperature=0.0, max_tokens=16)
 MESSAGES = [{"role": "system", "content": "You are a tutor."},
             {"role": "user", "content": "What is a fraction?"}]
@@ -33,12 +33,8 @@ MESSAGES = [{"role": "system", "content": "You are a tutor."},
 @pytest.fixture(scope="module")
 def converter(tmp_path_factory) -> Path:
     """llama.cpp's convert_hf_to_gguf.py with its conversion package and gguf-py."""
-    sdists = sorted(REFERENCE_DIR.glob("llama_cpp_python-*.tar.gz"))
-    if not sdists:
-        pytest.skip(f"llama.cpp's reference converter not found in {REFERENCE_DIR} "
-                    "(`make reference-converter` downloads it from PyPI)")
     root = tmp_path_factory.mktemp("llama.cpp")
-    with tarfile.open(sdists[-1]) as tar:
+    with tarfile.open(llama_server.source_release()) as tar:
         wanted = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name and (
             m.name.endswith("/convert_hf_to_gguf.py") or "/conversion/" in m.name
             or "/gguf-py/" in m.name)]

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from train.backends import unsloth_usable
 from train.config import ConfigError, DataConfig, Source, load_config
-from train.data import clean, from_sharegpt, mix, split, write_report
+from train.data import clean, data_report, from_sharegpt, mix, split
 from train.encode import IGNORE, encode
 from tutor.llm import TutorLLM
 from tutor.modes import Generation
@@ -101,7 +101,7 @@ def test_a_source_that_contributes_nothing_is_a_warning_in_the_report(tmp_path, 
     kept, reports = clean(cfg, lambda messages: sum(len(m["content"]) for m in messages) // 4,
                           max_tokens=200)
     train, val = split(mix(cfg, kept), 0.1)
-    report = write_report(reports, train, val, tmp_path)
+    report = data_report(reports, train, val)
     sources = report["sources"]
     assert sources["capped"]["used"] == 5 and sources["capped"]["kept"] == 30  # used, not read
     assert sources["too-long"]["used"] == 0

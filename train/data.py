@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasketch import MinHash, MinHashLSH
-
 from train.config import DataConfig, Source, resolve_path
 
 Message = dict[str, str]
@@ -146,6 +144,8 @@ class Deduplicator:
     """Exact duplicates by hash; near duplicates by MinHash LSH over word 3-grams."""
 
     def __init__(self, threshold: float, num_perm: int = 64) -> None:
+        from datasketch import MinHashLSH  # here: it brings scipy, which --help need not wait for
+
         self.seen: set[str] = set()
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self.num_perm = num_perm
@@ -155,6 +155,8 @@ class Deduplicator:
         if exact in self.seen:
             raise Rejected("duplicate")
         words = _normalized(messages).split()
+        from datasketch import MinHash
+
         minhash = MinHash(num_perm=self.num_perm, seed=1)
         minhash.update_batch(" ".join(words[i:i + 3]).encode()
                              for i in range(max(1, len(words) - 2)))
@@ -220,14 +222,10 @@ def split(examples: list[Example], val_fraction: float) -> tuple[list[Example], 
     return examples[n_val:], examples[:n_val]
 
 
-def write_report(reports: dict[str, SourceReport], train: list[Example], val: list[Example],
-                 out_dir: Path) -> dict:
-    """data_report.json and token_lengths.png in OUT_DIR; returns the report."""
-    import matplotlib.pyplot as plt
-
-    from train.plots import save
-    from tutor.files import atomic_output
-
+def data_report(reports: dict[str, SourceReport], train: list[Example],
+                val: list[Example]) -> dict:
+    """What went in, per source: rows read, kept by cleaning, used by the mix, dropped and why;
+    a warning for each source that contributes nothing (also logged)."""
     report = {
         "sources": {name: {"read": r.read, "kept": r.kept, "dropped": dict(r.dropped),
                            "max_tokens": max(r.token_lengths, default=0)}
@@ -247,16 +245,17 @@ def write_report(reports: dict[str, SourceReport], train: list[Example], val: li
                        f"none used ({why})")
             report["warnings"].append(warning)
             log.warning(warning)
+    return report
+
+
+def write_report(report: dict, reports: dict[str, SourceReport], out_dir: Path) -> None:
+    """data_report.json and token_lengths.png (REPORTS' token lengths) in OUT_DIR."""
+    from train.plots import plot_token_lengths
+    from tutor.files import atomic_output
+
     with atomic_output(out_dir / "data_report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, r in reports.items():
-        if r.token_lengths:
-            ax.hist(r.token_lengths, bins=30, alpha=0.6,
-                    label=f"{name} ({used[name]} used of {r.kept} cleaned)")
-    ax.set(xlabel="tokens per conversation (chat template applied)", ylabel="rows",
-           title="Token lengths of the cleaned data")
-    ax.legend()
-    fig.tight_layout()
-    save(fig, out_dir / "token_lengths.png")
-    return report
+    plot_token_lengths({f"{name} ({entry['used']} used of {entry['kept']} cleaned)":
+                        reports[name].token_lengths
+                        for name, entry in report["sources"].items()},
+                       out_dir / "token_lengths.png")

@@ -21,7 +21,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from train.config import ConfigError, load_config
-from train.eval_models import load_model
 from train.heldout import (ROUGE_KEYS, assistant_loss, heldout_conversations, mean_per_key,
                            rouge_of, rouge_scorer)
 from train.mode_checks import has_ordered_steps, leaks_answer, load_problems
@@ -141,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         specs.append((name, Path(path)))
+    from train.eval_models import load_model  # torch, transformers, llama.cpp: not for --help
+
     try:
         models = [load_model(name, path, threads=args.threads) for name, path in specs]
         conversations = held_out(args.config, models[0].count_tokens, args.max_examples)

@@ -3,10 +3,11 @@
     python -m train.finetune --config train/configs/tiny-cpu.yaml [--resume]
     accelerate launch -m train.finetune --config FILE.yaml      # several GPUs
 
-The recipe: data (clean, mix, split, report) → model + LoRA (unsloth on GPU, else transformers +
-peft) → trl's SFTTrainer on pre-tokenized rows whose labels cover assistant tokens only →
-checkpoints every `save_steps` (`--resume` continues from the newest complete one, also after
-`kill -9`) → adapter, loss curve, run record → GGUF through `export.to_gguf`.
+The recipe, in `run`'s five steps: prepare the run folder (with `--resume`, find the newest
+complete checkpoint, also after `kill -9`) → set up data (clean, mix, split, report) and model +
+LoRA (unsloth on GPU, else transformers + peft) → train with trl's SFTTrainer on pre-tokenized
+rows whose labels cover assistant tokens only, checkpoints every `save_steps`, then the adapter
+and loss curve → export the GGUF through `export.to_gguf` → write the run record.
 
 Output folder:
     data_report.json, token_lengths.png   what went in, and what was dropped why
@@ -26,14 +27,13 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from train.config import ConfigError, RunConfig, load_config, resolve_path
-from train.data import clean, mix, split, write_report
-from train.encode import encode
+from train.data import clean, data_report, mix, split, write_report
 from train.plots import plot_loss_curve
 from tutor.chat_format import LLAMA3_CHAT_TEMPLATE, PAD
 from tutor.files import atomic_output
@@ -81,12 +81,15 @@ def prepare_data(cfg: RunConfig, tokenizer, out: Path):
     """Clean, mix, split and encode; writes the data report. Returns (train, val, fingerprint)."""
     import datasets
 
+    from train.encode import encode
+
     def count_tokens(messages):
         return len(tokenizer.apply_chat_template(messages, tokenize=True)["input_ids"])
 
     kept, reports = clean(cfg.data, count_tokens, cfg.train.seq_len)
     train_rows, val_rows = split(mix(cfg.data, kept), cfg.data.val_fraction)
-    report = write_report(reports, train_rows, val_rows, out)
+    report = data_report(reports, train_rows, val_rows)
+    write_report(report, reports, out)
     print(f"data: {report['train']} train / {report['validation']} validation rows; dropped "
           + ", ".join(f"{name}: {dict(r['dropped']) or 'none'}"
                       for name, r in report["sources"].items()))
@@ -170,31 +173,84 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+@dataclass
+class RunFolder:
+    """Where a run writes, and the checkpoint it resumes from (None: from the beginning)."""
+
+    out: Path
+    checkpoints: Path
+    resume_from: Path | None
+    started: float  # perf_counter at the start
+
+
+@dataclass
+class Setup:
+    """The base model with its LoRA adapter, its tokenizer and the encoded data."""
+
+    base: str  # Hub id or local folder
+    backend: str  # "unsloth" or "transformers+peft"
+    model: Any
+    tokenizer: Any
+    train_rows: Any  # datasets.Dataset of input_ids and labels
+    val_rows: Any
+    data_fingerprint: str
+
+
+@dataclass
+class Trained:
+    """What training produced."""
+
+    adapter: Path
+    metrics: list[dict]  # metrics.jsonl's lines
+    eval_loss_final: float
+    steps: int
+
+
 def run(cfg: RunConfig, resume: bool = False, config_text: str = "") -> dict:
     """The whole recipe; returns the run record."""
-    from transformers import set_seed
-    from trl import SFTConfig, SFTTrainer
+    folder = prepare_run_folder(cfg, resume)
+    setup = set_up_model_and_data(cfg, folder)
+    trained = train(cfg, folder, setup)
+    gguf = export_gguf(cfg, folder, setup, trained) if cfg.export.enabled else None
+    return write_record(cfg, folder, setup, trained, gguf, config_text)
 
-    from train.backends import load_peft_model
 
-    start = time.perf_counter()
+def prepare_run_folder(cfg: RunConfig, resume: bool) -> RunFolder:
+    """The output folder, and with RESUME its newest complete checkpoint."""
+    started = time.perf_counter()
     out = resolve_path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / "checkpoints"
     checkpoint = newest_checkpoint(checkpoints) if resume else None
     if resume and checkpoint is None:
         print(f"no complete checkpoint in {checkpoints}: starting from the beginning")
+    return RunFolder(out, checkpoints, checkpoint, started)
+
+
+def set_up_model_and_data(cfg: RunConfig, folder: RunFolder) -> Setup:
+    """Seed, base model, tokenizer, data (with its report) and the LoRA-wrapped model."""
+    from transformers import set_seed
+
+    from train.backends import load_peft_model
+
     set_seed(cfg.train.seed)
-    base = base_model_dir(cfg, out)
+    base = base_model_dir(cfg, folder.out)
     tokenizer = load_tokenizer(base, cfg)
-    train_ds, val_ds, fingerprint = prepare_data(cfg, tokenizer, out)
+    train_rows, val_rows, fingerprint = prepare_data(cfg, tokenizer, folder.out)
     model, backend = load_peft_model(base, cfg)
     print(f"backend: {backend}")
+    return Setup(base, backend, model, tokenizer, train_rows, val_rows, fingerprint)
+
+
+def _sft_config(cfg: RunConfig, folder: RunFolder):
+    """trl's settings from the config's train section (bf16 on CUDA, else the CPU)."""
+    import torch
+    from trl import SFTConfig
 
     t = cfg.train
     cuda = torch.cuda.is_available()
-    args = SFTConfig(
-        output_dir=str(checkpoints), per_device_train_batch_size=t.batch_size,
+    return SFTConfig(
+        output_dir=str(folder.checkpoints), per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
         learning_rate=t.learning_rate, lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_steps,
@@ -203,40 +259,60 @@ def run(cfg: RunConfig, resume: bool = False, config_text: str = "") -> dict:
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.keep_checkpoints,
         seed=t.seed, data_seed=t.seed, max_length=t.seq_len, bf16=cuda, use_cpu=not cuda,
         report_to=[], dataloader_num_workers=0, packing=False)
-    log = MetricsLog(out / "metrics.jsonl",
+
+
+def train(cfg: RunConfig, folder: RunFolder, setup: Setup) -> Trained:
+    """trl's SFTTrainer from the start (after a baseline evaluation) or from the checkpoint;
+    then the adapter (with the tokenizer and its chat template) and the loss curve."""
+    from trl import SFTTrainer
+
+    checkpoint = folder.resume_from
+    log = MetricsLog(folder.out / "metrics.jsonl",
                      json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
                      if checkpoint else None)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                         processing_class=tokenizer, callbacks=[_callback(log)])
+    trainer = SFTTrainer(model=setup.model, args=_sft_config(cfg, folder),
+                         train_dataset=setup.train_rows, eval_dataset=setup.val_rows,
+                         processing_class=setup.tokenizer, callbacks=[_callback(log)])
     if checkpoint is None:  # the baseline the run must beat
         log.write(0, {"eval_loss": trainer.evaluate()["eval_loss"]})
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     final_eval = trainer.evaluate()["eval_loss"]
 
-    adapter = out / "adapter"
+    adapter = folder.out / "adapter"
     shutil.rmtree(adapter, ignore_errors=True)
     trainer.save_model(str(adapter))
-    tokenizer.save_pretrained(str(adapter))  # carries the chat template into the export
+    setup.tokenizer.save_pretrained(str(adapter))  # carries the chat template into the export
     metrics = log.read()
-    plot_loss_curve(metrics, out / "loss_curve.png")
-    evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
-    record = {
-        "config": cfg.model_dump(), "config_text": config_text, "backend": backend,
-        "base_model": base, "data_fingerprint": fingerprint, "train_rows": len(train_ds),
-        "validation_rows": len(val_ds), "versions": _versions(), "git_commit": _git_commit(),
-        "final_metrics": {"eval_loss_start": evals[0], "eval_loss_final": final_eval,
-                          "train_steps": trainer.state.global_step,
-                          "seconds": round(time.perf_counter() - start, 1)},
-    }
-    if cfg.export.enabled:
-        from export.to_gguf import export
+    plot_loss_curve(metrics, folder.out / "loss_curve.png")
+    return Trained(adapter, metrics, final_eval, trainer.state.global_step)
 
-        local_base = base if Path(base).exists() else _download(base)
-        result = export(Path(local_base), out / f"model-{cfg.export.type}.gguf", cfg.export.type,
-                        adapter=adapter)
-        record["gguf"] = {"path": str(result.path), "type": result.qtype,
-                          "bytes": result.size_bytes}
-    with atomic_output(out / "run.json") as tmp:
+
+def export_gguf(cfg: RunConfig, folder: RunFolder, setup: Setup, trained: Trained) -> dict:
+    """The base model with the adapter merged, as the GGUF the app serves."""
+    from export.to_gguf import export
+
+    base = setup.base if Path(setup.base).exists() else _download(setup.base)
+    result = export(Path(base), folder.out / f"model-{cfg.export.type}.gguf", cfg.export.type,
+                    adapter=trained.adapter)
+    return {"path": str(result.path), "type": result.qtype, "bytes": result.size_bytes}
+
+
+def write_record(cfg: RunConfig, folder: RunFolder, setup: Setup, trained: Trained,
+                 gguf: dict | None, config_text: str) -> dict:
+    """run.json: the config, versions, data fingerprint, losses and the GGUF; returned too."""
+    evals = [m["eval_loss"] for m in trained.metrics if "eval_loss" in m]
+    record = {
+        "config": cfg.model_dump(), "config_text": config_text, "backend": setup.backend,
+        "base_model": setup.base, "data_fingerprint": setup.data_fingerprint,
+        "train_rows": len(setup.train_rows), "validation_rows": len(setup.val_rows),
+        "versions": _versions(), "git_commit": _git_commit(),
+        "final_metrics": {"eval_loss_start": evals[0], "eval_loss_final": trained.eval_loss_final,
+                          "train_steps": trained.steps,
+                          "seconds": round(time.perf_counter() - folder.started, 1)},
+    }
+    if gguf is not None:
+        record["gguf"] = gguf
+    with atomic_output(folder.out / "run.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2))
     return record
 

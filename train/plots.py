@@ -4,23 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # after the backend is chosen
-
 from tutor.files import atomic_output
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend (imported here: it takes a second)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # after the backend is chosen
+
+    return plt
 
 
 def save(fig, path: Path) -> None:
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def plot_loss_curve(metrics: list[dict], path: Path) -> None:
     """Training and validation loss against the step."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _pyplot().subplots(figsize=(7, 4))
     train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
     val = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
     if train:
@@ -42,7 +47,7 @@ def plot_bars(groups: dict[str, dict[str, dict]], path: Path, title: str,
     names = list(groups)
     metrics = list(next(iter(groups.values())))
     width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(metrics)), 4))
+    fig, ax = _pyplot().subplots(figsize=(max(6, 1.6 * len(metrics)), 4))
     for i, name in enumerate(names):
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(metrics))]
         ax.bar(xs, [groups[name][m]["mean"] for m in metrics], width,
@@ -60,7 +65,7 @@ def plot_lines(panels: dict[str, dict[str, list[tuple[float, float]]]], path: Pa
 
     LOG_X: a base-2 x axis ticked at the points (sizes); else linear (time series, no markers).
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (ylabel, series) in zip(axes[0], panels.items()):
         for name, points in series.items():
             if points:
@@ -69,8 +74,23 @@ def plot_lines(panels: dict[str, dict[str, list[tuple[float, float]]]], path: Pa
         if log_x:
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted({x for points in series.values() for x, _ in points}))
-            ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            from matplotlib.ticker import ScalarFormatter
+
+            ax.get_xaxis().set_major_formatter(ScalarFormatter())
         ax.legend(fontsize="small")
     fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def plot_token_lengths(lengths: dict[str, list[int]], path: Path) -> None:
+    """Histograms of tokens per conversation, one per labelled source (empty ones left out)."""
+    fig, ax = _pyplot().subplots(figsize=(7, 4))
+    for label, values in lengths.items():
+        if values:
+            ax.hist(values, bins=30, alpha=0.6, label=label)
+    ax.set(xlabel="tokens per conversation (chat template applied)", ylabel="rows",
+           title="Token lengths of the cleaned data")
+    ax.legend()
     fig.tight_layout()
     save(fig, path)
