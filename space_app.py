@@ -27,12 +27,17 @@ def build_standin(what: str, why: Exception) -> Path:
     from tutor.llm import ModelLoadError
 
     try:
-        return (synth.standin.standin_llm() if what == "language model"
-                else synth.standin.standin_whisper())
+        return (
+            synth.standin.standin_llm()
+            if what == "language model"
+            else synth.standin.standin_whisper()
+        )
     except OSError as e:  # no room, read-only cache, ...
-        raise ModelLoadError(f"{why}; and the stand-in {what} could not be built in "
-                             f"{synth.standin.CACHE_DIR} ({e.strerror or e}): set TUTOR_CACHE "
-                             "to a writable folder") from None
+        raise ModelLoadError(
+            f"{why}; and the stand-in {what} could not be built in "
+            f"{synth.standin.CACHE_DIR} ({e.strerror or e}): set TUTOR_CACHE "
+            "to a writable folder"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,19 +27,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
-                        help="the batched app's --parallel in the concurrency table")
-    parser.add_argument("--parts", nargs="+", choices=["base", "concurrency", "remote"],
-                        default=["base", "concurrency", "remote"])
-    parser.add_argument("--remote-rounds", type=int, default=3,
-                        help="rounds of the remote part (embedded app, app on llama-server, "
-                             "llama-server alone, taking turns)")
-    parser.add_argument("--students", type=int, nargs="+", default=list(concurrency.STUDENT_COUNTS),
-                        help="class sizes in the concurrency table")
-    parser.add_argument("--one-at-a-time-max", type=int, default=max(concurrency.STUDENT_COUNTS),
-                        help="largest class sent to --parallel 1 (the slowest sweep)")
-    parser.add_argument("--no-half-parallel", action="store_true",
-                        help="skip the --parallel P/2 rows")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL,
+        help="the batched app's --parallel in the concurrency table",
+    )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["base", "concurrency", "remote"],
+        default=["base", "concurrency", "remote"],
+    )
+    parser.add_argument(
+        "--remote-rounds",
+        type=int,
+        default=3,
+        help="rounds of the remote part (embedded app, app on llama-server, "
+        "llama-server alone, taking turns)",
+    )
+    parser.add_argument(
+        "--students",
+        type=int,
+        nargs="+",
+        default=list(concurrency.STUDENT_COUNTS),
+        help="class sizes in the concurrency table",
+    )
+    parser.add_argument(
+        "--one-at-a-time-max",
+        type=int,
+        default=max(concurrency.STUDENT_COUNTS),
+        help="largest class sent to --parallel 1 (the slowest sweep)",
+    )
+    parser.add_argument(
+        "--no-half-parallel", action="store_true", help="skip the --parallel P/2 rows"
+    )
     args = parser.parse_args(argv)
 
     print("building / loading the benchmark models …", flush=True)
@@ -52,13 +74,21 @@ def main(argv: list[str] | None = None) -> int:
     if "concurrency" in args.parts:
         print("a class at once: the app (batched, one at a time) and llama-server …", flush=True)
         results["concurrency"] = concurrency.run(
-            llama, whisper_ckpt, args.threads, args.parallel, speech.clip_near(5.0)[0],
-            tuple(args.students), args.one_at_a_time_max, not args.no_half_parallel)
+            llama,
+            whisper_ckpt,
+            args.threads,
+            args.parallel,
+            speech.clip_near(5.0)[0],
+            tuple(args.students),
+            args.one_at_a_time_max,
+            not args.no_half_parallel,
+        )
         results["concurrency_goals"] = concurrency.goals(results["concurrency"])
     if "remote" in args.parts:
         print("scaling out: the app on llama-server beside the embedded engine …", flush=True)
-        results["remote"] = remote.run(llama, whisper_ckpt, args.threads, args.remote_rounds,
-                                       args.repeats, args.new_tokens)
+        results["remote"] = remote.run(
+            llama, whisper_ckpt, args.threads, args.remote_rounds, args.repeats, args.new_tokens
+        )
     report.write(results, args.out)
     print(report.markdown(results))
     print(f"wrote {args.out}/report.md, report.json and charts")
@@ -77,18 +107,30 @@ def base(results: dict, llama: Path, whisper_ckpt: Path, args: argparse.Namespac
     print("speech …", flush=True)
     results["speech"] = speech.transcription(whisper_ckpt, args.repeats, args.threads)
     print("the app through gradio_client …", flush=True)
-    with tempfile.TemporaryDirectory() as tmp, running_app(
-            "--model", str(llama), "--whisper", str(whisper_ckpt), "--threads", str(args.threads),
-            "--prompts", str(app.greedy_prompts(Path(tmp) / "prompts", args.new_tokens)),
-            log=Path(tmp) / "app.log") as served:
-        results["app"] = app.generation(served.url, lambda text: len(engine.tokenize(text)),
-                                        args.repeats)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_app(
+            "--model",
+            str(llama),
+            "--whisper",
+            str(whisper_ckpt),
+            "--threads",
+            str(args.threads),
+            "--prompts",
+            str(app.greedy_prompts(Path(tmp) / "prompts", args.new_tokens)),
+            log=Path(tmp) / "app.log",
+        ) as served,
+    ):
+        results["app"] = app.generation(
+            served.url, lambda text: len(engine.tokenize(text)), args.repeats
+        )
         clip, _ = speech.clip_near(5.0)
         results["voice"] = app.voice_to_first_token(served.url, clip, args.repeats)
         results["memory_gb"] = app.peak_rss_bytes(served.pid) / 1e9
     ceiling = results["ceiling"]["ceiling_tokens_per_s"]
-    results["app_vs_raw_tokens_per_s"] = (results["app"]["tokens_per_s"]
-                                          / results["llm"]["raw"]["tokens_per_s"])
+    results["app_vs_raw_tokens_per_s"] = (
+        results["app"]["tokens_per_s"] / results["llm"]["raw"]["tokens_per_s"]
+    )
     results["app_bandwidth_fraction"] = results["app"]["tokens_per_s"] / ceiling
     results["raw_bandwidth_fraction"] = results["llm"]["raw"]["tokens_per_s"] / ceiling
 

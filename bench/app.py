@@ -26,8 +26,9 @@ def greedy_prompts(folder: Path, max_tokens: int) -> Path:
     return folder
 
 
-def _stream(client: Client, question: str, mode: str, history: list[dict], start: float
-            ) -> tuple[float, float, str, int]:
+def _stream(
+    client: Client, question: str, mode: str, history: list[dict], start: float
+) -> tuple[float, float, str, int]:
     """(time to first non-empty update, end time, final answer, updates) of one /ask."""
     job = client.submit(question, mode, history, api_name="/ask")
     first, answer, updates = None, "", 0
@@ -47,8 +48,9 @@ def generation(url: str, count_tokens, repeats: int) -> dict:
     speeds, ttfts = [], []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        first, end, answer, _ = _stream(client, QUESTIONS[i % 3] + f" (variant {i})",
-                                        "step_by_step", [], start)
+        first, end, answer, _ = _stream(
+            client, QUESTIONS[i % 3] + f" (variant {i})", "step_by_step", [], start
+        )
         n = count_tokens(answer)
         if i:
             speeds.append((n - 1) / (end - first))
@@ -68,16 +70,21 @@ def voice_to_first_token(url: str, clip: Path, repeats: int) -> dict:
         start = time.perf_counter()
         question = client.predict(handle_file(str(clip)), "en", api_name="/transcribe")
         first, _, answer, _ = _stream(client, f"{question} ({i})", "hint", [], start)
-        history = [{"role": "user", "content": f"{question} ({i})"},
-                   {"role": "assistant", "content": answer}]
+        history = [
+            {"role": "user", "content": f"{question} ({i})"},
+            {"role": "assistant", "content": answer},
+        ]
         start = time.perf_counter()
         question = client.predict(handle_file(str(clip)), "en", api_name="/transcribe")
         second, _, _, _ = _stream(client, question, "hint", history, start)
         if i:
             first_q.append(first)
             follow.append(second)
-    return {"first_question_s": statistics.median(first_q),
-            "follow_up_s": statistics.median(follow), "follow_up_each_s": follow}
+    return {
+        "first_question_s": statistics.median(first_q),
+        "follow_up_s": statistics.median(follow),
+        "follow_up_each_s": follow,
+    }
 
 
 def peak_rss_bytes(pid: int) -> int:

@@ -38,8 +38,10 @@ SERVER_CELLS_PER_SLOT = 1024  # llama-server's context per student: two turns fi
 
 def question(i: int) -> str:
     """Student I's question: different for everyone, a realistic length."""
-    return (f"I am student {i}. A train leaves at {8 + i % 5}:15 and travels {60 + 7 * i} km "
-            f"at {40 + 3 * i} km/h. When does it arrive, and how do I set this up?")
+    return (
+        f"I am student {i}. A train leaves at {8 + i % 5}:15 and travels {60 + 7 * i} km "
+        f"at {40 + 3 * i} km/h. When does it arrive, and how do I set this up?"
+    )
 
 
 @dataclass
@@ -55,6 +57,7 @@ Student = Callable[[int, threading.Barrier], list[Turn]]
 
 def app_student(url: str, answer_tokens: int = ANSWER_TOKENS) -> Student:
     """A student of the app: ANSWER_TOKENS is the modes' budget, which answers always fill."""
+
     def run(i: int, go: threading.Barrier) -> list[Turn]:
         from gradio_client import Client  # here: `--help` need not wait for it
 
@@ -71,9 +74,12 @@ def app_student(url: str, answer_tokens: int = ANSWER_TOKENS) -> Student:
                 answer = update
             job.result()  # raises the app's error, if any
             turns.append(Turn(first, time.perf_counter() - start, answer_tokens))
-            history = history + [{"role": "user", "content": text},
-                                 {"role": "assistant", "content": answer}]
+            history = history + [
+                {"role": "user", "content": text},
+                {"role": "assistant", "content": answer},
+            ]
         return turns
+
     return run
 
 
@@ -81,8 +87,9 @@ def server_student(url: str, system_prompt: str) -> Student:
     def run(i: int, go: threading.Barrier) -> list[Turn]:
         import openai
 
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
-                               timeout=STUDENT_TIMEOUT_S)
+        client = openai.OpenAI(
+            base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=STUDENT_TIMEOUT_S
+        )
         go.wait()
         start = time.perf_counter()
         turns = []
@@ -90,9 +97,14 @@ def server_student(url: str, system_prompt: str) -> Student:
         for text in (question(i), FOLLOW_UP):
             messages.append({"role": "user", "content": text})
             stream = client.chat.completions.create(
-                model="tutor", messages=messages, max_tokens=ANSWER_TOKENS, temperature=0.0,
-                stream=True, stream_options={"include_usage": True},
-                extra_body={"ignore_eos": True})
+                model="tutor",
+                messages=messages,
+                max_tokens=ANSWER_TOKENS,
+                temperature=0.0,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},
+            )
             first, answer, tokens = None, "", 0
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
@@ -104,6 +116,7 @@ def server_student(url: str, system_prompt: str) -> Student:
             turns.append(Turn(first, time.perf_counter() - start, tokens))
             messages.append({"role": "assistant", "content": answer})
         return turns
+
     return run
 
 
@@ -193,9 +206,16 @@ def rounds_for(students: int) -> int:
     return max(1, math.ceil(MIN_FIRST_TOKENS / (2 * students)))
 
 
-def run(model: Path, whisper: Path, threads: int, parallel: int, clip: Path,
-        counts: tuple[int, ...] = STUDENT_COUNTS, one_at_a_time_max: int = max(STUDENT_COUNTS),
-        half_parallel: bool = True) -> dict:
+def run(
+    model: Path,
+    whisper: Path,
+    threads: int,
+    parallel: int,
+    clip: Path,
+    counts: tuple[int, ...] = STUDENT_COUNTS,
+    one_at_a_time_max: int = max(STUDENT_COUNTS),
+    half_parallel: bool = True,
+) -> dict:
     """The concurrency table: a row per server and number of students; the app's memory.
 
     All apps run for the whole benchmark and llama-server for the class size at hand; each
@@ -215,28 +235,48 @@ def run(model: Path, whisper: Path, threads: int, parallel: int, clip: Path,
         prompts = greedy_prompts(Path(tmp) / "prompts", ANSWER_TOKENS)
         urls = {}
         for n_parallel in configs:
-            app = apps.enter_context(running_app(
-                "--model", str(model), "--whisper", str(whisper), "--threads", str(threads),
-                "--prompts", str(prompts), "--parallel", str(n_parallel), "--queue-size", "64",
-                log=Path(tmp) / f"app-{n_parallel}.log"))
+            app = apps.enter_context(
+                running_app(
+                    "--model",
+                    str(model),
+                    "--whisper",
+                    str(whisper),
+                    "--threads",
+                    str(threads),
+                    "--prompts",
+                    str(prompts),
+                    "--parallel",
+                    str(n_parallel),
+                    "--queue-size",
+                    "64",
+                    log=Path(tmp) / f"app-{n_parallel}.log",
+                )
+            )
             app_student(app.url)(-1, threading.Barrier(1))  # warm-up, not counted
             urls[n_parallel] = app
         for n in counts:  # llama-server --parallel N with room for all: its best case
-            with llama_server.running(model, n, max(DEFAULT_KV_TOKENS, n * SERVER_CELLS_PER_SLOT),
-                                      threads, Path(tmp) / f"server-{n}.log") as server_url:
+            with llama_server.running(
+                model,
+                n,
+                max(DEFAULT_KV_TOKENS, n * SERVER_CELLS_PER_SLOT),
+                threads,
+                Path(tmp) / f"server-{n}.log",
+            ) as server_url:
                 _warm_server(server_url, system_prompt, n)
-                servers = [(f"app --parallel {p}", app_student(urls[p].url))
-                           for p, classes in configs.items() if n in classes]
+                servers = [
+                    (f"app --parallel {p}", app_student(urls[p].url))
+                    for p, classes in configs.items()
+                    if n in classes
+                ]
                 servers.append((SERVER, server_student(server_url, system_prompt)))
                 for r in range(rounds_for(n)):
-                    for name, student in servers[r % len(servers):] + servers[:r % len(servers)]:
+                    for name, student in servers[r % len(servers) :] + servers[: r % len(servers)]:
                         print(f"  {name}: {n} student(s) at once, round {r + 1} …", flush=True)
                         samples[name, n].append(_measured(student, n))
         out["transcription_stall"] = transcription_stall(urls[parallel].url, clip)
         out["app_peak_rss_gb"] = peak_rss_bytes(urls[parallel].pid) / 1e9
     out["rows"] = [_row(name, n, rounds) for (name, n), rounds in samples.items()]
     return out
-
 
 
 def _measured(student: Student, n: int) -> dict[int, list[Turn]] | str:
@@ -259,8 +299,9 @@ def _row(server: str, students: int, rounds: list) -> dict:
 def row(results: dict, server: str, students: int) -> dict:
     """The row of SERVER (a name, e.g. "app --parallel 1") for STUDENTS students; a failed or
     missing row reads as NaN in every column, so that its goals show as not measured."""
-    found = next((r for r in results["rows"]
-                  if r["server"] == server and r["students"] == students), None)
+    found = next(
+        (r for r in results["rows"] if r["server"] == server and r["students"] == students), None
+    )
     if found is None or "error" in found:
         return collections.defaultdict(lambda: math.nan)
     return found
@@ -274,9 +315,14 @@ def _warm_server(url: str, system_prompt: str, n: int) -> None:
 
     def one(i: int) -> None:
         client.chat.completions.create(
-            model="tutor", max_tokens=1, temperature=0.0,
-            messages=[{"role": "system", "content": system_prompt},
-                      {"role": "user", "content": f"Warm-up {i}."}])
+            model="tutor",
+            max_tokens=1,
+            temperature=0.0,
+            messages=[
+                {"role": "system", "content": system_prompt},
+                {"role": "user", "content": f"Warm-up {i}."},
+            ],
+        )
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     for thread in threads:
@@ -285,31 +331,53 @@ def _warm_server(url: str, system_prompt: str, n: int) -> None:
         thread.join(STUDENT_TIMEOUT_S)
 
 
-
-
-
-
 STALL_MARGIN_S = 0.25  # a decode step, an update interval (0.08 s) and the network
 
 # (key, label, target text, check): the issue's goals, each a ratio (or bound) from one run.
 GOALS = [
-    ("aggregate_8_vs_server", "8 students: aggregate tokens/s ÷ llama-server's", "≥ 0.9",
-     lambda v: v >= 0.9),
-    ("p95_first_token_8_vs_server", "8 students: p95 first token ÷ llama-server's", "≤ 1",
-     lambda v: v <= 1.0),
-    ("p95_first_token_8_vs_one_student", "8 students: p95 first token ÷ one student's", "≤ 5",
-     lambda v: v <= 5.0),
-    ("first_token_1_vs_server", "one student: first token ÷ llama-server's", "≤ 2",
-     lambda v: v <= 2.0),
-    ("tokens_per_s_1_vs_parallel_1", "one student: tokens/s ÷ the --parallel 1 engine's",
-     "≥ 0.97", lambda v: v >= 0.97),
-    ("parallel_1_first_token_vs_1", "one student: --parallel 1 first token ÷ batched's",
-     "≥ 0.97", lambda v: v >= 0.97),
-    ("app_peak_rss_gb", "app peak RSS, default N, Whisper base (GB)", "≤ 2.0",
-     lambda v: v <= 2.0),
-    ("stall_beyond_transcription_s",
-     "longest stream pause during a transcription − its duration (s)",
-     f"≤ {STALL_MARGIN_S}", lambda v: v <= STALL_MARGIN_S),
+    (
+        "aggregate_8_vs_server",
+        "8 students: aggregate tokens/s ÷ llama-server's",
+        "≥ 0.9",
+        lambda v: v >= 0.9,
+    ),
+    (
+        "p95_first_token_8_vs_server",
+        "8 students: p95 first token ÷ llama-server's",
+        "≤ 1",
+        lambda v: v <= 1.0,
+    ),
+    (
+        "p95_first_token_8_vs_one_student",
+        "8 students: p95 first token ÷ one student's",
+        "≤ 5",
+        lambda v: v <= 5.0,
+    ),
+    (
+        "first_token_1_vs_server",
+        "one student: first token ÷ llama-server's",
+        "≤ 2",
+        lambda v: v <= 2.0,
+    ),
+    (
+        "tokens_per_s_1_vs_parallel_1",
+        "one student: tokens/s ÷ the --parallel 1 engine's",
+        "≥ 0.97",
+        lambda v: v >= 0.97,
+    ),
+    (
+        "parallel_1_first_token_vs_1",
+        "one student: --parallel 1 first token ÷ batched's",
+        "≥ 0.97",
+        lambda v: v >= 0.97,
+    ),
+    ("app_peak_rss_gb", "app peak RSS, default N, Whisper base (GB)", "≤ 2.0", lambda v: v <= 2.0),
+    (
+        "stall_beyond_transcription_s",
+        "longest stream pause during a transcription − its duration (s)",
+        f"≤ {STALL_MARGIN_S}",
+        lambda v: v <= STALL_MARGIN_S,
+    ),
 ]
 
 
@@ -326,8 +394,9 @@ def goals(results: dict) -> dict:
         "p95_first_token_8_vs_server": b8["p95_first_token_s"] / s8["p95_first_token_s"],
         "p95_first_token_8_vs_one_student": b8["p95_first_token_s"] / b1["p50_first_token_s"],
         "first_token_1_vs_server": b1["p50_first_token_s"] / s1["p50_first_token_s"],
-        "tokens_per_s_1_vs_parallel_1": (b1["per_student_tokens_per_s"]
-                                         / p1["per_student_tokens_per_s"]),
+        "tokens_per_s_1_vs_parallel_1": (
+            b1["per_student_tokens_per_s"] / p1["per_student_tokens_per_s"]
+        ),
         "parallel_1_first_token_vs_1": p1["p50_first_token_s"] / b1["p50_first_token_s"],
         "app_peak_rss_gb": results["app_peak_rss_gb"],
         "stall_beyond_transcription_s": stall["longest_stall_s"] - stall["transcription_s"],

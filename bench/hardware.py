@@ -32,5 +32,8 @@ def weight_bytes(model: Path) -> int:
 def ceiling(model: Path, threads: int) -> dict:
     bandwidth = read_bandwidth(threads)
     per_token = weight_bytes(model)
-    return {"read_bandwidth_gb_s": bandwidth / 1e9, "weight_bytes_per_token": per_token,
-            "ceiling_tokens_per_s": bandwidth / per_token}
+    return {
+        "read_bandwidth_gb_s": bandwidth / 1e9,
+        "weight_bytes_per_token": per_token,
+        "ceiling_tokens_per_s": bandwidth / per_token,
+    }

@@ -41,21 +41,27 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(*args: str, env: dict[str, str] | None = None, log: Path | None = None,
-                timeout: float = 180.0) -> Iterator[RunningApp]:
+def running_app(
+    *args: str, env: dict[str, str] | None = None, log: Path | None = None, timeout: float = 180.0
+) -> Iterator[RunningApp]:
     """Start `python space_app.py ARGS` and yield it once it answers HTTP."""
     port = free_port()
     out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "space_app.py", "--port", str(port), *args], cwd=ROOT,
-                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})},
-                            stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "space_app.py", "--port", str(port), *args],
+        cwd=ROOT,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"the app exited with {proc.returncode}"
-                                   + (f"; see {log}" if log else ""))
+                raise RuntimeError(
+                    f"the app exited with {proc.returncode}" + (f"; see {log}" if log else "")
+                )
             try:
                 urllib.request.urlopen(url, timeout=2).close()
                 break

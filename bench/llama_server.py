@@ -41,9 +41,22 @@ def source_release() -> Path:
     if not (SDIST_DIR / name).is_file():
         SDIST_DIR.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=SDIST_DIR) as tmp:  # then renamed: never half a file
-            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                            "--no-binary", ":all:", f"llama-cpp-python=={_version()}",
-                            "-d", tmp], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--quiet",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    f"llama-cpp-python=={_version()}",
+                    "-d",
+                    tmp,
+                ],
+                check=True,
+            )
             (Path(tmp) / name).rename(SDIST_DIR / name)
     return SDIST_DIR / name
 
@@ -64,11 +77,27 @@ def build() -> Path:
         print(f"building llama-server once (~10 min on 2 cores; log: {log}) …", flush=True)
         with open(log, "w") as out:
             for command in (
-                    ["cmake", "-S", str(source), "-B", str(build_dir), "-DLLAMA_CURL=OFF",
-                     "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
-                     "-DLLAMA_BUILD_TESTS=OFF"],
-                    ["cmake", "--build", str(build_dir), "--target", "llama-server",
-                     "-j", str(os.cpu_count() or 2)]):
+                [
+                    "cmake",
+                    "-S",
+                    str(source),
+                    "-B",
+                    str(build_dir),
+                    "-DLLAMA_CURL=OFF",
+                    "-DCMAKE_BUILD_TYPE=Release",
+                    "-DBUILD_SHARED_LIBS=OFF",
+                    "-DLLAMA_BUILD_TESTS=OFF",
+                ],
+                [
+                    "cmake",
+                    "--build",
+                    str(build_dir),
+                    "--target",
+                    "llama-server",
+                    "-j",
+                    str(os.cpu_count() or 2),
+                ],
+            ):
                 if subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode:
                     raise RuntimeError(f"building llama-server failed; see {log}")
         tmp_target = target.with_suffix(".tmp")
@@ -78,17 +107,39 @@ def build() -> Path:
 
 
 @contextmanager
-def running(model: Path, parallel: int, kv_tokens: int, threads: int, log: Path, *extra: str
-            ) -> Iterator[str]:
+def running(
+    model: Path, parallel: int, kv_tokens: int, threads: int, log: Path, *extra: str
+) -> Iterator[str]:
     """Start `llama-server --parallel PARALLEL [EXTRA]` on MODEL; yield its root URL once
     healthy."""
     port = free_port()
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [str(build()), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-             "--parallel", str(parallel), "-c", str(kv_tokens), "-t", str(threads),
-             "-tb", str(threads), "--load-mode", "none", "--kv-unified", "--no-webui", *extra],
-            stdout=out, stderr=subprocess.STDOUT)
+            [
+                str(build()),
+                "-m",
+                str(model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--parallel",
+                str(parallel),
+                "-c",
+                str(kv_tokens),
+                "-t",
+                str(threads),
+                "-tb",
+                str(threads),
+                "--load-mode",
+                "none",
+                "--kv-unified",
+                "--no-webui",
+                *extra,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 300
@@ -110,12 +161,16 @@ def running(model: Path, parallel: int, kv_tokens: int, threads: int, log: Path,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.llama_server",
-                                     description="Build llama.cpp's llama-server once (~10 min on "
-                                                 "2 cores) and print its path.")
-    parser.add_argument("--source-only", action="store_true",
-                        help="only fetch llama-cpp-python's source release (llama.cpp's "
-                             "reference converter is in it) and print its path")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.llama_server",
+        description="Build llama.cpp's llama-server once (~10 min on 2 cores) and print its path.",
+    )
+    parser.add_argument(
+        "--source-only",
+        action="store_true",
+        help="only fetch llama-cpp-python's source release (llama.cpp's "
+        "reference converter is in it) and print its path",
+    )
     args = parser.parse_args(argv)
     print(source_release() if args.source_only else build())
 

@@ -34,15 +34,18 @@ class Timing:
 def chat_messages(mode_prompt: str, turns: list[str]) -> list[dict]:
     roles = ["user", "assistant"] * len(turns)
     return [{"role": "system", "content": mode_prompt}] + [
-        {"role": r, "content": t} for r, t in zip(roles, turns)]
+        {"role": r, "content": t} for r, t in zip(roles, turns)
+    ]
 
 
 def long_system_prompt() -> str:
     """The step-by-step mode's prompt with a worked example: a realistic ~350-token chat prompt."""
     mode = load_modes()["step_by_step"]
-    example = ("Example. Question: solve 2x + 6 = 14. 1. Subtract 6 from both sides: 2x = 8. "
-               "2. Divide both sides by 2: x = 4. 3. Check: 2 * 4 + 6 = 14, correct. "
-               "Answer: x = 4. ") * 3
+    example = (
+        "Example. Question: solve 2x + 6 = 14. 1. Subtract 6 from both sides: 2x = 8. "
+        "2. Divide both sides by 2: x = 4. 3. Check: 2 * 4 + 6 = 14, correct. "
+        "Answer: x = 4. "
+    ) * 3
     return mode.system_prompt + "\n" + example
 
 
@@ -61,8 +64,9 @@ def raw_run(llm: llama_cpp.Llama, prompt: str, n_tokens: int) -> Timing:
     return Timing(first - start, (count - 1) / (end - first), count)
 
 
-def engine_run(engine: TutorLLM, messages: list[dict], n_tokens: int, fresh: bool,
-               repeat_penalty: float = 1.0) -> Timing:
+def engine_run(
+    engine: TutorLLM, messages: list[dict], n_tokens: int, fresh: bool, repeat_penalty: float = 1.0
+) -> Timing:
     """One answer through TutorLLM.stream, timed from the call to the first piece."""
     if fresh:
         engine.forget()
@@ -87,8 +91,14 @@ def generation(engine: TutorLLM, repeats: int, n_tokens: int) -> dict:
     threads = engine.n_threads
     import llama_cpp
 
-    raw = engine.thread.run(llama_cpp.Llama, model_path=str(engine.model_path), n_ctx=4096,
-                            n_threads=threads, n_threads_batch=threads, verbose=False)
+    raw = engine.thread.run(
+        llama_cpp.Llama,
+        model_path=str(engine.model_path),
+        n_ctx=4096,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
     system = long_system_prompt()
     runs: dict[str, list[Timing]] = {"raw": [], "engine": [], "engine, repeat_penalty 1.1": []}
     prompt_tokens = 0
@@ -96,17 +106,21 @@ def generation(engine: TutorLLM, repeats: int, n_tokens: int) -> dict:
         messages = chat_messages(system, [QUESTIONS[i % len(QUESTIONS)]])
         prompt = engine.render(messages)
         prompt_tokens = len(engine.tokenize(prompt))
-        timings = [engine.thread.run(raw_run, raw, prompt, n_tokens),
-                   engine_run(engine, messages, n_tokens, True),
-                   engine_run(engine, messages, n_tokens, True, repeat_penalty=1.1)]
+        timings = [
+            engine.thread.run(raw_run, raw, prompt, n_tokens),
+            engine_run(engine, messages, n_tokens, True),
+            engine_run(engine, messages, n_tokens, True, repeat_penalty=1.1),
+        ]
         if i:
             for name, timing in zip(runs, timings):
                 runs[name].append(timing)
     out = {"prompt_tokens": prompt_tokens, "new_tokens": n_tokens, "repeats": repeats}
     for name, timings in runs.items():
-        out[name] = {"ttft_s": median([t.ttft_s for t in timings]),
-                     "tokens_per_s": median([t.tokens_per_s for t in timings]),
-                     "prompt_tokens_per_s": prompt_tokens / median([t.ttft_s for t in timings])}
+        out[name] = {
+            "ttft_s": median([t.ttft_s for t in timings]),
+            "tokens_per_s": median([t.tokens_per_s for t in timings]),
+            "prompt_tokens_per_s": prompt_tokens / median([t.ttft_s for t in timings]),
+        }
     out["engine_vs_raw_tokens_per_s"] = out["engine"]["tokens_per_s"] / out["raw"]["tokens_per_s"]
     out["engine_vs_raw_ttft"] = out["engine"]["ttft_s"] / out["raw"]["ttft_s"]
     del raw
@@ -121,8 +135,11 @@ def follow_up(engine: TutorLLM, repeats: int, n_tokens: int) -> dict:
         a, b = [QUESTIONS[i % 3]], [QUESTIONS[(i + 1) % 3]]
         engine.forget()
         for turn in range(2):  # student A alone: turns 1 and 2, then the timed turn 3
-            a.append(engine.answer(chat_messages(system, a), Generation(temperature=0.0,
-                                                                       max_tokens=n_tokens)))
+            a.append(
+                engine.answer(
+                    chat_messages(system, a), Generation(temperature=0.0, max_tokens=n_tokens)
+                )
+            )
             a.append(f"Thanks. Can you explain step {turn + 2} again?")
         timed_cached = engine_run(engine, chat_messages(system, a), 16, fresh=False)
         timed_fresh = engine_run(engine, chat_messages(system, a), 16, fresh=True)
@@ -130,17 +147,24 @@ def follow_up(engine: TutorLLM, repeats: int, n_tokens: int) -> dict:
         a, b = a[:1], b
         for turn in range(2):  # students A and B take turns on the one model
             for conv in (a, b):
-                conv.append(engine.answer(chat_messages(system, conv),
-                                          Generation(temperature=0.0, max_tokens=n_tokens)))
+                conv.append(
+                    engine.answer(
+                        chat_messages(system, conv),
+                        Generation(temperature=0.0, max_tokens=n_tokens),
+                    )
+                )
                 conv.append(f"Thanks. Can you explain step {turn + 2} again?")
         timed_interleaved = engine_run(engine, chat_messages(system, a), 16, fresh=False)
         if i:
             cached.append(timed_cached.ttft_s)
             fresh.append(timed_fresh.ttft_s)
             interleaved.append(timed_interleaved.ttft_s)
-    out = {"third_turn_cached_s": median(cached), "third_turn_fresh_s": median(fresh),
-           "third_turn_interleaved_s": median(interleaved),
-           "third_turn_prompt_tokens": engine.stats.prompt_tokens}
+    out = {
+        "third_turn_cached_s": median(cached),
+        "third_turn_fresh_s": median(fresh),
+        "third_turn_interleaved_s": median(interleaved),
+        "third_turn_prompt_tokens": engine.stats.prompt_tokens,
+    }
     out["cached_vs_fresh"] = out["third_turn_cached_s"] / out["third_turn_fresh_s"]
     out["interleaved_vs_fresh"] = out["third_turn_interleaved_s"] / out["third_turn_fresh_s"]
     return out

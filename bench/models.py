@@ -37,9 +37,13 @@ def llama_1b_q4(cache: Path = BENCH_DIR) -> Path:
     if not (checkpoint / "config.json").is_file():
         tmp = cache / "llama-3.2-1b-shape-hf.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        synth_llama.build_checkpoint(tmp, synth_llama.load_tokenizer(tokenizer_dir),
-                                     synth_llama.LLAMA_3_2_1B, dtype=torch.bfloat16,
-                                     never_ends=True)
+        synth_llama.build_checkpoint(
+            tmp,
+            synth_llama.load_tokenizer(tokenizer_dir),
+            synth_llama.LLAMA_3_2_1B,
+            dtype=torch.bfloat16,
+            never_ends=True,
+        )
         tmp.rename(checkpoint)
     export(checkpoint, path, "Q4_K_M", name="Llama-3.2-1B shape, synthetic weights")
     shutil.rmtree(checkpoint)  # 2.5 GB that the benchmark no longer needs

@@ -32,29 +32,47 @@ MODE = "step_by_step"
 TARGETS = ("embedded", "remote", "llama-server")
 
 
-def run(llama: Path, whisper_ckpt: Path, threads: int, rounds: int, repeats: int,
-        new_tokens: int) -> dict:
+def run(
+    llama: Path, whisper_ckpt: Path, threads: int, rounds: int, repeats: int, new_tokens: int
+) -> dict:
     """Medians over ROUNDS of each target's median over REPEATS answers of NEW_TOKENS."""
     import openai  # here: `--help` need not wait for it
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         prompts = app.greedy_prompts(tmp_path / "prompts", new_tokens)
-        common = ("--whisper", str(whisper_ckpt), "--threads", str(threads),
-                  "--prompts", str(prompts))
+        common = (
+            "--whisper",
+            str(whisper_ckpt),
+            "--threads",
+            str(threads),
+            "--prompts",
+            str(prompts),
+        )
         # llama-server as the app's own engine is set up: the same slots, cells and cell type.
         kv = ["-ctk", DEFAULT_KV_TYPE, "-ctv", DEFAULT_KV_TYPE, "-fa", "on"]
-        with llama_server.running(llama, DEFAULT_PARALLEL, DEFAULT_KV_TOKENS, threads,
-                                  tmp_path / "llama-server.log", *kv) as server, \
-                running_app("--model", str(llama), *common,
-                            log=tmp_path / "embedded.log") as embedded, \
-                running_app("--llm-url", f"{server}/v1", *common,
-                            log=tmp_path / "remote.log") as remote:
+        with (
+            llama_server.running(
+                llama,
+                DEFAULT_PARALLEL,
+                DEFAULT_KV_TOKENS,
+                threads,
+                tmp_path / "llama-server.log",
+                *kv,
+            ) as server,
+            running_app("--model", str(llama), *common, log=tmp_path / "embedded.log") as embedded,
+            running_app(
+                "--llm-url", f"{server}/v1", *common, log=tmp_path / "remote.log"
+            ) as remote,
+        ):
             client = openai.OpenAI(base_url=f"{server}/v1", api_key="none")
 
             def count_tokens(text: str) -> int:
-                return len(client.post(f"{server}/tokenize", cast_to=object,
-                                       body={"content": text})["tokens"])
+                return len(
+                    client.post(f"{server}/tokenize", cast_to=object, body={"content": text})[
+                        "tokens"
+                    ]
+                )
 
             system_prompt = load_modes(prompts)[MODE].system_prompt
             measure = {
@@ -64,21 +82,27 @@ def run(llama: Path, whisper_ckpt: Path, threads: int, rounds: int, repeats: int
             }
             per_round: dict[str, list[dict]] = {name: [] for name in TARGETS}
             for r in range(rounds):
-                for name in TARGETS[r % 3:] + TARGETS[:r % 3]:
+                for name in TARGETS[r % 3 :] + TARGETS[: r % 3]:
                     per_round[name].append(measure[name]())
-    result = {name: {key: statistics.median(m[key] for m in measured) for key in measured[0]}
-              for name, measured in per_round.items()}
-    return {"rounds": rounds, "repeats": repeats, "answer_tokens": new_tokens, "mode": MODE,
-            **result,
-            "ratios": {
-                "remote_vs_embedded_tokens_per_s":
-                    result["remote"]["tokens_per_s"] / result["embedded"]["tokens_per_s"],
-                "remote_vs_embedded_ttft":
-                    result["remote"]["ttft_s"] / result["embedded"]["ttft_s"],
-                "remote_vs_direct_tokens_per_s":
-                    result["remote"]["tokens_per_s"] / result["llama-server"]["tokens_per_s"],
-                "remote_vs_direct_ttft":
-                    result["remote"]["ttft_s"] / result["llama-server"]["ttft_s"]}}
+    result = {
+        name: {key: statistics.median(m[key] for m in measured) for key in measured[0]}
+        for name, measured in per_round.items()
+    }
+    return {
+        "rounds": rounds,
+        "repeats": repeats,
+        "answer_tokens": new_tokens,
+        "mode": MODE,
+        **result,
+        "ratios": {
+            "remote_vs_embedded_tokens_per_s": result["remote"]["tokens_per_s"]
+            / result["embedded"]["tokens_per_s"],
+            "remote_vs_embedded_ttft": result["remote"]["ttft_s"] / result["embedded"]["ttft_s"],
+            "remote_vs_direct_tokens_per_s": result["remote"]["tokens_per_s"]
+            / result["llama-server"]["tokens_per_s"],
+            "remote_vs_direct_ttft": result["remote"]["ttft_s"] / result["llama-server"]["ttft_s"],
+        },
+    }
 
 
 def _direct(client: openai.OpenAI, system_prompt: str, new_tokens: int, repeats: int) -> dict:
@@ -88,9 +112,15 @@ def _direct(client: openai.OpenAI, system_prompt: str, new_tokens: int, repeats:
         start = time.perf_counter()
         first, tokens = None, 0
         stream = client.chat.completions.create(
-            model="default", stream=True, max_tokens=new_tokens, temperature=0.0,
-            messages=[{"role": "system", "content": system_prompt},
-                      {"role": "user", "content": QUESTIONS[i % 3] + f" (direct {i})"}])
+            model="default",
+            stream=True,
+            max_tokens=new_tokens,
+            temperature=0.0,
+            messages=[
+                {"role": "system", "content": system_prompt},
+                {"role": "user", "content": QUESTIONS[i % 3] + f" (direct {i})"},
+            ],
+        )
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 tokens += 1
@@ -104,19 +134,31 @@ def _direct(client: openai.OpenAI, system_prompt: str, new_tokens: int, repeats:
 
 
 def markdown(remote: dict) -> list[str]:
-    lines = [f"Scaling out: one student, {remote['mode']} mode, {remote['answer_tokens']}-token "
-             f"answers, {remote['rounds']} rounds of {remote['repeats']} (medians), the three "
-             "taking turns:", "",
-             "| path | tokens/s | first token (s) |", "|---|---|---|"]
-    labels = {"embedded": "app, embedded engine", "remote": "app → llama-server (--llm-url)",
-              "llama-server": "openai client → llama-server (no app)"}
+    lines = [
+        f"Scaling out: one student, {remote['mode']} mode, {remote['answer_tokens']}-token "
+        f"answers, {remote['rounds']} rounds of {remote['repeats']} (medians), the three "
+        "taking turns:",
+        "",
+        "| path | tokens/s | first token (s) |",
+        "|---|---|---|",
+    ]
+    labels = {
+        "embedded": "app, embedded engine",
+        "remote": "app → llama-server (--llm-url)",
+        "llama-server": "openai client → llama-server (no app)",
+    }
     for name in TARGETS:
-        lines.append(f"| {labels[name]} | {remote[name]['tokens_per_s']:.1f} | "
-                     f"{remote[name]['ttft_s']:.3f} |")
+        lines.append(
+            f"| {labels[name]} | {remote[name]['tokens_per_s']:.1f} | "
+            f"{remote[name]['ttft_s']:.3f} |"
+        )
     r = remote["ratios"]
-    lines += ["", f"The HTTP hop: the app on llama-server streams at "
-              f"{r['remote_vs_embedded_tokens_per_s']:.2f}× the embedded engine's tokens/s, "
-              f"first token {r['remote_vs_embedded_ttft']:.2f}× its time; against llama-server "
-              f"without the app, {r['remote_vs_direct_tokens_per_s']:.2f}× the tokens/s and "
-              f"{r['remote_vs_direct_ttft']:.2f}× the first-token time."]
+    lines += [
+        "",
+        f"The HTTP hop: the app on llama-server streams at "
+        f"{r['remote_vs_embedded_tokens_per_s']:.2f}× the embedded engine's tokens/s, "
+        f"first token {r['remote_vs_embedded_ttft']:.2f}× its time; against llama-server "
+        f"without the app, {r['remote_vs_direct_tokens_per_s']:.2f}× the tokens/s and "
+        f"{r['remote_vs_direct_ttft']:.2f}× the first-token time.",
+    ]
     return lines

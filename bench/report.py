@@ -12,17 +12,37 @@ from tutor.files import atomic_output
 
 # (label, value path, goal text, goal check)
 GOALS = [
-    ("engine / raw generation tokens/s", "llm.engine_vs_raw_tokens_per_s", "≥ 0.97",
-     lambda v: v >= 0.97),
+    (
+        "engine / raw generation tokens/s",
+        "llm.engine_vs_raw_tokens_per_s",
+        "≥ 0.97",
+        lambda v: v >= 0.97,
+    ),
     ("app / raw generation tokens/s", "app_vs_raw_tokens_per_s", "≥ 0.93", lambda v: v >= 0.93),
-    ("3rd-turn first token, cached / fresh", "follow_up.cached_vs_fresh", "≤ 0.2",
-     lambda v: v <= 0.2),
-    ("3rd-turn first token, other student between / fresh", "follow_up.interleaved_vs_fresh",
-     "≤ 0.2", lambda v: v <= 0.2),
-    ("Whisper base, ~5 s clip, tutor transcriber (s)", "speech.tutor int8", "≤ 0.45",
-     lambda v: v <= 0.45),
-    ("voice → first token, first question (s)", "voice.first_question_s", "≤ 2.5",
-     lambda v: v <= 2.5),
+    (
+        "3rd-turn first token, cached / fresh",
+        "follow_up.cached_vs_fresh",
+        "≤ 0.2",
+        lambda v: v <= 0.2,
+    ),
+    (
+        "3rd-turn first token, other student between / fresh",
+        "follow_up.interleaved_vs_fresh",
+        "≤ 0.2",
+        lambda v: v <= 0.2,
+    ),
+    (
+        "Whisper base, ~5 s clip, tutor transcriber (s)",
+        "speech.tutor int8",
+        "≤ 0.45",
+        lambda v: v <= 0.45,
+    ),
+    (
+        "voice → first token, first question (s)",
+        "voice.first_question_s",
+        "≤ 2.5",
+        lambda v: v <= 2.5,
+    ),
     ("voice → first token, follow-up (s)", "voice.follow_up_s", "≤ 1.0", lambda v: v <= 1.0),
     ("app peak RSS (GB)", "memory_gb", "≤ 2.0", lambda v: v <= 2.0),
     ("app tokens/s ÷ bandwidth ceiling", "app_bandwidth_fraction", "≥ 0.8", lambda v: v >= 0.8),
@@ -38,9 +58,12 @@ def _get(results: dict, path: str):
 
 def markdown(results: dict) -> str:
     ceiling = results["ceiling"]
-    lines = [f"Memory read bandwidth in this run: {ceiling['read_bandwidth_gb_s']:.1f} GB/s "
-             f"({results['threads']} threads); ceiling {ceiling['ceiling_tokens_per_s']:.1f} "
-             "tokens/s for one sequence.", ""]
+    lines = [
+        f"Memory read bandwidth in this run: {ceiling['read_bandwidth_gb_s']:.1f} GB/s "
+        f"({results['threads']} threads); ceiling {ceiling['ceiling_tokens_per_s']:.1f} "
+        "tokens/s for one sequence.",
+        "",
+    ]
     if "llm" in results:
         lines += _base_markdown(results)
     if "concurrency" in results:
@@ -67,11 +90,15 @@ def _base_markdown(results: dict) -> list[str]:
         f"{llm['raw']['ttft_s']:.2f} | {llm['engine']['ttft_s']:.2f} | "
         f"{results['app']['ttft_s']:.2f} (mode prompt cached) |",
         "",
-        "| measurement | openai-whisper fp32 | tutor int8 | ratio |", "|---|---|---|---|",
+        "| measurement | openai-whisper fp32 | tutor int8 | ratio |",
+        "|---|---|---|---|",
         f"| {speech['clip']} ({speech['clip_seconds']:.1f} s, {speech['decoded_tokens']} tokens) "
         f"| {speech['openai-whisper fp32']:.2f} s | {speech['tutor int8']:.2f} s | "
         f"{speech['tutor_vs_shipped']:.2f} |",
-        "", "| goal | measured | target | met |", "|---|---|---|---|"]
+        "",
+        "| goal | measured | target | met |",
+        "|---|---|---|---|",
+    ]
     for label, path, target, check in GOALS:
         value = _get(results, path)
         lines.append(f"| {label} | {value:.3f} | {target} | {'yes' if check(value) else 'NO'} |")
@@ -80,24 +107,34 @@ def _base_markdown(results: dict) -> list[str]:
 
 def _concurrency_markdown(results: dict) -> list[str]:
     c = results["concurrency"]
-    lines = [f"A class at once ({c['mode']} mode, {c['answer_tokens']}-token answers, a question "
-             "and a follow-up each, all starting together; small classes repeat in rounds, the "
-             "servers taking turns, until each has ≥ 8 first tokens):", "",
-             "| students | server | rounds | aggregate tokens/s | per-student tokens/s "
-             "| p50 first token (s) | p95 first token (s) | slowest student (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"A class at once ({c['mode']} mode, {c['answer_tokens']}-token answers, a question "
+        "and a follow-up each, all starting together; small classes repeat in rounds, the "
+        "servers taking turns, until each has ≥ 8 first tokens):",
+        "",
+        "| students | server | rounds | aggregate tokens/s | per-student tokens/s "
+        "| p50 first token (s) | p95 first token (s) | slowest student (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(c["rows"], key=lambda r: (r["students"], r["server"])):
         if "error" in r:
             lines.append(f"| {r['students']} | {r['server']} | | failed: {r['error']} | | | | |")
             continue
-        lines.append(f"| {r['students']} | {r['server']} | {r['rounds']} | "
-                     f"{r['aggregate_tokens_per_s']:.1f} | "
-                     f"{r['per_student_tokens_per_s']:.1f} | {r['p50_first_token_s']:.2f} | "
-                     f"{r['p95_first_token_s']:.2f} | {r['slowest_student_s']:.1f} |")
+        lines.append(
+            f"| {r['students']} | {r['server']} | {r['rounds']} | "
+            f"{r['aggregate_tokens_per_s']:.1f} | "
+            f"{r['per_student_tokens_per_s']:.1f} | {r['p50_first_token_s']:.2f} | "
+            f"{r['p95_first_token_s']:.2f} | {r['slowest_student_s']:.1f} |"
+        )
     stall = c["transcription_stall"]
-    lines += ["", f"A transcription during an answer took {stall['transcription_s']:.2f} s; the "
-              f"stream's longest pause meanwhile was {stall['longest_stall_s']:.2f} s.", "",
-              "| goal | measured | target | met |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"A transcription during an answer took {stall['transcription_s']:.2f} s; the "
+        f"stream's longest pause meanwhile was {stall['longest_stall_s']:.2f} s.",
+        "",
+        "| goal | measured | target | met |",
+        "|---|---|---|---|",
+    ]
     for key, label, target, check in CONCURRENCY_GOALS:
         value = results["concurrency_goals"][key]
         met = "not measured" if value != value else "yes" if check(value) else "NO"
@@ -115,31 +152,51 @@ def write(results: dict, out: Path) -> None:
         _base_charts(results, out)
     if "concurrency" in results:
         series: dict[str, dict[str, list[tuple[float, float]]]] = {
-            "aggregate tokens/s": {}, "p95 first token (s)": {}}
+            "aggregate tokens/s": {},
+            "p95 first token (s)": {},
+        }
         for r in (r for r in results["concurrency"]["rows"] if "error" not in r):
             series["aggregate tokens/s"].setdefault(r["server"], []).append(
-                (r["students"], r["aggregate_tokens_per_s"]))
+                (r["students"], r["aggregate_tokens_per_s"])
+            )
             series["p95 first token (s)"].setdefault(r["server"], []).append(
-                (r["students"], r["p95_first_token_s"]))
-        plot_lines(series, out / "concurrency.png", xlabel="students at once",
-                   title=f"A class at once: Llama-3.2-1B shape, Q4_K_M, {results['threads']} "
-                         f"threads, {results['ceiling']['read_bandwidth_gb_s']:.0f} GB/s")
+                (r["students"], r["p95_first_token_s"])
+            )
+        plot_lines(
+            series,
+            out / "concurrency.png",
+            xlabel="students at once",
+            title=f"A class at once: Llama-3.2-1B shape, Q4_K_M, {results['threads']} "
+            f"threads, {results['ceiling']['read_bandwidth_gb_s']:.0f} GB/s",
+        )
 
 
 def _base_charts(results: dict, out: Path) -> None:
     zero = {"std": 0.0}
     llm = results["llm"]
-    plot_bars({name: {"generation tokens/s": {"mean": value, **zero}}
-               for name, value in [("raw llama-cpp-python", llm["raw"]["tokens_per_s"]),
-                                   ("tutor engine", llm["engine"]["tokens_per_s"]),
-                                   ("app", results["app"]["tokens_per_s"]),
-                                   ("bandwidth ceiling",
-                                    results["ceiling"]["ceiling_tokens_per_s"])]},
-              out / "generation.png", title="Llama-3.2-1B shape, Q4_K_M, 2 threads (medians)",
-              ylabel="tokens/s")
-    plot_bars({name: {"seconds": {"mean": value, **zero}}
-               for name, value in [("openai-whisper fp32",
-                                    results["speech"]["openai-whisper fp32"]),
-                                   ("tutor int8", results["speech"]["tutor int8"])]},
-              out / "speech.png", title="Whisper base shape, ~5 s clip, 30 tokens (medians)",
-              ylabel="seconds")
+    plot_bars(
+        {
+            name: {"generation tokens/s": {"mean": value, **zero}}
+            for name, value in [
+                ("raw llama-cpp-python", llm["raw"]["tokens_per_s"]),
+                ("tutor engine", llm["engine"]["tokens_per_s"]),
+                ("app", results["app"]["tokens_per_s"]),
+                ("bandwidth ceiling", results["ceiling"]["ceiling_tokens_per_s"]),
+            ]
+        },
+        out / "generation.png",
+        title="Llama-3.2-1B shape, Q4_K_M, 2 threads (medians)",
+        ylabel="tokens/s",
+    )
+    plot_bars(
+        {
+            name: {"seconds": {"mean": value, **zero}}
+            for name, value in [
+                ("openai-whisper fp32", results["speech"]["openai-whisper fp32"]),
+                ("tutor int8", results["speech"]["tutor int8"]),
+            ]
+        },
+        out / "speech.png",
+        title="Whisper base shape, ~5 s clip, 30 tokens (medians)",
+        ylabel="seconds",
+    )

@@ -46,10 +46,18 @@ FD_SETTLE_S = 30.0  # after the last request: closed connections' descriptors mu
 UPLOAD_MAX_AGE_MINUTES = 1.0  # short, so that the sweep of Gradio's cache shows in the run
 SETTLE_TIMEOUT_S = 120.0  # after the last request: the app must be idle again by then
 # What a student does next, and how often (weights).
-SCENARIOS = {"voice and follow-up": 3, "typed question": 4, "stop mid-answer": 1,
-             "vanish mid-answer": 1, "bad input": 1}
-BAD_HISTORIES = ["not a list", [{"role": "system", "content": "x"}],
-                 [{"role": "user", "content": 5}]]
+SCENARIOS = {
+    "voice and follow-up": 3,
+    "typed question": 4,
+    "stop mid-answer": 1,
+    "vanish mid-answer": 1,
+    "bad input": 1,
+}
+BAD_HISTORIES = [
+    "not a list",
+    [{"role": "system", "content": "x"}],
+    [{"role": "user", "content": 5}],
+]
 
 
 @dataclass
@@ -73,10 +81,16 @@ class Outcome:
 
 def _proc(pid: int) -> tuple[float, int, int]:
     """(resident MB, open file descriptors, threads) of process PID."""
-    status = dict(line.split(":", 1) for line in
-                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return (int(status["VmRSS"].split()[0]) / 1024, len(os.listdir(f"/proc/{pid}/fd")),
-            int(status["Threads"]))
+    status = dict(
+        line.split(":", 1)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if ":" in line
+    )
+    return (
+        int(status["VmRSS"].split()[0]) / 1024,
+        len(os.listdir(f"/proc/{pid}/fd")),
+        int(status["Threads"]),
+    )
 
 
 def _folder_mb(folder: Path) -> float:
@@ -98,8 +112,9 @@ def _upload(path: Path):
 class Soak:
     """The students, the sampler and the tally of one run."""
 
-    def __init__(self, url: str, pid: int, cache: Path, clip: Path, requests: int,
-                 seed: int) -> None:
+    def __init__(
+        self, url: str, pid: int, cache: Path, clip: Path, requests: int, seed: int
+    ) -> None:
         self.url, self.pid, self.cache, self.clip = url, pid, cache, clip
         self.requests = requests
         self.rng = random.Random(seed)
@@ -131,8 +146,15 @@ class Soak:
     def snapshot(self, client: Client) -> Sample:
         rss, fds, threads = _proc(self.pid)
         saved = client.predict(api_name="/health")["saved_mb"]
-        return Sample(time.monotonic() - self.start, self.done, rss, fds, threads,
-                      _folder_mb(self.cache), saved)
+        return Sample(
+            time.monotonic() - self.start,
+            self.done,
+            rss,
+            fds,
+            threads,
+            _folder_mb(self.cache),
+            saved,
+        )
 
     def sample(self) -> None:
         client = _client(self.url)
@@ -169,8 +191,9 @@ class Soak:
         return bool(self._ask(client, "Can you say that more simply?", history)), 3
 
     def _typed_question(self, client: Client, i: int) -> tuple[bool, int]:
-        return bool(self._ask(client, f"Student {i}: what is {self.rng.randint(2, 99)} squared?",
-                              [])), 1
+        return bool(
+            self._ask(client, f"Student {i}: what is {self.rng.randint(2, 99)} squared?", [])
+        ), 1
 
     def _stop_mid_answer(self, client: Client, i: int) -> tuple[bool, int]:
         job = client.submit(f"Student {i}: explain long division.", "hint", [], api_name="/ask")
@@ -183,8 +206,9 @@ class Soak:
         import httpx
 
         with httpx.Client(base_url=self.url, timeout=SETTLE_TIMEOUT_S) as http:
-            event = http.post("gradio_api/call/ask", json={"data": [
-                f"Student {i}: what is a prime?", "hint", []]}).json()["event_id"]
+            event = http.post(
+                "gradio_api/call/ask", json={"data": [f"Student {i}: what is a prime?", "hint", []]}
+            ).json()["event_id"]
             with http.stream("GET", f"gradio_api/call/ask/{event}") as stream:
                 for line in stream.iter_lines():
                     if line == "event: generating":
@@ -239,13 +263,17 @@ class Soak:
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while (health := client.predict(api_name="/health"))["answering"] or health["waiting"]:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the app was still busy {SETTLE_TIMEOUT_S} s after the "
-                                   "last request")
+                raise RuntimeError(
+                    f"the app was still busy {SETTLE_TIMEOUT_S} s after the last request"
+                )
             time.sleep(0.2)
         self.health = health
         deadline = time.monotonic() + FD_SETTLE_S
-        while (fds_at_most is not None and _proc(self.pid)[1] > fds_at_most
-               and time.monotonic() < deadline):
+        while (
+            fds_at_most is not None
+            and _proc(self.pid)[1] > fds_at_most
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         return self.snapshot(client)
 
@@ -256,75 +284,112 @@ def summary(soak: Soak) -> dict:
     after_warm = [s for s in soak.samples if s.t_s >= warm.t_s]
     by_kind = {kind: [o for o in soak.outcomes if o.kind == kind] for kind in SCENARIOS}
     return {
-        "requests": soak.done, "minutes": end.t_s / 60,
-        "rss_after_warm_up_mb": warm.rss_mb, "rss_end_mb": end.rss_mb,
+        "requests": soak.done,
+        "minutes": end.t_s / 60,
+        "rss_after_warm_up_mb": warm.rss_mb,
+        "rss_end_mb": end.rss_mb,
         "rss_peak_mb": max(s.rss_mb for s in soak.samples),
         "rss_growth_after_warm_up": (end.rss_mb - warm.rss_mb) / warm.rss_mb,
-        "fds_after_warm_up": warm.fds, "fds_end": end.fds,
-        "threads_after_warm_up": warm.threads, "threads_end": end.threads,
+        "fds_after_warm_up": warm.fds,
+        "fds_end": end.fds,
+        "threads_after_warm_up": warm.threads,
+        "threads_end": end.threads,
         "saved_conversations_mb_after_warm_up": warm.saved_conversations_mb,
         "saved_conversations_mb_end": end.saved_conversations_mb,
         "upload_cache_peak_mb": max(s.upload_cache_mb for s in after_warm),
         "upload_cache_end_mb": end.upload_cache_mb,
         "failures": sum(not o.ok for o in soak.outcomes),
         "answers_ended": soak.health["answers_ended"],
-        "latency_s": {kind: {"count": len(outcomes),
-                             "p50": statistics.median(o.latency_s for o in outcomes),
-                             "max": max(o.latency_s for o in outcomes)}
-                      for kind, outcomes in by_kind.items() if outcomes},
+        "latency_s": {
+            kind: {
+                "count": len(outcomes),
+                "p50": statistics.median(o.latency_s for o in outcomes),
+                "max": max(o.latency_s for o in outcomes),
+            }
+            for kind, outcomes in by_kind.items()
+            if outcomes
+        },
     }
 
 
 def write_report(soak: Soak, result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(out / "soak.json") as tmp:
-        tmp.write_text(json.dumps({"summary": result, "samples": [asdict(s) for s in soak.samples],
-                                   "outcomes": [asdict(o) for o in soak.outcomes]}, indent=1))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "summary": result,
+                    "samples": [asdict(s) for s in soak.samples],
+                    "outcomes": [asdict(o) for o in soak.outcomes],
+                },
+                indent=1,
+            )
+        )
     minutes = [s.t_s / 60 for s in soak.samples]
-    latency = sorted((o.start_s / 60, o.latency_s) for o in soak.outcomes
-                     if o.kind == "typed question")
-    plot_lines({"memory (MB)": {
-                    "resident": list(zip(minutes, [s.rss_mb for s in soak.samples])),
-                    "saved conversations": list(zip(
-                        minutes, [s.saved_conversations_mb for s in soak.samples]))},
-                "open file descriptors / threads": {
-                    "fds": list(zip(minutes, [s.fds for s in soak.samples])),
-                    "threads": list(zip(minutes, [s.threads for s in soak.samples]))},
-                "upload cache on disk (MB)": {
-                    "Gradio cache": list(zip(minutes, [s.upload_cache_mb for s in soak.samples]))},
-                "typed question latency (s)": {"answer": latency}},
-               out / "soak.png", title=f"Soak: {result['requests']} requests", xlabel="minutes",
-               log_x=False)
+    latency = sorted(
+        (o.start_s / 60, o.latency_s) for o in soak.outcomes if o.kind == "typed question"
+    )
+    plot_lines(
+        {
+            "memory (MB)": {
+                "resident": list(zip(minutes, [s.rss_mb for s in soak.samples])),
+                "saved conversations": list(
+                    zip(minutes, [s.saved_conversations_mb for s in soak.samples])
+                ),
+            },
+            "open file descriptors / threads": {
+                "fds": list(zip(minutes, [s.fds for s in soak.samples])),
+                "threads": list(zip(minutes, [s.threads for s in soak.samples])),
+            },
+            "upload cache on disk (MB)": {
+                "Gradio cache": list(zip(minutes, [s.upload_cache_mb for s in soak.samples]))
+            },
+            "typed question latency (s)": {"answer": latency},
+        },
+        out / "soak.png",
+        title=f"Soak: {result['requests']} requests",
+        xlabel="minutes",
+        log_x=False,
+    )
     with atomic_output(out / "soak.md") as tmp:
         tmp.write_text(markdown(result))
 
 
 def markdown(r: dict) -> str:
-    lines = [f"Soak: {r['requests']} requests in {r['minutes']:.1f} min; the app idle after "
-             f"a warm-up of {WARM_UP_FRACTION:.0%} of them, and idle at the end.", "",
-             "| measure | after warm-up | end | |", "|---|---|---|---|",
-             f"| resident memory (MB) | {r['rss_after_warm_up_mb']:.0f} | {r['rss_end_mb']:.0f} "
-             f"| growth {100 * r['rss_growth_after_warm_up']:+.1f} % "
-             f"(peak {r['rss_peak_mb']:.0f}) |",
-             f"| open file descriptors | {r['fds_after_warm_up']} | {r['fds_end']} | |",
-             f"| threads | {r['threads_after_warm_up']} | {r['threads_end']} | |",
-             f"| saved conversations (MB, bound {SAVED_CONVERSATIONS_MB}) "
-             f"| {r['saved_conversations_mb_after_warm_up']:.1f} "
-             f"| {r['saved_conversations_mb_end']:.1f} | |",
-             f"| Gradio upload cache (MB) | | {r['upload_cache_end_mb']:.1f} "
-             f"| peak {r['upload_cache_peak_mb']:.1f} |", "",
-             "Requests that failed (no answer, or bad input not refused clearly): "
-             f"{r['failures']}.",
-             f"Answers by how they ended: {r['answers_ended']}.", "",
-             "| scenario | count | p50 latency (s) | max (s) |", "|---|---|---|---|"]
-    lines += [f"| {kind} | {v['count']} | {v['p50']:.2f} | {v['max']:.2f} |"
-              for kind, v in r["latency_s"].items()]
+    lines = [
+        f"Soak: {r['requests']} requests in {r['minutes']:.1f} min; the app idle after "
+        f"a warm-up of {WARM_UP_FRACTION:.0%} of them, and idle at the end.",
+        "",
+        "| measure | after warm-up | end | |",
+        "|---|---|---|---|",
+        f"| resident memory (MB) | {r['rss_after_warm_up_mb']:.0f} | {r['rss_end_mb']:.0f} "
+        f"| growth {100 * r['rss_growth_after_warm_up']:+.1f} % "
+        f"(peak {r['rss_peak_mb']:.0f}) |",
+        f"| open file descriptors | {r['fds_after_warm_up']} | {r['fds_end']} | |",
+        f"| threads | {r['threads_after_warm_up']} | {r['threads_end']} | |",
+        f"| saved conversations (MB, bound {SAVED_CONVERSATIONS_MB}) "
+        f"| {r['saved_conversations_mb_after_warm_up']:.1f} "
+        f"| {r['saved_conversations_mb_end']:.1f} | |",
+        f"| Gradio upload cache (MB) | | {r['upload_cache_end_mb']:.1f} "
+        f"| peak {r['upload_cache_peak_mb']:.1f} |",
+        "",
+        f"Requests that failed (no answer, or bad input not refused clearly): {r['failures']}.",
+        f"Answers by how they ended: {r['answers_ended']}.",
+        "",
+        "| scenario | count | p50 latency (s) | max (s) |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {kind} | {v['count']} | {v['p50']:.2f} | {v['max']:.2f} |"
+        for kind, v in r["latency_s"].items()
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.soak",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--students", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
@@ -333,11 +398,20 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "gradio"
         prompts = greedy_prompts(Path(tmp) / "prompts", ANSWER_TOKENS)
-        with running_app("--model", str(standin_llm()), "--whisper", str(standin_whisper()),
-                         "--prompts", str(prompts),
-                         "--upload-max-age-minutes", str(UPLOAD_MAX_AGE_MINUTES),
-                         "--cache-mb", str(SAVED_CONVERSATIONS_MB),
-                         env={"GRADIO_TEMP_DIR": str(cache)}, log=Path(tmp) / "app.log") as app:
+        with running_app(
+            "--model",
+            str(standin_llm()),
+            "--whisper",
+            str(standin_whisper()),
+            "--prompts",
+            str(prompts),
+            "--upload-max-age-minutes",
+            str(UPLOAD_MAX_AGE_MINUTES),
+            "--cache-mb",
+            str(SAVED_CONVERSATIONS_MB),
+            env={"GRADIO_TEMP_DIR": str(cache)},
+            log=Path(tmp) / "app.log",
+        ) as app:
             soak = Soak(app.url, app.pid, cache, clip_near(5.0)[0], args.requests, args.seed)
             soak.run(args.students)
     result = summary(soak)

@@ -29,11 +29,17 @@ def fixed_length_options(model: whisper.Whisper) -> dict:
     """Decode exactly DECODED_TOKENS tokens (end-of-text suppressed), one pass, full 30 s window."""
     import whisper
 
-    tokenizer = whisper.tokenizer.get_tokenizer(model.is_multilingual,
-                                                num_languages=model.num_languages)
-    return {"sample_len": DECODED_TOKENS, "without_timestamps": True,
-            "suppress_tokens": [-1, tokenizer.eot], "compression_ratio_threshold": None,
-            "logprob_threshold": None, "no_speech_threshold": None}
+    tokenizer = whisper.tokenizer.get_tokenizer(
+        model.is_multilingual, num_languages=model.num_languages
+    )
+    return {
+        "sample_len": DECODED_TOKENS,
+        "without_timestamps": True,
+        "suppress_tokens": [-1, tokenizer.eot],
+        "compression_ratio_threshold": None,
+        "logprob_threshold": None,
+        "no_speech_threshold": None,
+    }
 
 
 def transcription(checkpoint: Path, repeats: int, threads: int) -> dict:
@@ -48,8 +54,14 @@ def transcription(checkpoint: Path, repeats: int, threads: int) -> dict:
     shipped = whisper.load_model(str(checkpoint), device="cpu")
 
     def run_shipped() -> None:  # on the transcriber's thread: one OpenMP team (tutor.threads)
-        shipped.transcribe(samples, language="en", fp16=False, temperature=0.0,
-                           condition_on_previous_text=False, **options)
+        shipped.transcribe(
+            samples,
+            language="en",
+            fp16=False,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            **options,
+        )
 
     options = fixed_length_options(shipped)
     runs: dict[str, list[float]] = {"openai-whisper fp32": [], "tutor int8": []}
@@ -62,7 +74,11 @@ def transcription(checkpoint: Path, repeats: int, threads: int) -> dict:
         if i:
             runs["openai-whisper fp32"].append(middle - start)
             runs["tutor int8"].append(end - middle)
-    out = {"clip": clip.name, "clip_seconds": duration, "decoded_tokens": DECODED_TOKENS,
-           **{name: statistics.median(values) for name, values in runs.items()}}
+    out = {
+        "clip": clip.name,
+        "clip_seconds": duration,
+        "decoded_tokens": DECODED_TOKENS,
+        **{name: statistics.median(values) for name, values in runs.items()},
+    }
     out["tutor_vs_shipped"] = out["tutor int8"] / out["openai-whisper fp32"]
     return out

@@ -49,15 +49,17 @@ def non_speech(rng: np.random.Generator) -> dict[str, Callable[[], np.ndarray]]:
         decay = np.exp(-np.arange(burst) / 40)
         while t < NON_SPEECH_S - 0.05:  # a key every 120-300 ms, each a damped 8 ms burst
             i = int(t * SAMPLE_RATE)
-            x[i:i + burst] += (rng.standard_normal(burst) * decay * 0.5).astype(np.float32)
+            x[i : i + burst] += (rng.standard_normal(burst) * decay * 0.5).astype(np.float32)
             t += rng.uniform(0.12, 0.3)
         return x
 
     t = np.arange(n) / SAMPLE_RATE
-    return {"silence": floor,
-            "white noise": lambda: (rng.standard_normal(n) * _db(-20)).astype(np.float32),
-            "steady tone": lambda: (np.sin(2 * np.pi * 440 * t) * _db(-12)).astype(np.float32),
-            "keyboard clicks": clicks}
+    return {
+        "silence": floor,
+        "white noise": lambda: (rng.standard_normal(n) * _db(-20)).astype(np.float32),
+        "steady tone": lambda: (np.sin(2 * np.pi * 440 * t) * _db(-12)).astype(np.float32),
+        "keyboard clicks": clicks,
+    }
 
 
 def energy_gate(x: np.ndarray) -> Segments:
@@ -68,16 +70,19 @@ def energy_gate(x: np.ndarray) -> Segments:
     return [(0, len(x))]  # it cannot say where speech ends
 
 
-def webrtc(mode: int, frame_ms: int = 30, min_speech_ms: int = 250, hang_ms: int = 300
-           ) -> Callable[[np.ndarray], Segments]:
+def webrtc(
+    mode: int, frame_ms: int = 30, min_speech_ms: int = 250, hang_ms: int = 300
+) -> Callable[[np.ndarray], Segments]:
     import webrtcvad
 
     vad, n = webrtcvad.Vad(mode), SAMPLE_RATE * frame_ms // 1000
 
     def segments(x: np.ndarray) -> Segments:
         pcm = (np.clip(x, -1, 1) * 32767).astype(np.int16)
-        voiced = [vad.is_speech(pcm[i:i + n].tobytes(), SAMPLE_RATE)
-                  for i in range(0, len(pcm) - n + 1, n)]
+        voiced = [
+            vad.is_speech(pcm[i : i + n].tobytes(), SAMPLE_RATE)
+            for i in range(0, len(pcm) - n + 1, n)
+        ]
         found, start, last = [], None, 0
         for k, flag in enumerate(voiced + [False] * (hang_ms // frame_ms + 1)):
             if flag:
@@ -99,8 +104,10 @@ def silero(onnx: bool = False) -> Callable[[np.ndarray], Segments]:
     model = load_silero_vad(onnx=onnx)
 
     def segments(x: np.ndarray) -> Segments:
-        return [(s["start"], s["end"]) for s in get_speech_timestamps(
-            torch.from_numpy(x), model, sampling_rate=SAMPLE_RATE)]
+        return [
+            (s["start"], s["end"])
+            for s in get_speech_timestamps(torch.from_numpy(x), model, sampling_rate=SAMPLE_RATE)
+        ]
 
     return segments
 
@@ -119,9 +126,13 @@ def run(repeats: int) -> dict:
         noise = (rng.standard_normal(2 * pad) * _db(FLOOR_DBFS)).astype(np.float32)
         padded.append((np.concatenate([noise[:pad], x, noise[pad:]]), pad + len(x)))
     others = non_speech(rng)
-    detectors = {"energy gate (today)": energy_gate, "webrtcvad mode 2": webrtc(2),
-                 "webrtcvad mode 3": webrtc(3), "Silero VAD (TorchScript)": silero(),
-                 "Silero VAD (ONNX, the app's)": silero(onnx=True)}
+    detectors = {
+        "energy gate (today)": energy_gate,
+        "webrtcvad mode 2": webrtc(2),
+        "webrtcvad mode 3": webrtc(3),
+        "Silero VAD (TorchScript)": silero(),
+        "Silero VAD (ONNX, the app's)": silero(onnx=True),
+    }
     results = {}
     for name, detect in detectors.items():
         found, end_errors, cpu_s, audio_s = 0, [], 0.0, 0.0
@@ -132,38 +143,50 @@ def run(repeats: int) -> dict:
             if segments:
                 found += 1
                 end_errors.append((segments[-1][1] - speech_end) / SAMPLE_RATE)
-        false_alarms = {kind: sum(bool(detect(make())) for _ in range(repeats))
-                        for kind, make in others.items()}
+        false_alarms = {
+            kind: sum(bool(detect(make())) for _ in range(repeats)) for kind, make in others.items()
+        }
         results[name] = {
-            "speech_found": found, "clips": len(padded),
+            "speech_found": found,
+            "clips": len(padded),
             "end_error_median_s": statistics.median(end_errors) if end_errors else None,
             "end_error_p90_abs_s": float(np.percentile(np.abs(end_errors), 90))
-            if end_errors else None,
-            "false_alarms": false_alarms, "recordings_each": repeats,
-            "cpu_ms_per_audio_s": 1000 * cpu_s / audio_s}
+            if end_errors
+            else None,
+            "false_alarms": false_alarms,
+            "recordings_each": repeats,
+            "cpu_ms_per_audio_s": 1000 * cpu_s / audio_s,
+        }
     return {"pad_s": PAD_S, "detectors": results}
 
 
 def markdown(result: dict) -> str:
     kinds = list(next(iter(result["detectors"].values()))["false_alarms"])
-    lines = [f"Speech clips padded with {result['pad_s']} s of a −60 dBFS noise floor; "
-             "recordings without speech, each drawn several times:", "",
-             "| detector | speech found | end of speech, median error (s) | p90 abs (s) | "
-             + " | ".join(f"false alarms: {k}" for k in kinds) + " | CPU ms per audio s |",
-             "|---|---|---|---|" + "---|" * len(kinds) + "---|"]
+    lines = [
+        f"Speech clips padded with {result['pad_s']} s of a −60 dBFS noise floor; "
+        "recordings without speech, each drawn several times:",
+        "",
+        "| detector | speech found | end of speech, median error (s) | p90 abs (s) | "
+        + " | ".join(f"false alarms: {k}" for k in kinds)
+        + " | CPU ms per audio s |",
+        "|---|---|---|---|" + "---|" * len(kinds) + "---|",
+    ]
     for name, r in result["detectors"].items():
+
         def fmt(v):
             return "n/a" if v is None else f"{v:+.3f}"
-        lines.append(f"| {name} | {r['speech_found']}/{r['clips']} | "
-                     f"{fmt(r['end_error_median_s'])} | {fmt(r['end_error_p90_abs_s'])} | "
-                     + " | ".join(f"{r['false_alarms'][k]}/{r['recordings_each']}" for k in kinds)
-                     + f" | {r['cpu_ms_per_audio_s']:.1f} |")
+
+        lines.append(
+            f"| {name} | {r['speech_found']}/{r['clips']} | "
+            f"{fmt(r['end_error_median_s'])} | {fmt(r['end_error_p90_abs_s'])} | "
+            + " | ".join(f"{r['false_alarms'][k]}/{r['recordings_each']}" for k in kinds)
+            + f" | {r['cpu_ms_per_audio_s']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.vad",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.vad", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/vad"))
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)

@@ -52,13 +52,23 @@ def question_file(folder: Path) -> tuple[Path, float, float]:
     samples, rate = soundfile.read(clip, dtype="float32", always_2d=True)
     mono = samples.mean(axis=1)
     path = folder / "question.wav"
-    soundfile.write(path, np.concatenate([np.zeros(int(LEAD_S * rate), np.float32), mono,
-                                          np.zeros(int(TRAIL_S * rate), np.float32)]), rate)
+    soundfile.write(
+        path,
+        np.concatenate(
+            [
+                np.zeros(int(LEAD_S * rate), np.float32),
+                mono,
+                np.zeros(int(TRAIL_S * rate), np.float32),
+            ]
+        ),
+        rate,
+    )
     return path, LEAD_S + len(mono) / rate, LEAD_S + len(mono) / rate + TRAIL_S
 
 
-def streaming(url: str, wav: Path, speech_end_s: float, length_s: float, repeats: int
-              ) -> list[float]:
+def streaming(
+    url: str, wav: Path, speech_end_s: float, length_s: float, repeats: int
+) -> list[float]:
     """Seconds from the end of each spoken follow-up to its first answer token, hands-free.
 
     The fake microphone loops the file: loop k's speech ends LENGTH_S × k + SPEECH_END_S after
@@ -72,9 +82,11 @@ def streaming(url: str, wav: Path, speech_end_s: float, length_s: float, repeats
         listening_since = time.monotonic()
         latencies = []
         for k in range(repeats + 1):
+
             def answered(k=k) -> bool:
                 bots = driver.find_elements(BY, "#chat [data-testid='bot']")
                 return len(bots) > k and len(bots[k].text.strip()) > len(_mode_tag(bots[k]))
+
             wait(answered, every=0.01)
             first_token = time.monotonic()
             if k:
@@ -95,8 +107,9 @@ class OtherStudents:
     def __init__(self, url: str, n: int) -> None:
         self.url, self.n = url, n
         self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._ask, args=(i,), daemon=True)
-                        for i in range(n)]
+        self.threads = [
+            threading.Thread(target=self._ask, args=(i,), daemon=True) for i in range(n)
+        ]
 
     def __enter__(self) -> OtherStudents:
         for t in self.threads:
@@ -111,8 +124,9 @@ class OtherStudents:
 
         client = Client(self.url, verbose=False)
         while not self.stopping.is_set():
-            job = client.submit(QUESTIONS[i % len(QUESTIONS)] + f" ({i})", "explain", [],
-                                api_name="/ask")
+            job = client.submit(
+                QUESTIONS[i % len(QUESTIONS)] + f" ({i})", "explain", [], api_name="/ask"
+            )
             try:
                 for _ in job:
                     if self.stopping.is_set():
@@ -124,27 +138,46 @@ class OtherStudents:
 
 def run(repeats: int, others: int, threads: int) -> dict:
     llama, whisper_ckpt = models.llama_1b_q4(), models.whisper_base()
-    result: dict = {"ceiling": hardware.ceiling(llama, threads), "repeats": repeats,
-                    "others": others}
+    result: dict = {
+        "ceiling": hardware.ceiling(llama, threads),
+        "repeats": repeats,
+        "others": others,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         wav, speech_end_s, length_s = question_file(folder)
         clip, _ = speech.clip_near(5.0)
         # A slot for each student: the measured one never waits in line behind the others.
-        with running_app("--model", str(llama), "--whisper", str(whisper_ckpt),
-                         "--threads", str(threads), "--prompts", str(prompts(folder / "p")),
-                         "--parallel", str(others + 1),
-                         log=folder / "app.log") as served:
+        with running_app(
+            "--model",
+            str(llama),
+            "--whisper",
+            str(whisper_ckpt),
+            "--threads",
+            str(threads),
+            "--prompts",
+            str(prompts(folder / "p")),
+            "--parallel",
+            str(others + 1),
+            log=folder / "app.log",
+        ) as served:
             for load in ("alone", f"{others} others"):
                 print(f"voice, {load}: one-shot, then hands-free …", flush=True)
-                with (OtherStudents(served.url, others) if load != "alone"
-                      else contextlib.nullcontext()):
-                    one_shot = app.voice_to_first_token(served.url, clip,
-                                                        repeats)["follow_up_each_s"]
+                with (
+                    OtherStudents(served.url, others)
+                    if load != "alone"
+                    else contextlib.nullcontext()
+                ):
+                    one_shot = app.voice_to_first_token(served.url, clip, repeats)[
+                        "follow_up_each_s"
+                    ]
                     hands_free = streaming(served.url, wav, speech_end_s, length_s, repeats)
-                result[load] = {"one_shot_s": one_shot, "streaming_s": hands_free,
-                                "one_shot_median_s": statistics.median(one_shot),
-                                "streaming_median_s": statistics.median(hands_free)}
+                result[load] = {
+                    "one_shot_s": one_shot,
+                    "streaming_s": hands_free,
+                    "one_shot_median_s": statistics.median(one_shot),
+                    "streaming_median_s": statistics.median(hands_free),
+                }
     alone, busy = result["alone"], result[f"{others} others"]
     result["streaming_vs_one_shot"] = alone["streaming_median_s"] / alone["one_shot_median_s"]
     result["streaming_busy_vs_alone"] = busy["streaming_median_s"] / alone["streaming_median_s"]
@@ -153,17 +186,23 @@ def run(repeats: int, others: int, threads: int) -> dict:
 
 def markdown(r: dict) -> str:
     others = f"{r['others']} others"
-    return "\n".join([
-        f"Memory bandwidth in this run: {r['ceiling']['read_bandwidth_gb_s']:.1f} GB/s. End of a "
-        f"spoken follow-up → first answer token, median of {r['repeats']}:", "",
-        "| path | alone (s) | with " + others + " answering (s) |", "|---|---|---|",
-        f"| one-shot: /transcribe, then /ask | {r['alone']['one_shot_median_s']:.2f} | "
-        f"{r[others]['one_shot_median_s']:.2f} |",
-        f"| hands-free streaming | {r['alone']['streaming_median_s']:.2f} | "
-        f"{r[others]['streaming_median_s']:.2f} |", "",
-        f"Streaming / one-shot, alone: **{r['streaming_vs_one_shot']:.2f}×** (goal ≤ 0.45×). "
-        f"Streaming with {others} / alone: **{r['streaming_busy_vs_alone']:.2f}×** "
-        "(goal ≤ 1.5×)."])
+    return "\n".join(
+        [
+            f"Memory bandwidth in this run: {r['ceiling']['read_bandwidth_gb_s']:.1f} GB/s. "
+            f"End of a spoken follow-up → first answer token, median of {r['repeats']}:",
+            "",
+            "| path | alone (s) | with " + others + " answering (s) |",
+            "|---|---|---|",
+            f"| one-shot: /transcribe, then /ask | {r['alone']['one_shot_median_s']:.2f} | "
+            f"{r[others]['one_shot_median_s']:.2f} |",
+            f"| hands-free streaming | {r['alone']['streaming_median_s']:.2f} | "
+            f"{r[others]['streaming_median_s']:.2f} |",
+            "",
+            f"Streaming / one-shot, alone: **{r['streaming_vs_one_shot']:.2f}×** (goal ≤ 0.45×). "
+            f"Streaming with {others} / alone: **{r['streaming_busy_vs_alone']:.2f}×** "
+            "(goal ≤ 1.5×).",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,8 +42,17 @@ WRITER_TYPES = {
 
 
 # Rough sizes of llama.cpp types, for the progress bar's total.
-APPROX_BITS_PER_WEIGHT = {"Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_K_S": 5.5, "Q4_K_M": 4.9,
-                          "Q4_K_S": 4.6, "Q4_0": 4.5, "Q3_K_M": 3.9, "Q2_K": 3.0}
+APPROX_BITS_PER_WEIGHT = {
+    "Q8_0": 8.5,
+    "Q6_K": 6.6,
+    "Q5_K_M": 5.7,
+    "Q5_K_S": 5.5,
+    "Q4_K_M": 4.9,
+    "Q4_K_S": 4.6,
+    "Q4_0": 4.5,
+    "Q3_K_M": 3.9,
+    "Q2_K": 3.0,
+}
 
 
 class ExportError(Exception):
@@ -81,9 +90,11 @@ def _read_config(src: Path) -> dict:
         raise ExportError(f"cannot read {src / 'config.json'}: {e}") from None
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ExportError(f"unsupported architecture {model_type!r} "
-                          f"({', '.join(config.get('architectures') or [])}): "
-                          f"only Llama-family checkpoints (model_type 'llama') can be exported")
+        raise ExportError(
+            f"unsupported architecture {model_type!r} "
+            f"({', '.join(config.get('architectures') or [])}): "
+            f"only Llama-family checkpoints (model_type 'llama') can be exported"
+        )
     return config
 
 
@@ -167,15 +178,19 @@ def _add_hparams(writer: gguf.GGUFWriter, config: dict, name: str, file_type: in
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(rope["factor"])
     elif rope["rope_type"] not in ("default", "llama3"):
-        raise ExportError(f"unsupported RoPE scaling {rope['rope_type']!r} "
-                          "(supported: default, linear, llama3)")
+        raise ExportError(
+            f"unsupported RoPE scaling {rope['rope_type']!r} (supported: default, linear, llama3)"
+        )
 
 
 def _permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """HF stores Q/K rows as two halves per head (rotate_half); llama.cpp wants pairs
     interleaved."""
-    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def _gguf_tensors(model: torch.nn.Module, config: dict):
@@ -229,8 +244,9 @@ def _lossless_type(model: torch.nn.Module) -> str:
     return {torch.bfloat16: "BF16", torch.float16: "F16"}.get(dtype, "F32")
 
 
-def write_gguf(model: torch.nn.Module, config: dict, tokenizer_dir: Path, path: Path,
-               qtype: str, name: str) -> None:
+def write_gguf(
+    model: torch.nn.Module, config: dict, tokenizer_dir: Path, path: Path, qtype: str, name: str
+) -> None:
     """Write model + tokenizer + chat template as a GGUF of a writer type (F32/F16/BF16)."""
     from export.vocab import UnsupportedTokenizerError, add_vocab
 
@@ -250,8 +266,9 @@ def write_gguf(model: torch.nn.Module, config: dict, tokenizer_dir: Path, path: 
     writer.close()
 
 
-def quantize(src: Path, dst: Path, qtype: str, expected_bytes: int,
-             threads: int | None = None) -> None:
+def quantize(
+    src: Path, dst: Path, qtype: str, expected_bytes: int, threads: int | None = None
+) -> None:
     """Quantize a GGUF with llama.cpp, showing progress as the output file grows."""
     import llama_cpp
 
@@ -267,9 +284,10 @@ def quantize(src: Path, dst: Path, qtype: str, expected_bytes: int,
 
     worker = threading.Thread(target=run, daemon=True)
     # llama.cpp logs every tensor through this logger; keep only errors so the bar stays readable.
-    with (quiet_logger("llama-cpp-python"),
-          tqdm(desc=f"Quantizing to {qtype}", total=expected_bytes, unit="B",
-               unit_scale=True) as bar):
+    with (
+        quiet_logger("llama-cpp-python"),
+        tqdm(desc=f"Quantizing to {qtype}", total=expected_bytes, unit="B", unit_scale=True) as bar,
+    ):
         worker.start()
         while not done.wait(0.2):  # llama.cpp has no progress callback: watch the file grow
             bar.n = min(dst.stat().st_size if dst.exists() else 0, expected_bytes)
@@ -279,16 +297,22 @@ def quantize(src: Path, dst: Path, qtype: str, expected_bytes: int,
         raise ExportError(f"llama.cpp could not quantize to {qtype} (error {result[0]})")
 
 
-def export(src: Path, out: Path, qtype: str = "Q4_K_M", adapter: Path | None = None,
-           name: str | None = None) -> ExportResult:
+def export(
+    src: Path,
+    out: Path,
+    qtype: str = "Q4_K_M",
+    adapter: Path | None = None,
+    name: str | None = None,
+) -> ExportResult:
     """Export SRC (merged with ADAPTER) to OUT; OUT exists only if everything succeeded."""
     start = time.perf_counter()
     src, out = Path(src), Path(out)
     qtype = qtype.upper()
     types = quantization_types()
     if qtype not in types:
-        raise ExportError(f"unknown quantization type {qtype!r}; choose one of: "
-                          + ", ".join(sorted(types)))
+        raise ExportError(
+            f"unknown quantization type {qtype!r}; choose one of: " + ", ".join(sorted(types))
+        )
     config = _read_config(src)
     tokenizer_dir = src
     if adapter is not None:
@@ -332,20 +356,26 @@ def push_to_hub(path: Path, repo: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.to_gguf",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m export.to_gguf", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("src", type=Path, help="Hugging Face Llama checkpoint directory")
     parser.add_argument("out", type=Path, help="output .gguf file")
-    parser.add_argument("--type", default="Q4_K_M",
-                        help="F32, F16, BF16, Q8_0, Q4_K_M, Q5_K_M or any llama.cpp type")
+    parser.add_argument(
+        "--type",
+        default="Q4_K_M",
+        help="F32, F16, BF16, Q8_0, Q4_K_M, Q5_K_M or any llama.cpp type",
+    )
     parser.add_argument("--adapter", type=Path, help="PEFT LoRA adapter directory to merge first")
     parser.add_argument("--name", help="model name stored in the file (default: SRC's name)")
     parser.add_argument("--push-to-hub", metavar="REPO", help="upload the file to this Hub repo")
     args = parser.parse_args(argv)
     try:
         result = export(args.src, args.out, args.type, args.adapter, args.name)
-        print(f"wrote {result.path} ({result.qtype}, {result.size_bytes / 1e6:.1f} MB) "
-              f"in {result.seconds:.1f} s")
+        print(
+            f"wrote {result.path} ({result.qtype}, {result.size_bytes / 1e6:.1f} MB) "
+            f"in {result.seconds:.1f} s"
+        )
         if args.push_to_hub:
             print(f"pushed to {push_to_hub(result.path, args.push_to_hub)}")
     except ExportError as e:

@@ -42,7 +42,8 @@ def pre_tokenizer_name(spec: dict) -> str:
             return PRE_TOKENIZERS_BY_REGEX[regex]
     raise UnsupportedTokenizerError(
         f"unsupported pre-tokenizer {json.dumps(pre)[:120]}...: llama.cpp would split text "
-        "differently from Hugging Face (supported: Llama 3 byte-level BPE, GPT-2 byte-level BPE)")
+        "differently from Hugging Face (supported: Llama 3 byte-level BPE, GPT-2 byte-level BPE)"
+    )
 
 
 def token_table(tok: PreTrainedTokenizerBase, vocab_size: int) -> tuple[list[str], list[int]]:
@@ -56,8 +57,9 @@ def token_table(tok: PreTrainedTokenizerBase, vocab_size: int) -> tuple[list[str
             types.append(gguf.TokenType.UNUSED)
         elif i in added:
             tokens.append(reverse[i])
-            types.append(gguf.TokenType.CONTROL if added[i].special
-                         else gguf.TokenType.USER_DEFINED)
+            types.append(
+                gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED
+            )
         else:
             tokens.append(reverse[i])
             types.append(gguf.TokenType.NORMAL)
@@ -70,11 +72,13 @@ def add_vocab(writer: gguf.GGUFWriter, tokenizer_dir: Path, vocab_size: int) -> 
     if spec.get("model", {}).get("type") != "BPE" or spec["model"].get("byte_fallback"):
         raise UnsupportedTokenizerError(
             "only byte-level BPE tokenizers (Llama 3.x) are supported; "
-            f"found a {spec.get('model', {}).get('type')} model")
+            f"found a {spec.get('model', {}).get('type')} model"
+        )
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     if len(tok) > vocab_size:
         raise UnsupportedTokenizerError(
-            f"the tokenizer has {len(tok)} tokens but the model only {vocab_size} embeddings")
+            f"the tokenizer has {len(tok)} tokens but the model only {vocab_size} embeddings"
+        )
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre_tokenizer_name(spec))
     tokens, types = token_table(tok, vocab_size)

@@ -13,8 +13,21 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from export.vocab import LLAMA3_SPLIT_REGEX
 from tutor import chat_format
 
-_CORPUS_MODULES = ("os", "json", "re", "collections", "functools", "itertools", "pathlib",
-                   "string", "textwrap", "math", "statistics", "fractions", "decimal")
+_CORPUS_MODULES = (
+    "os",
+    "json",
+    "re",
+    "collections",
+    "functools",
+    "itertools",
+    "pathlib",
+    "string",
+    "textwrap",
+    "math",
+    "statistics",
+    "fractions",
+    "decimal",
+)
 
 
 @dataclass(frozen=True)
@@ -30,21 +43,39 @@ class LlamaShape:
     max_position_embeddings: int = 8192
     rope_theta: float = 10000.0
     # Llama 3 RoPE scaling; a small original context makes the scaling change many dims.
-    rope_scaling: dict = field(default_factory=lambda: {
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
+    rope_scaling: dict = field(
+        default_factory=lambda: {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        }
+    )
     tie_word_embeddings: bool = True
     initializer_range: float = 0.1
 
 
 # The shape of meta-llama/Llama-3.2-1B-Instruct, for speed and memory work.
 LLAMA_3_2_1B = LlamaShape(
-    hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-    num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=131072,
     rope_theta=500000.0,
-    rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-    tie_word_embeddings=True, initializer_range=0.02)
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    tie_word_embeddings=True,
+    initializer_range=0.02,
+)
 
 
 def llama_3_2_1b_scaled(**sizes) -> LlamaShape:
@@ -74,33 +105,51 @@ def train_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     special tokens come after the learned vocabulary, as in Llama 3.
     """
     tok = Tokenizer(models.BPE(ignore_merges=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_SPLIT_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     n_special = len(chat_format.SPECIAL_TOKENS)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - n_special, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - n_special,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_corpus(), trainer)
     tok.add_special_tokens(list(chat_format.SPECIAL_TOKENS))
     bos_id = tok.token_to_id(chat_format.BOS)
-    tok.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single=f"{chat_format.BOS}:0 $A:0",
-                                      pair=f"{chat_format.BOS}:0 $A:0 {chat_format.BOS}:1 $B:1",
-                                      special_tokens=[(chat_format.BOS, bos_id)]),
-    ])
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{chat_format.BOS}:0 $A:0",
+                pair=f"{chat_format.BOS}:0 $A:0 {chat_format.BOS}:1 $B:1",
+                special_tokens=[(chat_format.BOS, bos_id)],
+            ),
+        ]
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=chat_format.BOS, eos_token=chat_format.EOT,
-        pad_token=chat_format.PAD, chat_template=chat_format.LLAMA3_CHAT_TEMPLATE,
-        clean_up_tokenization_spaces=False)
+        tokenizer_object=tok,
+        bos_token=chat_format.BOS,
+        eos_token=chat_format.EOT,
+        pad_token=chat_format.PAD,
+        chat_template=chat_format.LLAMA3_CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
 
 
-def build_checkpoint(out_dir: Path, tokenizer: PreTrainedTokenizerFast | None,
-                     shape: LlamaShape = LlamaShape(), seed: int = 0,
-                     dtype: torch.dtype = torch.float32, fit_steps: int = 0,
-                     never_ends: bool = False) -> Path:
+def build_checkpoint(
+    out_dir: Path,
+    tokenizer: PreTrainedTokenizerFast | None,
+    shape: LlamaShape = LlamaShape(),
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    fit_steps: int = 0,
+    never_ends: bool = False,
+) -> Path:
     """Write a seeded random LlamaForCausalLM (and its tokenizer) as a Hugging Face checkpoint.
 
     FIT_STEPS > 0 first fits the model briefly to the tokenizer's corpus: its next-token
@@ -115,12 +164,16 @@ def build_checkpoint(out_dir: Path, tokenizer: PreTrainedTokenizerFast | None,
     out_dir = Path(out_dir)
     vocab_size = shape.vocab_size or len(tokenizer)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size, num_hidden_layers=shape.num_hidden_layers,
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
         num_attention_heads=shape.num_attention_heads,
         num_key_value_heads=shape.num_key_value_heads,
-        max_position_embeddings=shape.max_position_embeddings, rms_norm_eps=1e-5,
-        rope_theta=shape.rope_theta, rope_scaling=dict(shape.rope_scaling),
+        max_position_embeddings=shape.max_position_embeddings,
+        rms_norm_eps=1e-5,
+        rope_theta=shape.rope_theta,
+        rope_scaling=dict(shape.rope_scaling),
         tie_word_embeddings=shape.tie_word_embeddings,
         initializer_range=shape.initializer_range,
         bos_token_id=tokenizer.bos_token_id if tokenizer else None,
@@ -148,8 +201,11 @@ def build_checkpoint(out_dir: Path, tokenizer: PreTrainedTokenizerFast | None,
 
 def _never_sampled(tokenizer: PreTrainedTokenizerFast) -> list[int]:
     """Ids of the special tokens and of the tokens that are partial UTF-8 characters."""
-    partial = [i for i in range(len(tokenizer))
-               if "\ufffd" in tokenizer.decode([i], skip_special_tokens=False)]
+    partial = [
+        i
+        for i in range(len(tokenizer))
+        if "\ufffd" in tokenizer.decode([i], skip_special_tokens=False)
+    ]
     return sorted(set(tokenizer.added_tokens_decoder) | set(partial))
 
 
@@ -158,9 +214,13 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
-
-def _fit(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, steps: int,
-         seq_len: int = 64, batch: int = 8) -> None:
+def _fit(
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    steps: int,
+    seq_len: int = 64,
+    batch: int = 8,
+) -> None:
     ids = torch.tensor(tokenizer("\n\n".join(_corpus()))["input_ids"])
     n = (len(ids) // seq_len) * seq_len
     chunks = ids[:n].view(-1, seq_len)

@@ -23,8 +23,9 @@ def standin_llm(cache_dir: Path = CACHE_DIR) -> Path:
     if not path.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-            checkpoint = synth_llama.build_checkpoint(Path(tmp), synth_llama.train_tokenizer(),
-                                                      fit_steps=60)
+            checkpoint = synth_llama.build_checkpoint(
+                Path(tmp), synth_llama.train_tokenizer(), fit_steps=60
+            )
             export(checkpoint, path, "Q8_0", name="stand-in (not a real model)")
     return path
 

@@ -8,12 +8,14 @@ import numpy as np
 import soundfile
 
 
-def tone(seconds: float, rate: int, channels: int = 1, freq: float = 440.0,
-         amplitude: float = 0.3) -> np.ndarray:
+def tone(
+    seconds: float, rate: int, channels: int = 1, freq: float = 440.0, amplitude: float = 0.3
+) -> np.ndarray:
     """A sine (different phase per channel), shaped (frames, channels)."""
     t = np.arange(int(seconds * rate)) / rate
-    return np.stack([amplitude * np.sin(2 * np.pi * freq * t + c) for c in range(channels)],
-                    axis=1).astype(np.float32)
+    return np.stack(
+        [amplitude * np.sin(2 * np.pi * freq * t + c) for c in range(channels)], axis=1
+    ).astype(np.float32)
 
 
 def write(path: Path, samples: np.ndarray, rate: int, **kwargs) -> Path:
@@ -32,8 +34,10 @@ def encode(path: Path, samples: np.ndarray, rate: int, codec: str, out_rate: int
         stream.bit_rate = 12200 if out_rate == 8000 else 64000  # AMR-NB's highest mode
         for start in range(0, len(samples), 1024):  # a recorder's chunks, not one huge frame
             frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(samples[start:start + 1024].T, dtype=np.float32),
-                format="fltp", layout=layout)
+                np.ascontiguousarray(samples[start : start + 1024].T, dtype=np.float32),
+                format="fltp",
+                layout=layout,
+            )
             frame.sample_rate = rate
             for packet in stream.encode(frame):
                 out.mux(packet)
@@ -60,13 +64,25 @@ def bad_recordings(tmp_path: Path) -> dict[str, tuple[object, str]]:
         "0.2 s click": (write(tmp_path / "click.wav", click, 44100), "too short"),
         "silence": (write(tmp_path / "silence.wav", silence, 16000), "No speech"),
         "a click in silence": (write(tmp_path / "lclick.wav", long_click, 16000), "No speech"),
-        "10 minutes": (write(tmp_path / "long.wav", np.zeros((600 * 16000, 1), np.int16), 16000,
-                             subtype="PCM_16"), "too long"),
+        "10 minutes": (
+            write(
+                tmp_path / "long.wav", np.zeros((600 * 16000, 1), np.int16), 16000, subtype="PCM_16"
+            ),
+            "too long",
+        ),
         "corrupt wav": (corrupt, "not a readable recording"),
         "not audio": (text, "not a readable recording"),
         "NaN samples": (write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT"), "damaged"),
     }
 
 
-BAD_CASES = ["empty", "0.2 s click", "silence", "a click in silence", "10 minutes", "corrupt wav",
-             "not audio", "NaN samples"]
+BAD_CASES = [
+    "empty",
+    "0.2 s click",
+    "silence",
+    "a click in silence",
+    "10 minutes",
+    "corrupt wav",
+    "not audio",
+    "NaN samples",
+]

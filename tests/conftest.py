@@ -15,9 +15,15 @@ from synth import llama as synth_llama
 
 # A Llama 3 shape scaled down; the real tokenizer makes the embedding the largest tensor.
 LLAMA3_TINY_SHAPE = synth_llama.llama_3_2_1b_scaled(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, tie_word_embeddings=False, max_position_embeddings=8192,
-    initializer_range=0.1)
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    tie_word_embeddings=False,
+    max_position_embeddings=8192,
+    initializer_range=0.1,
+)
 
 
 @pytest.fixture(scope="session")
@@ -38,8 +44,9 @@ def tiny_tokenizer():
 def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     """Tiny Llama (tied embeddings, Llama 3 RoPE scaling, rows of 256 for K-quants), briefly
     fitted."""
-    return synth_llama.build_checkpoint(tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer,
-                                        fit_steps=60)
+    return synth_llama.build_checkpoint(
+        tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer, fit_steps=60
+    )
 
 
 @pytest.fixture(scope="session")
@@ -50,8 +57,9 @@ def llama3_tokenizer(assets):
 @pytest.fixture(scope="session")
 def llama3_tiny_dir(tmp_path_factory, llama3_tokenizer) -> Path:
     """Tiny Llama with the real Llama 3 tokenizer and chat template (untied embeddings)."""
-    return synth_llama.build_checkpoint(tmp_path_factory.mktemp("llama3-tiny"), llama3_tokenizer,
-                                        LLAMA3_TINY_SHAPE)
+    return synth_llama.build_checkpoint(
+        tmp_path_factory.mktemp("llama3-tiny"), llama3_tokenizer, LLAMA3_TINY_SHAPE
+    )
 
 
 @pytest.fixture(scope="session")
@@ -80,11 +88,17 @@ def slow_gguf(tiny_tokenizer, tmp_path_factory) -> Path:
     """
     from export.to_gguf import export
 
-    shape = synth_llama.LlamaShape(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                                   num_attention_heads=8, num_key_value_heads=4,
-                                   tie_word_embeddings=False)
-    checkpoint = synth_llama.build_checkpoint(tmp_path_factory.mktemp("slow-llama"),
-                                              tiny_tokenizer, shape, never_ends=True)
+    shape = synth_llama.LlamaShape(
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        tie_word_embeddings=False,
+    )
+    checkpoint = synth_llama.build_checkpoint(
+        tmp_path_factory.mktemp("slow-llama"), tiny_tokenizer, shape, never_ends=True
+    )
     return export(checkpoint, tmp_path_factory.mktemp("gguf") / "slow-f32.gguf", "F32").path
 
 
@@ -105,7 +119,17 @@ def slow_app_url(slow_gguf, tiny_whisper_path, tmp_path_factory):
 
     prompts = greedy_prompts(tmp_path_factory.mktemp("prompts"), 160)  # long, reproducible
     log = tmp_path_factory.mktemp("logs") / "app.log"
-    with running_app("--model", str(slow_gguf), "--whisper", str(tiny_whisper_path),
-                     "--prompts", str(prompts), "--threads", "2", "--n-ctx", "2048",
-                     log=log) as app:
+    with running_app(
+        "--model",
+        str(slow_gguf),
+        "--whisper",
+        str(tiny_whisper_path),
+        "--prompts",
+        str(prompts),
+        "--threads",
+        "2",
+        "--n-ctx",
+        "2048",
+        log=log,
+    ) as app:
         yield app.url

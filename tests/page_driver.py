@@ -9,9 +9,10 @@ import pytest
 
 from bench.browser import CHROMEDRIVER, CHROMIUM, wait
 
-needs_chromium = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                    reason="needs Debian's chromium and chromium-driver "
-                                           "(make test installs them)")
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromium-driver (make test installs them)",
+)
 BY = "css selector"
 
 
@@ -75,7 +76,7 @@ class Page:
             return ""
         tags = bots[-1].find_elements(BY, ".mode-tag")
         text = bots[-1].text
-        return text[len(tags[0].text):].strip() if tags else text.strip()
+        return text[len(tags[0].text) :].strip() if tags else text.strip()
 
     def answered(self) -> str:
         """Wait for the running answer to finish; its text."""

@@ -44,8 +44,9 @@ def abandon(url: str, api_name: str, *inputs: object) -> None:
     """Start a call, read until its first streamed update, then close the connection (a
     student closing the tab: no Stop, just a vanished socket)."""
     with httpx.Client(base_url=url, timeout=TIMEOUT_S) as http:
-        event_id = http.post(f"gradio_api/call/{api_name}",
-                             json={"data": list(inputs)}).json()["event_id"]
+        event_id = http.post(f"gradio_api/call/{api_name}", json={"data": list(inputs)}).json()[
+            "event_id"
+        ]
         with http.stream("GET", f"gradio_api/call/{api_name}/{event_id}") as stream:
             for line in stream.iter_lines():
                 if line == "event: generating":

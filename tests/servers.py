@@ -45,22 +45,33 @@ class Server:
 
 
 @contextmanager
-def serve(command: list[str], log: Path, port: int, ready_path: str = "/v1/models",
-          env: dict[str, str] | None = None) -> Iterator[Server]:
+def serve(
+    command: list[str],
+    log: Path,
+    port: int,
+    ready_path: str = "/v1/models",
+    env: dict[str, str] | None = None,
+) -> Iterator[Server]:
     """Run COMMAND; yield once GET READY_PATH gets any answer but 503 (a 401 means up, too)."""
     url = f"http://127.0.0.1:{port}"
     with open(log, "a") as out:
         # Unbuffered: the tests read what a server prints (llama_cpp.server prints, to stdout,
         # that a client went away) while it runs, not when a buffer happens to fill.
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, "PYTHONPATH": str(ROOT),
-                                     "PYTHONUNBUFFERED": "1", **(env or {})})
+        proc = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{command[0]} exited with {proc.returncode}: "
-                                   + log.read_text(errors="replace")[-2000:])
+                raise RuntimeError(
+                    f"{command[0]} exited with {proc.returncode}: "
+                    + log.read_text(errors="replace")[-2000:]
+                )
             try:
                 if httpx.get(url + ready_path, timeout=5).status_code != 503:
                     break
@@ -80,33 +91,81 @@ def llama_cpp_server(model: Path, log: Path, *args: str, port: int | None = None
     """`python -m llama_cpp.server` (llama-cpp-python's `server` extra) on MODEL; requests
     take turns (by default a new request would end the answer streaming)."""
     port = port or free_port()
-    return serve([sys.executable, "-m", "llama_cpp.server", "--model", str(model),
-                  "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-                  "--n_threads", "1", "--interrupt_requests", "false", *args], log, port)
+    return serve(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            "1",
+            "--interrupt_requests",
+            "false",
+            *args,
+        ],
+        log,
+        port,
+    )
 
 
 def llama_server_binary() -> Path:
     """llama.cpp's llama-server as `python -m bench.llama_server` builds it, or a skip."""
     path = llama_server_build.binary_path()
     if not path.is_file():
-        pytest.skip(f"llama-server is not built ({path}); build it once with "
-                    "`python -m bench.llama_server` (~10 min)")
+        pytest.skip(
+            f"llama-server is not built ({path}); build it once with "
+            "`python -m bench.llama_server` (~10 min)"
+        )
     return path
 
 
 def llama_server(model: Path, log: Path, *args: str, port: int | None = None):
     """llama.cpp's own `llama-server` on MODEL, two slots of 1024 tokens."""
     port = port or free_port()
-    return serve([str(llama_server_binary()), "-m", str(model), "--host", "127.0.0.1",
-                  "--port", str(port), "-c", "2048", "--parallel", "2", "-t", "1",
-                  "--no-webui", *args], log, port)
+    return serve(
+        [
+            str(llama_server_binary()),
+            "-m",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-c",
+            "2048",
+            "--parallel",
+            "2",
+            "-t",
+            "1",
+            "--no-webui",
+            *args,
+        ],
+        log,
+        port,
+    )
 
 
 def whisper_server(checkpoint: Path, log: Path):
     """tests/whisper_server.py: OpenAI's transcription API around the project's Whisper."""
     port = free_port()
-    return serve([sys.executable, str(ROOT / "tests" / "whisper_server.py"), str(checkpoint),
-                  "--port", str(port)], log, port)
+    return serve(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "whisper_server.py"),
+            str(checkpoint),
+            "--port",
+            str(port),
+        ],
+        log,
+        port,
+    )
 
 
 NGINX_CONFIG = """
@@ -144,7 +203,9 @@ def rate_limiter(upstream: Server, folder: Path, rate: str = "1r/m", status: int
         pytest.skip("nginx is not installed (make system-deps installs nginx-light)")
     port = free_port()
     config = folder / "nginx.conf"
-    config.write_text(NGINX_CONFIG.format(dir=folder, port=port, upstream=upstream.port,
-                                          rate=rate, status=status))
-    return serve([NGINX, "-c", str(config), "-p", str(folder), "-e", "stderr"],
-                 folder / "nginx.out", port)
+    config.write_text(
+        NGINX_CONFIG.format(dir=folder, port=port, upstream=upstream.port, rate=rate, status=status)
+    )
+    return serve(
+        [NGINX, "-c", str(config), "-p", str(folder), "-e", "stderr"], folder / "nginx.out", port
+    )

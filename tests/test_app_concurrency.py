@@ -29,10 +29,25 @@ def _serve(slow_gguf, tiny_whisper_path, tmp_path_factory, max_tokens: int, queu
     """The app with PARALLEL answer slots, greedy modes of MAX_TOKENS, an F32 KV cache."""
     prompts = greedy_prompts(tmp_path_factory.mktemp("prompts"), max_tokens=max_tokens)
     log = tmp_path_factory.mktemp("logs") / "app.log"
-    with running_app("--model", str(slow_gguf), "--whisper", str(tiny_whisper_path),
-                     "--prompts", str(prompts), "--n-ctx", "1024", "--threads", "2",
-                     "--parallel", str(PARALLEL), "--kv-type", "f32",
-                     "--queue-size", str(queue_size), log=log) as app:
+    with running_app(
+        "--model",
+        str(slow_gguf),
+        "--whisper",
+        str(tiny_whisper_path),
+        "--prompts",
+        str(prompts),
+        "--n-ctx",
+        "1024",
+        "--threads",
+        "2",
+        "--parallel",
+        str(PARALLEL),
+        "--kv-type",
+        "f32",
+        "--queue-size",
+        str(queue_size),
+        log=log,
+    ) as app:
         yield app.url
 
 
@@ -42,8 +57,10 @@ def app_url(slow_gguf, tiny_whisper_path, tmp_path_factory):
 
 
 def _history(i: int) -> list[dict]:
-    return [{"role": "user", "content": f"Student {i} asks about topic {i}: " + "why " * i},
-            {"role": "assistant", "content": f"Topic {i} is about " + "this and that " * i}]
+    return [
+        {"role": "user", "content": f"Student {i} asks about topic {i}: " + "why " * i},
+        {"role": "assistant", "content": f"Topic {i} is about " + "this and that " * i},
+    ]
 
 
 def _question(i: int) -> str:
@@ -59,8 +76,10 @@ class Burst:
 @pytest.fixture(scope="module")
 def burst(app_url) -> Burst:
     client = Client(app_url, verbose=False)
-    alone = {i: client.predict(_question(i), "explain", _history(i), api_name="/ask")
-             for i in range(N_STUDENTS)}
+    alone = {
+        i: client.predict(_question(i), "explain", _history(i), api_name="/ask")
+        for i in range(N_STUDENTS)
+    }
     together: dict[int, str] = {}
     clients = [Client(app_url, verbose=False) for _ in range(N_STUDENTS)]
     go = threading.Barrier(N_STUDENTS)
@@ -107,8 +126,10 @@ def test_a_burst_beyond_the_line_is_answered_whole_or_told_busy_at_once(long_ans
             text = outcome.data[0] if kind == "answer" else outcome.data
         else:
             try:
-                kind, text = "answer", clients[i].predict("What is a fraction?", "hint", [],
-                                                          api_name="/ask")
+                kind, text = (
+                    "answer",
+                    clients[i].predict("What is a fraction?", "hint", [], api_name="/ask"),
+                )
             except AppError as e:
                 kind, text = "refused", str(e)
         outcomes[i] = (kind, text, time.monotonic())
@@ -124,8 +145,9 @@ def test_a_burst_beyond_the_line_is_answered_whole_or_told_busy_at_once(long_ans
     assert len(answers) >= PARALLEL + QUEUE_SIZE and refusals
     assert all("The tutor is busy" in text and "Traceback" not in text for _, text, _ in refusals)
     assert max(end for *_, end in refusals) < max(end for *_, end in answers)  # told at once
-    after = Client(long_answers_url, verbose=False).predict("What is a fraction?", "hint", [],
-                                                           api_name="/ask")
+    after = Client(long_answers_url, verbose=False).predict(
+        "What is a fraction?", "hint", [], api_name="/ask"
+    )
     assert {text for _, text, _ in answers} == {after}  # whole answers, the same as alone
 
 
@@ -141,8 +163,10 @@ def test_fifty_clients_vanishing_mid_answer_leave_nothing_behind(long_answers_ur
     while (health := _health(long_answers_url))["answering"] or health["waiting"]:
         assert time.monotonic() < deadline, health
         time.sleep(0.1)
-    ended = {k: health["answers_ended"].get(k, 0) - before["answers_ended"].get(k, 0)
-             for k in health["answers_ended"]}
+    ended = {
+        k: health["answers_ended"].get(k, 0) - before["answers_ended"].get(k, 0)
+        for k in health["answers_ended"]
+    }
     assert ended.get("cancelled", 0) == 50 and ended.get("max_tokens", 0) == 0  # none ran on
     while _health(long_answers_url)["threads"] > before["threads"]:  # worker threads wind down
         assert time.monotonic() < deadline

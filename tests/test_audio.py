@@ -19,12 +19,21 @@ def _peak_hz(samples: np.ndarray) -> float:
     return float(np.fft.rfftfreq(len(samples), 1 / audio.SAMPLE_RATE)[spectrum.argmax()])
 
 
-@pytest.mark.parametrize("rate, channels, fmt", [
-    (8000, 1, "WAV"), (22050, 1, "WAV"), (44100, 2, "FLAC"), (48000, 2, "OGG"),
-    (96000, 1, "WAV"), (48000, 6, "WAV")])
+@pytest.mark.parametrize(
+    "rate, channels, fmt",
+    [
+        (8000, 1, "WAV"),
+        (22050, 1, "WAV"),
+        (44100, 2, "FLAC"),
+        (48000, 2, "OGG"),
+        (96000, 1, "WAV"),
+        (48000, 6, "WAV"),
+    ],
+)
 def test_any_rate_and_channel_count_becomes_16k_mono(rate, channels, fmt, tmp_path):
-    path = write(tmp_path / f"tone.{fmt.lower()}", tone(2.0, rate, channels, freq=1000.0), rate,
-                 format=fmt)
+    path = write(
+        tmp_path / f"tone.{fmt.lower()}", tone(2.0, rate, channels, freq=1000.0), rate, format=fmt
+    )
     samples = audio.load(path)
     assert samples.dtype == np.float32 and samples.ndim == 1
     assert abs(len(samples) - 2 * audio.SAMPLE_RATE) <= audio.SAMPLE_RATE * 0.01
@@ -86,9 +95,14 @@ def test_a_small_file_that_decodes_to_hours_is_refused_while_decoding(tmp_path):
 def test_a_wav_header_claiming_ten_hours_is_read_for_what_it_holds(tmp_path):
     samples = (tone(2.0, 16000) * 32767).astype("<i2")
     n_claimed = 10 * 3600 * 16000 * 2
-    header = (b"RIFF" + struct.pack("<I", 36 + n_claimed) + b"WAVEfmt "
-              + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
-              + b"data" + struct.pack("<I", n_claimed))
+    header = (
+        b"RIFF"
+        + struct.pack("<I", 36 + n_claimed)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+        + b"data"
+        + struct.pack("<I", n_claimed)
+    )
     assert len(audio.load(header + samples.tobytes())) == 2 * 16000
 
 
@@ -111,11 +125,14 @@ def _envelope(samples: np.ndarray, frame: int = 480) -> np.ndarray:
     return np.sqrt(np.mean(mono.reshape(-1, frame).astype(np.float64) ** 2, axis=1))
 
 
-@pytest.mark.parametrize("name, codec, out_rate", [
-    ("chromium-recording.webm", "libopus", 48000),  # MediaRecorder in Chromium and Firefox
-    ("iphone-voice-memo.m4a", "aac", 44100),
-    ("phone-recorder.amr", "libopencore_amrnb", 8000),
-])
+@pytest.mark.parametrize(
+    "name, codec, out_rate",
+    [
+        ("chromium-recording.webm", "libopus", 48000),  # MediaRecorder in Chromium and Firefox
+        ("iphone-voice-memo.m4a", "aac", 44100),
+        ("phone-recorder.amr", "libopencore_amrnb", 8000),
+    ],
+)
 def test_what_browsers_and_phones_record_is_decoded(name, codec, out_rate, assets, tmp_path):
     clip = assets / "speech" / "ljspeech" / "LJ001-0002.wav"
     samples, rate = soundfile.read(clip, always_2d=True, dtype="float32")
@@ -125,7 +142,7 @@ def test_what_browsers_and_phones_record_is_decoded(name, codec, out_rate, asset
     # The same speech: the loudness envelopes agree (at the best shift of up to 150 ms).
     a, b = _envelope(decoded), _envelope(reference)
     n = min(len(a), len(b)) - 5
-    best = max(np.corrcoef(a[lag:lag + n], b[:n])[0, 1] for lag in range(5))
+    best = max(np.corrcoef(a[lag : lag + n], b[:n])[0, 1] for lag in range(5))
     assert best > 0.95
 
 
@@ -138,8 +155,9 @@ def test_a_compressed_recording_over_the_limit_is_refused(tmp_path):
 def test_a_playlist_is_never_followed(tmp_path):
     """FFmpeg would open the files an HLS playlist names: such a file must not reach it."""
     playlist = tmp_path / "question.m3u8"
-    playlist.write_text("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile:///etc/passwd\n"
-                        "#EXT-X-ENDLIST\n")
+    playlist.write_text(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n"
+    )
     with pytest.raises(audio.AudioError, match="not a readable recording"):
         audio.load(playlist)
 

@@ -26,7 +26,8 @@ JOIN_TIMEOUT_S = 600  # generous: only a hang would reach it
 def _conversation(system: str, *turns: str) -> list[dict]:
     roles = ["user", "assistant"] * len(turns)
     return [{"role": "system", "content": system}] + [
-        {"role": role, "content": text} for role, text in zip(roles, turns)]
+        {"role": role, "content": text} for role, text in zip(roles, turns)
+    ]
 
 
 def _greedy(max_tokens: int) -> Generation:
@@ -44,8 +45,12 @@ def batched_llm(slow_gguf) -> TutorLLM:
     return TutorLLM(slow_gguf, n_ctx=1024, n_threads=2, parallel=N_CONVERSATIONS, kv_type="f32")
 
 
-def _three_turns(llm: TutorLLM, i: int, started: threading.Event | None = None,
-                 after: threading.Event | None = None) -> list[str]:
+def _three_turns(
+    llm: TutorLLM,
+    i: int,
+    started: threading.Event | None = None,
+    after: threading.Event | None = None,
+) -> list[str]:
     """Conversation I: three turns of different lengths; START is set once its first answer
     streams, and it begins only once AFTER is set (staggered starts)."""
     if after is not None:
@@ -54,8 +59,9 @@ def _three_turns(llm: TutorLLM, i: int, started: threading.Event | None = None,
     for turn in range(3):
         turns.append(f"Student {i}, question {turn}: " + "why " * (i + 2 * turn))
         pieces = []
-        for piece in llm.stream(_conversation(f"You are tutor number {i}.", *turns),
-                                _greedy(16 + 5 * i + 3 * turn)):
+        for piece in llm.stream(
+            _conversation(f"You are tutor number {i}.", *turns), _greedy(16 + 5 * i + 3 * turn)
+        ):
             pieces.append(piece)
             if started is not None and len(pieces) == 2:
                 started.set()
@@ -65,8 +71,9 @@ def _three_turns(llm: TutorLLM, i: int, started: threading.Event | None = None,
 
 def _run_together(target, count: int) -> dict[int, object]:
     results: dict[int, object] = {}
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, target(i)))
-               for i in range(count)]
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, target(i))) for i in range(count)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -79,21 +86,28 @@ def test_eight_staggered_conversations_answer_token_for_token_as_alone(alone_llm
     started = [threading.Event() for _ in range(N_CONVERSATIONS)]
     together = _run_together(
         lambda i: _three_turns(batched_llm, i, started[i], started[i - 1] if i else None),
-        N_CONVERSATIONS)
+        N_CONVERSATIONS,
+    )
     assert together == alone
     assert len(set(map(tuple, alone.values()))) == N_CONVERSATIONS
     assert batched_llm.most_sequences_in_a_step() >= N_CONVERSATIONS // 2  # really batched
 
 
 def test_each_answer_samples_with_its_own_settings_and_seed(alone_llm, batched_llm):
-    settings = [Generation(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=24),
-                Generation(temperature=0.7, top_k=20, top_p=0.8, min_p=0.1, max_tokens=24,
-                           repeat_penalty=1.3),
-                _greedy(24)]
+    settings = [
+        Generation(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=24),
+        Generation(
+            temperature=0.7, top_k=20, top_p=0.8, min_p=0.1, max_tokens=24, repeat_penalty=1.3
+        ),
+        _greedy(24),
+    ]
 
     def ask(llm: TutorLLM, i: int, seed: int) -> str:
-        return llm.answer(_conversation("You are a tutor.", f"Tell me about topic {i}."),
-                          settings[i % 3], seed=seed)
+        return llm.answer(
+            _conversation("You are a tutor.", f"Tell me about topic {i}."),
+            settings[i % 3],
+            seed=seed,
+        )
 
     alone = {i: ask(alone_llm, i, 1000 + i) for i in range(6)}
     together = _run_together(lambda i: ask(batched_llm, i, 1000 + i), 6)
@@ -102,7 +116,8 @@ def test_each_answer_samples_with_its_own_settings_and_seed(alone_llm, batched_l
 
 
 def test_first_question_in_a_pinned_mode_evaluates_only_what_follows_the_system_prompt(
-        slow_gguf, tiny_whisper_path):
+    slow_gguf, tiny_whisper_path
+):
     llm = TutorLLM(slow_gguf, n_ctx=1024, n_threads=2, parallel=4)
     tutor = Tutor(llm, Transcriber(load_whisper(str(tiny_whisper_path))), load_modes())
     for name, mode in tutor.modes.items():
@@ -112,7 +127,7 @@ def test_first_question_in_a_pinned_mode_evaluates_only_what_follows_the_system_
         before = llm.evaluated_tokens()
         stats = GenerationStats()
         llm.answer(messages, _greedy(16), max_tokens=1, stats=stats)  # the one token: not evaluated
-        assert llm.evaluated_tokens() - before == len(llm.tokenize(prompt[len(system_prompt):]))
+        assert llm.evaluated_tokens() - before == len(llm.tokenize(prompt[len(system_prompt) :]))
         assert stats.reused_from == "pinned"
         assert stats.reused_tokens == len(llm.tokenize(system_prompt))
 
@@ -129,7 +144,7 @@ def test_follow_ups_evaluate_only_new_tokens_with_more_conversations_than_slots(
             evaluated = llm.evaluated_tokens() - before - (stats.generated_tokens - 1)
             if round_:  # the previous prompt and answer come from the cache (saved or live)
                 previous = _conversation(f"Tutor {i}.", *turns[:-2])
-                new_text = llm.render(messages)[len(llm.render(previous)):]
+                new_text = llm.render(messages)[len(llm.render(previous)) :]
                 # the new turn, plus at most the answer's last token (sampled, never evaluated)
                 # and one token re-split where the template trims the answer
                 assert evaluated <= len(llm.tokenize(new_text)) + 2
@@ -140,10 +155,10 @@ def test_follow_ups_evaluate_only_new_tokens_with_more_conversations_than_slots(
     assert count >= 3 and 0 < nbytes <= 128 * 2**20
 
 
-def test_stop_ends_one_answer_within_a_step_and_the_others_finish_unchanged(alone_llm,
-                                                                            batched_llm):
-    questions = [_conversation("You are a tutor.", f"Explain idea number {i} at length.")
-                 for i in range(3)]
+def test_stop_ends_one_answer_within_a_step_and_the_others_finish_unchanged(alone_llm, batched_llm):
+    questions = [
+        _conversation("You are a tutor.", f"Explain idea number {i} at length.") for i in range(3)
+    ]
     long = _greedy(120)
     alone = [alone_llm.answer(q, long) for q in questions]
     stop = threading.Event()
@@ -152,8 +167,9 @@ def test_stop_ends_one_answer_within_a_step_and_the_others_finish_unchanged(alon
 
     def run(i: int) -> str:
         pieces = []
-        for piece in batched_llm.stream(questions[i], long, cancel=stop if i == 1 else None,
-                                        stats=stats if i == 1 else None):
+        for piece in batched_llm.stream(
+            questions[i], long, cancel=stop if i == 1 else None, stats=stats if i == 1 else None
+        ):
             pieces.append(piece)
             if i == 1 and len(pieces) == 3:
                 stop.set()
@@ -172,8 +188,9 @@ def test_a_closed_stream_frees_its_slot_for_the_next_student(slow_gguf):
     first = llm.stream(_conversation("Tutor.", "A long story, please."), _greedy(500))
     next(first)  # streaming: it holds the only slot
     waiting: list[str] = []
-    second = threading.Thread(target=lambda: waiting.append(
-        llm.answer(_conversation("Tutor.", "Hello?"), _greedy(16))))
+    second = threading.Thread(
+        target=lambda: waiting.append(llm.answer(_conversation("Tutor.", "Hello?"), _greedy(16)))
+    )
     second.start()
     first.close()  # the student left
     second.join(JOIN_TIMEOUT_S)
@@ -181,10 +198,8 @@ def test_a_closed_stream_frees_its_slot_for_the_next_student(slow_gguf):
 
 
 def test_requests_wait_for_room_in_the_kv_cache_and_then_answer(slow_gguf, alone_llm):
-    llm = TutorLLM(slow_gguf, n_ctx=512, n_threads=2, parallel=4, kv_tokens=512,
-                   kv_type="f32")
-    questions = [_conversation(f"Tutor {i}.", f"Question {i}: " + "what " * 40)
-                 for i in range(4)]
+    llm = TutorLLM(slow_gguf, n_ctx=512, n_threads=2, parallel=4, kv_tokens=512, kv_type="f32")
+    questions = [_conversation(f"Tutor {i}.", f"Question {i}: " + "what " * 40) for i in range(4)]
     cells = [llm.count_tokens(q) + 60 for q in questions]  # prompt + answer budget
     assert max(cells) <= 512 < sum(cells)
     alone = {i: alone_llm.answer(q, _greedy(60)) for i, q in enumerate(questions)}
@@ -193,8 +208,7 @@ def test_requests_wait_for_room_in_the_kv_cache_and_then_answer(slow_gguf, alone
     assert llm.most_sequences_in_a_step() < 4  # their worst cases do not fit 512 cells at once
 
 
-def test_pinned_prompts_give_way_to_a_conversation_that_needs_the_whole_cache(slow_gguf,
-                                                                              alone_llm):
+def test_pinned_prompts_give_way_to_a_conversation_that_needs_the_whole_cache(slow_gguf, alone_llm):
     llm = TutorLLM(slow_gguf, n_ctx=256, n_threads=2, parallel=2, kv_tokens=256, kv_type="f32")
     pinned = llm.pin(_conversation("A pinned mode prompt. " * 8))
     question = _conversation("Another prompt.", "word " * 50)

@@ -26,30 +26,42 @@ HANG_GUARD_S = 300.0  # only a writer that never writes reaches it
 
 # name -> (Python loop rewriting DEST forever, alternating versions k % 2; the file it writes)
 WRITERS = {
-    "GGUF export": ("""
+    "GGUF export": (
+        """
 from export.to_gguf import export
 for k in __import__('itertools').count():
     export(SRC, DEST / 'model.gguf', 'Q8_0', name=f'version {k % 2}')
-""", "model.gguf"),
-    "Whisper checkpoint": ("""
+""",
+        "model.gguf",
+    ),
+    "Whisper checkpoint": (
+        """
 from synth.whisper import build_checkpoint
 for k in __import__('itertools').count():
     build_checkpoint(DEST / 'whisper.pt', seed=k % 2)
-""", "whisper.pt"),
-    "benchmark report": ("""
+""",
+        "whisper.pt",
+    ),
+    "benchmark report": (
+        """
 from bench.report import write
 for k in __import__('itertools').count():
     write({'threads': 2, 'ceiling': {'read_bandwidth_gb_s': 1.0, 'ceiling_tokens_per_s': 1.0},
            'version': k % 2, 'padding': ['x' * 100] * 20000}, DEST)
-""", "report.json"),
-    "evaluation results": ("""
+""",
+        "report.json",
+    ),
+    "evaluation results": (
+        """
 from train.evaluate import write_outputs
 r = {'loss': 1.0, 'perplexity': 2.7, 'answer_words': 9.0, 'time_to_first_token_s': 0.1,
      'tokens_per_s': 30.0, **{m: {'mean': 0.5, 'std': 0.1} for m in (
      'rouge1', 'rouge2', 'rougeL', 'hint_leak_rate', 'ordered_steps_rate')}}
 for k in __import__('itertools').count():
     write_outputs({f'model {i}': r for i in range(20)}, {'version': k % 2, 'seeds': [0]}, DEST)
-""", "evaluation.json"),
+""",
+        "evaluation.json",
+    ),
 }
 
 
@@ -71,11 +83,17 @@ def test_a_writer_killed_mid_write_leaves_a_whole_file(writer, tiny_llama_dir, t
     loop, name = WRITERS[writer]
     dest = tmp_path / "out"
     dest.mkdir()
-    script = f"from pathlib import Path\nSRC = Path({str(tiny_llama_dir)!r})\n" \
-             f"DEST = Path({str(dest)!r})\n" + loop
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    script = (
+        f"from pathlib import Path\nSRC = Path({str(tiny_llama_dir)!r})\n"
+        f"DEST = Path({str(dest)!r})\n" + loop
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + HANG_GUARD_S
     try:
         # Wait for a finished version, then for the next write to be under way.

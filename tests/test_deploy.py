@@ -41,16 +41,22 @@ def test_the_compose_services_serve_a_question(tiny_gguf, tiny_whisper_path, tmp
     services = _services()
     llm, tutor = services["llm"], services["tutor"]
     port = free_port()
-    llama_args = _mapped(llm["command"], {"/models/model.gguf": str(tiny_gguf),
-                                          "0.0.0.0": "127.0.0.1", "8080": str(port)})
-    with servers.serve([str(servers.llama_server_binary()), *llama_args],
-                       tmp_path / "llm.log", port) as server:
+    llama_args = _mapped(
+        llm["command"],
+        {"/models/model.gguf": str(tiny_gguf), "0.0.0.0": "127.0.0.1", "8080": str(port)},
+    )
+    with servers.serve(
+        [str(servers.llama_server_binary()), *llama_args], tmp_path / "llm.log", port
+    ) as server:
         env = {k: str(v) for k, v in tutor["environment"].items()}
-        env |= {"TUTOR_LLM_URL": env["TUTOR_LLM_URL"].replace("llm:8080", f"127.0.0.1:{port}"),
-                "GRADIO_SERVER_NAME": "127.0.0.1",
-                "TUTOR_WHISPER": str(tiny_whisper_path)}  # base.en: offline here
+        env |= {
+            "TUTOR_LLM_URL": env["TUTOR_LLM_URL"].replace("llm:8080", f"127.0.0.1:{port}"),
+            "GRADIO_SERVER_NAME": "127.0.0.1",
+            "TUTOR_WHISPER": str(tiny_whisper_path),
+        }  # base.en: offline here
         assert tutor["command"][:2] == ["python", "space_app.py"]
         with running_app(*tutor["command"][2:], env=env, log=tmp_path / "app.log") as app:
-            answer = Client(app.url, verbose=False).predict("What is 2 + 2?", "hint", [],
-                                                            api_name="/ask")
+            answer = Client(app.url, verbose=False).predict(
+                "What is 2 + 2?", "hint", [], api_name="/ask"
+            )
         assert answer and "launch_slot_" in server.log_text()  # llama-server answered it

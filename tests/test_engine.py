@@ -28,7 +28,8 @@ def tutor(llm, tiny_whisper_path) -> Tutor:
 def _conversation(system: str, *turns: str) -> list[dict]:
     roles = ["user", "assistant"] * len(turns)
     return [{"role": "system", "content": system}] + [
-        {"role": role, "content": text} for role, text in zip(roles, turns)]
+        {"role": role, "content": text} for role, text in zip(roles, turns)
+    ]
 
 
 def test_prompt_carries_the_modes_system_prompt(tutor):
@@ -41,8 +42,10 @@ def test_prompt_carries_the_modes_system_prompt(tutor):
 
 def test_switching_mode_keeps_the_history(tutor):
     first = list(tutor.ask("How do I solve 3x + 5 = 20?", "hint"))[-1]
-    history = [{"role": "user", "content": "How do I solve 3x + 5 = 20?"},
-               {"role": "assistant", "content": first}]
+    history = [
+        {"role": "user", "content": "How do I solve 3x + 5 = 20?"},
+        {"role": "assistant", "content": first},
+    ]
     "".join(tutor.ask("Show me all the steps.", "step_by_step", history))
     prompt = tutor.llm.stats.prompt
     assert tutor.modes["step_by_step"].system_prompt.strip() in prompt
@@ -58,12 +61,16 @@ def test_follow_up_evaluates_only_the_new_tokens(tiny_gguf):
     first_prompt = llm.render(first)
     assert llm.stats.evaluated_tokens == len(llm.tokenize(first_prompt))
 
-    follow_up = _conversation("You are a tutor.", "What is 7 times 8?",
-                              "Think of 7 times 4 first, then double it.", "Is it 56?")
+    follow_up = _conversation(
+        "You are a tutor.",
+        "What is 7 times 8?",
+        "Think of 7 times 4 first, then double it.",
+        "Is it 56?",
+    )
     prompt = llm.render(follow_up)
     assert prompt.startswith(first_prompt)
     llm.answer(follow_up, GREEDY)
-    new_tokens = len(llm.tokenize(prompt[len(first_prompt):]))
+    new_tokens = len(llm.tokenize(prompt[len(first_prompt) :]))
     assert llm.stats.evaluated_tokens == new_tokens
     assert llm.stats.prompt_tokens - new_tokens == len(llm.tokenize(first_prompt))
 
@@ -73,11 +80,15 @@ def test_follow_up_after_a_generated_answer_reuses_it(tiny_gguf):
     history = _conversation("You are a tutor.", "Explain the derivative of x squared.")
     answer = llm.answer(history, GREEDY)
     generated = llm.stats.generated_tokens
-    history += [{"role": "assistant", "content": answer},
-                {"role": "user", "content": "And of x cubed?"}]
+    history += [
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "And of x cubed?"},
+    ]
     llm.answer(history, GREEDY)
-    tail = "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nAnd of x cubed?<|eot_id|>" \
-           "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    tail = (
+        "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nAnd of x cubed?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
     # New: the turn markers and question, plus at most the answer's last token (sampled, not yet
     # evaluated) and a token re-split at the trimmed end of the answer.
     assert llm.stats.evaluated_tokens <= len(llm.tokenize(tail)) + 2
@@ -91,21 +102,32 @@ def test_interleaved_sessions_keep_their_caches(tiny_gguf):
     llm.answer(a, GREEDY, max_tokens=1)
     llm.answer(b, GREEDY, max_tokens=1)  # another student in between
     a_prompt = llm.render(a)
-    a2 = _conversation("You are a maths tutor.", "What is a prime number?",
-                       "A number with exactly two divisors.", "Is 1 prime?")
+    a2 = _conversation(
+        "You are a maths tutor.",
+        "What is a prime number?",
+        "A number with exactly two divisors.",
+        "Is 1 prime?",
+    )
     llm.answer(a2, GREEDY)
-    assert llm.stats.evaluated_tokens == len(llm.tokenize(llm.render(a2)[len(a_prompt):]))
-    b2 = _conversation("You are a biology tutor.", "What does a cell membrane do?",
-                       "It controls what enters and leaves.", "How?")
+    assert llm.stats.evaluated_tokens == len(llm.tokenize(llm.render(a2)[len(a_prompt) :]))
+    b2 = _conversation(
+        "You are a biology tutor.",
+        "What does a cell membrane do?",
+        "It controls what enters and leaves.",
+        "How?",
+    )
     llm.answer(b2, GREEDY)
-    assert llm.stats.evaluated_tokens == len(llm.tokenize(llm.render(b2)[len(llm.render(b)):]))
+    assert llm.stats.evaluated_tokens == len(llm.tokenize(llm.render(b2)[len(llm.render(b)) :]))
 
 
 def test_saved_caches_stay_within_their_memory_bound(tiny_gguf):
     llm = TutorLLM(tiny_gguf, n_ctx=1024, n_threads=2, cache_bytes=2 * 2**20)
     for i in range(12):
-        llm.answer(_conversation(f"Tutor number {i}.", f"Question {i}: " + "why? " * 40),
-                   GREEDY, max_tokens=4)
+        llm.answer(
+            _conversation(f"Tutor number {i}.", f"Question {i}: " + "why? " * 40),
+            GREEDY,
+            max_tokens=4,
+        )
     count, nbytes = llm.saved_conversations()
     assert 0 < count < 11
     assert nbytes <= 2 * 2**20
@@ -114,18 +136,22 @@ def test_saved_caches_stay_within_their_memory_bound(tiny_gguf):
 def test_trimming_keeps_system_prompt_and_question_and_fits(llm):
     turns = []
     for i in range(30):
-        turns += [f"Question {i} about fractions and decimals, please explain it fully.",
-                  f"Answer {i}: " + "a long explanation with many words " * 8]
-    history = [{"role": role, "content": text}
-               for role, text in zip(["user", "assistant"] * 30, turns)]
+        turns += [
+            f"Question {i} about fractions and decimals, please explain it fully.",
+            f"Answer {i}: " + "a long explanation with many words " * 8,
+        ]
+    history = [
+        {"role": role, "content": text} for role, text in zip(["user", "assistant"] * 30, turns)
+    ]
     n_ctx, max_answer = 512, 128
-    messages, budget, dropped = fit_messages("SYSTEM PROMPT", history, "THE NEW QUESTION",
-                                             llm.count_tokens, n_ctx, max_answer)
+    messages, budget, dropped = fit_messages(
+        "SYSTEM PROMPT", history, "THE NEW QUESTION", llm.count_tokens, n_ctx, max_answer
+    )
     assert dropped > 0
     assert messages[0] == {"role": "system", "content": "SYSTEM PROMPT"}
     assert messages[-1] == {"role": "user", "content": "THE NEW QUESTION"}
     assert llm.count_tokens(messages) + budget <= n_ctx and budget == max_answer
-    assert messages[1:-1] == history[2 * dropped:]  # whole turns, the newest kept
+    assert messages[1:-1] == history[2 * dropped :]  # whole turns, the newest kept
 
 
 def test_a_question_longer_than_the_window_is_refused(llm):
@@ -136,8 +162,10 @@ def test_a_question_longer_than_the_window_is_refused(llm):
 def test_generation_fits_the_context_window(tutor):
     history = []
     for i in range(40):
-        history += [{"role": "user", "content": f"Question {i}: " + "tell me more " * 10},
-                    {"role": "assistant", "content": "More detail. " * 12}]
+        history += [
+            {"role": "user", "content": f"Question {i}: " + "tell me more " * 10},
+            {"role": "assistant", "content": "More detail. " * 12},
+        ]
     answer = list(tutor.ask("And finally?", "step_by_step", history))
     assert answer
     assert tutor.llm.stats.prompt_tokens + tutor.llm.stats.generated_tokens <= tutor.llm.n_ctx
@@ -149,9 +177,11 @@ def test_generation_can_be_stopped_mid_answer(llm, slow_gguf):
     never_ending = TutorLLM(slow_gguf, n_ctx=1024, n_threads=2)
     cancel = threading.Event()
     pieces = []
-    for piece in never_ending.stream(_conversation("Tutor.", "Tell me a long story."),
-                                     Generation(temperature=0.8, max_tokens=4000),
-                                     cancel=cancel):
+    for piece in never_ending.stream(
+        _conversation("Tutor.", "Tell me a long story."),
+        Generation(temperature=0.8, max_tokens=4000),
+        cancel=cancel,
+    ):
         pieces.append(piece)
         if len(pieces) == 3:
             cancel.set()

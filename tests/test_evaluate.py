@@ -11,26 +11,66 @@ from train import evaluate
 
 @pytest.fixture
 def eval_config(tmp_path):
-    rows = [{"conversations": [
-        {"from": "human", "value": f"Explain idea number {i} about {topic}."},
-        {"from": "gpt", "value": f"Idea {i}: {topic} works because parts interact in order."}]}
-        for i, topic in enumerate(["fractions", "gravity", "cells", "loops", "rivers", "atoms",
-                                   "verbs", "prisms", "tides", "votes"])]
+    rows = [
+        {
+            "conversations": [
+                {"from": "human", "value": f"Explain idea number {i} about {topic}."},
+                {
+                    "from": "gpt",
+                    "value": f"Idea {i}: {topic} works because parts interact in order.",
+                },
+            ]
+        }
+        for i, topic in enumerate(
+            [
+                "fractions",
+                "gravity",
+                "cells",
+                "loops",
+                "rivers",
+                "atoms",
+                "verbs",
+                "prisms",
+                "tides",
+                "votes",
+            ]
+        )
+    ]
     data = tmp_path / "rows.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     config = tmp_path / "eval.yaml"
-    config.write_text(f"output_dir: {tmp_path}/unused\nmodel: {{base: unused}}\n"
-                      f"data:\n  sources:\n    - {{name: rows, format: sharegpt, path: {data}}}\n"
-                      f"  val_fraction: 0.4\n  dedup: false\ntrain: {{seq_len: 256, seed: 0}}\n")
+    config.write_text(
+        f"output_dir: {tmp_path}/unused\nmodel: {{base: unused}}\n"
+        f"data:\n  sources:\n    - {{name: rows, format: sharegpt, path: {data}}}\n"
+        f"  val_fraction: 0.4\n  dedup: false\ntrain: {{seq_len: 256, seed: 0}}\n"
+    )
     return config
 
 
 def test_evaluate_writes_table_json_and_plot(eval_config, tiny_gguf, tiny_llama_dir, tmp_path):
     out = tmp_path / "eval"
-    code = evaluate.main(["--config", str(eval_config), "--model", f"gguf={tiny_gguf}",
-                          "--model", f"hf={tiny_llama_dir}", "--out", str(out), "--seeds", "2",
-                          "--max-examples", "3", "--max-problems", "3", "--max-new-tokens", "16",
-                          "--threads", "2"])
+    code = evaluate.main(
+        [
+            "--config",
+            str(eval_config),
+            "--model",
+            f"gguf={tiny_gguf}",
+            "--model",
+            f"hf={tiny_llama_dir}",
+            "--out",
+            str(out),
+            "--seeds",
+            "2",
+            "--max-examples",
+            "3",
+            "--max-problems",
+            "3",
+            "--max-new-tokens",
+            "16",
+            "--threads",
+            "2",
+        ]
+    )
     assert code == 0
     report = json.loads((out / "evaluation.json").read_text())
     assert set(report["results"]) == {"gguf", "hf"} and report["meta"]["examples"] == 3

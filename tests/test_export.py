@@ -16,8 +16,10 @@ import llama_cpp_helpers
 from export.to_gguf import export
 from tutor import chat_format
 
-PROMPT = ("The derivative of x squared is 2x, so the slope at x = 3 is 6. "
-          "Integrals undo derivatives: the integral of 2x is x squared plus a constant.")
+PROMPT = (
+    "The derivative of x squared is 2x, so the slope at x = 3 is 6. "
+    "Integrals undo derivatives: the integral of 2x is x squared plus a constant."
+)
 
 
 @pytest.fixture(scope="module")
@@ -117,16 +119,20 @@ def test_llama3_chat_template_prompt_matches_hf(llama3_llm, llama3_tokenizer):
         {"role": "assistant", "content": "Exactly."},
         {"role": "user", "content": "And 7 x 9?"},
     ]
+
     # The same inputs llama-cpp-python gives its default chat handler: the special tokens' text.
     def special(token: int) -> str:
         return llama3_llm.detokenize([token], special=True).decode()
 
     formatter = Jinja2ChatFormatter(
         template=llama3_llm.metadata["tokenizer.chat_template"],
-        eos_token=special(llama3_llm.token_eos()), bos_token=special(llama3_llm.token_bos()))
+        eos_token=special(llama3_llm.token_eos()),
+        bos_token=special(llama3_llm.token_bos()),
+    )
     prompt = formatter(messages=messages).prompt
-    expected = llama3_tokenizer.apply_chat_template(messages, tokenize=False,
-                                                    add_generation_prompt=True)
+    expected = llama3_tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
     assert prompt == expected
     assert llama3_llm.chat_format == "chat_template.default"
 
@@ -136,7 +142,8 @@ def test_special_token_metadata(llama3_llm, llama3_tokenizer):
     assert int(meta["tokenizer.ggml.bos_token_id"]) == llama3_tokenizer.bos_token_id
     assert int(meta["tokenizer.ggml.eos_token_id"]) == llama3_tokenizer.eos_token_id
     assert int(meta["tokenizer.ggml.eot_token_id"]) == llama3_tokenizer.convert_tokens_to_ids(
-        chat_format.EOT)
+        chat_format.EOT
+    )
     assert int(meta["tokenizer.ggml.padding_token_id"]) == llama3_tokenizer.pad_token_id
     assert meta["tokenizer.ggml.pre"] == "llama-bpe"
 
@@ -146,9 +153,19 @@ def test_lora_adapter_merged_on_export(tiny_llama_dir, tiny_tokenizer, export_di
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj",
-                                                             "o_proj", "gate_proj", "up_proj",
-                                                             "down_proj"])
+    config = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+    )
     peft_model = get_peft_model(model, config)
     ids = torch.tensor([_ids(tiny_tokenizer)])
     optimizer = torch.optim.AdamW(peft_model.parameters(), lr=1e-2)
@@ -165,29 +182,37 @@ def test_lora_adapter_merged_on_export(tiny_llama_dir, tiny_tokenizer, export_di
     base = _hf_logits(tiny_llama_dir, ids[0].tolist())
     assert np.abs(expected - base).max() > 1e-2  # the adapter changed the model
 
-    path = export(tiny_llama_dir, export_dir / "tiny-lora-f32.gguf", "F32",
-                  adapter=adapter_dir).path
+    path = export(
+        tiny_llama_dir, export_dir / "tiny-lora-f32.gguf", "F32", adapter=adapter_dir
+    ).path
     got = llama_cpp_helpers.logits(path, ids[0].tolist())
     assert np.abs(got - expected).max() <= 1e-4
 
 
 def _run_export(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "export.to_gguf", *args], capture_output=True,
-                          text=True, cwd=Path(__file__).parents[1], timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "export.to_gguf", *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=300,
+    )
 
 
 def _bad_inputs(tiny_llama_dir: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
     """Each bad input: (CLI arguments, words its error line must contain)."""
     not_llama = tmp / "gpt2"
     not_llama.mkdir()
-    (not_llama / "config.json").write_text(json.dumps({"model_type": "gpt2",
-                                                        "architectures": ["GPT2LMHeadModel"]}))
+    (not_llama / "config.json").write_text(
+        json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
+    )
     corrupt = tmp / "corrupt"
     corrupt.mkdir()
     for f in tiny_llama_dir.iterdir():
         data = f.read_bytes()
-        (corrupt / f.name).write_bytes(data[: len(data) // 3] if f.suffix == ".safetensors"
-                                       else data)
+        (corrupt / f.name).write_bytes(
+            data[: len(data) // 3] if f.suffix == ".safetensors" else data
+        )
     a_file = tmp / "a-file"
     a_file.write_text("not a directory")
     out = str(tmp / "out" / "model.gguf")
@@ -197,12 +222,18 @@ def _bad_inputs(tiny_llama_dir: Path, tmp: Path) -> dict[str, tuple[list[str], s
         "directory without config": ([str(tmp / "out"), out], "no config.json"),
         "non-llama architecture": ([str(not_llama), out], "unsupported architecture 'gpt2'"),
         "corrupt weights": ([str(corrupt), out], "cannot load the weights"),
-        "unknown quantization": ([str(tiny_llama_dir), out, "--type", "Q9_X"],
-                                 "unknown quantization type 'Q9_X'"),
-        "unwritable destination": ([str(tiny_llama_dir), str(a_file / "model.gguf")],
-                                   "cannot write"),
-        "missing adapter": ([str(tiny_llama_dir), out, "--adapter", str(tmp / "no-adapter")],
-                            "not a directory"),
+        "unknown quantization": (
+            [str(tiny_llama_dir), out, "--type", "Q9_X"],
+            "unknown quantization type 'Q9_X'",
+        ),
+        "unwritable destination": (
+            [str(tiny_llama_dir), str(a_file / "model.gguf")],
+            "cannot write",
+        ),
+        "missing adapter": (
+            [str(tiny_llama_dir), out, "--adapter", str(tmp / "no-adapter")],
+            "not a directory",
+        ),
     }
 
 

@@ -26,8 +26,10 @@ from tutor.modes import Generation
 pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
 
 GREEDY = Generation(temperature=0.0, max_tokens=16)
-MESSAGES = [{"role": "system", "content": "You are a tutor."},
-            {"role": "user", "content": "What is a fraction?"}]
+MESSAGES = [
+    {"role": "system", "content": "You are a tutor."},
+    {"role": "user", "content": "What is a fraction?"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,24 +37,36 @@ def converter(tmp_path_factory) -> Path:
     """llama.cpp's convert_hf_to_gguf.py with its conversion package and gguf-py."""
     root = tmp_path_factory.mktemp("llama.cpp")
     with tarfile.open(llama_server.source_release()) as tar:
-        wanted = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name and (
-            m.name.endswith("/convert_hf_to_gguf.py") or "/conversion/" in m.name
-            or "/gguf-py/" in m.name)]
+        wanted = [
+            m
+            for m in tar.getmembers()
+            if "/vendor/llama.cpp/" in m.name
+            and (
+                m.name.endswith("/convert_hf_to_gguf.py")
+                or "/conversion/" in m.name
+                or "/gguf-py/" in m.name
+            )
+        ]
         tar.extractall(root, members=wanted, filter="data")
     return next(root.glob("*/vendor/llama.cpp/convert_hf_to_gguf.py"))
 
 
 def _convert(converter: Path, src: Path, out: Path, outtype: str) -> Path:
-    result = subprocess.run([sys.executable, str(converter), str(src), "--outfile", str(out),
-                             "--outtype", outtype], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(converter), str(src), "--outfile", str(out), "--outtype", outtype],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return out
 
 
 @pytest.fixture(scope="module")
 def reference_q8(converter, llama3_tiny_dir, tmp_path_factory) -> Path:
-    return _convert(converter, llama3_tiny_dir, tmp_path_factory.mktemp("ref") / "ref-q8_0.gguf",
-                    "q8_0")
+    return _convert(
+        converter, llama3_tiny_dir, tmp_path_factory.mktemp("ref") / "ref-q8_0.gguf", "q8_0"
+    )
 
 
 def test_reference_gguf_loads_and_answers_with_its_template(reference_q8, llama3_tokenizer):
@@ -63,15 +77,27 @@ def test_reference_gguf_loads_and_answers_with_its_template(reference_q8, llama3
     assert llm.stats.generated_tokens > 0 and llm.stats.stopped in ("eot", "max_tokens")
     assert answer or llm.stats.stopped == "eot"
     assert llm.stats.prompt == llama3_tokenizer.apply_chat_template(
-        MESSAGES, tokenize=False, add_generation_prompt=True)
+        MESSAGES, tokenize=False, add_generation_prompt=True
+    )
 
 
 def test_reference_gguf_without_template_falls_back_to_llama3(reference_q8, tmp_path):
     bare = tmp_path / "no-template.gguf"
-    result = subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata",
-                             str(reference_q8), str(bare), "--remove-metadata",
-                             "tokenizer.chat_template", "--force"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gguf.scripts.gguf_new_metadata",
+            str(reference_q8),
+            str(bare),
+            "--remove-metadata",
+            "tokenizer.chat_template",
+            "--force",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     llm = TutorLLM(bare, n_ctx=512, n_threads=2)
     assert not llm.has_own_template and llm.template == LLAMA3_CHAT_TEMPLATE
@@ -82,14 +108,16 @@ def test_reference_gguf_without_template_falls_back_to_llama3(reference_q8, tmp_
 
 def _fields(path: Path) -> dict:
     reader = gguf.GGUFReader(path)
-    values = {name: f.contents() for name, f in reader.fields.items()
-              if not name.startswith("GGUF.")}
+    values = {
+        name: f.contents() for name, f in reader.fields.items() if not name.startswith("GGUF.")
+    }
     return values, {t.name: np.array(t.data) for t in reader.tensors}
 
 
 def test_our_export_writes_what_llama_cpp_writes(converter, llama3_tiny_dir, tmp_path):
-    ref_meta, ref_tensors = _fields(_convert(converter, llama3_tiny_dir, tmp_path / "ref.gguf",
-                                             "f32"))
+    ref_meta, ref_tensors = _fields(
+        _convert(converter, llama3_tiny_dir, tmp_path / "ref.gguf", "f32")
+    )
     ours = export(llama3_tiny_dir, tmp_path / "ours.gguf", "F32").path
     our_meta, our_tensors = _fields(ours)
     assert ref_tensors.keys() == our_tensors.keys()
@@ -101,5 +129,6 @@ def test_our_export_writes_what_llama_cpp_writes(converter, llama3_tiny_dir, tmp
         if key not in cosmetic:
             assert our_meta.get(key) == value, key
     ids = list(range(1000, 1064))
-    assert np.array_equal(llama_cpp_helpers.logits(ours, ids),
-                          llama_cpp_helpers.logits(tmp_path / "ref.gguf", ids))
+    assert np.array_equal(
+        llama_cpp_helpers.logits(ours, ids), llama_cpp_helpers.logits(tmp_path / "ref.gguf", ids)
+    )

@@ -19,8 +19,13 @@ from bench.harness import ROOT
 pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
 
 PACKAGES = ["tutor", "export", "synth", "train", "bench"]
-BELOW = {"tutor": set(), "export": {"tutor"}, "synth": {"tutor", "export"},
-         "train": {"tutor", "export", "synth"}, "bench": {"tutor", "export", "synth", "train"}}
+BELOW = {
+    "tutor": set(),
+    "export": {"tutor"},
+    "synth": {"tutor", "export"},
+    "train": {"tutor", "export", "synth"},
+    "bench": {"tutor", "export", "synth", "train"},
+}
 TRAINING_STACKS = {"trl", "peft", "datasets", "accelerate"}
 
 PROBE = """
@@ -40,8 +45,9 @@ print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
 
 def _imported_by(name: str) -> set[str]:
     """Top-level modules in sys.modules after importing NAME (all of its modules)."""
-    result = subprocess.run([sys.executable, "-c", PROBE, name], cwd=ROOT, capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, name], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     return set(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
@@ -59,9 +65,24 @@ def test_the_app_imports_the_runtime_and_no_training_stack():
 
 # What `--help` must not wait for: each of these takes from a quarter of a second (openai, scipy)
 # to several seconds (torch, transformers) to import on these machines.
-HEAVY_STACKS = {"torch", "transformers", "tokenizers", "whisper", "llama_cpp", "gradio",
-                "gradio_client", "matplotlib", "scipy", "onnxruntime", "silero_vad", "openai",
-                "selenium", "datasketch", "av", "safetensors"} | TRAINING_STACKS
+HEAVY_STACKS = {
+    "torch",
+    "transformers",
+    "tokenizers",
+    "whisper",
+    "llama_cpp",
+    "gradio",
+    "gradio_client",
+    "matplotlib",
+    "scipy",
+    "onnxruntime",
+    "silero_vad",
+    "openai",
+    "selenium",
+    "datasketch",
+    "av",
+    "safetensors",
+} | TRAINING_STACKS
 
 HELP_PROBE = """
 import contextlib, io, json, runpy, sys
@@ -92,8 +113,13 @@ def _entry_points() -> list[str]:
 
 @pytest.mark.parametrize("entry_point", _entry_points())
 def test_help_answers_without_importing_a_heavy_stack(entry_point):
-    result = subprocess.run([sys.executable, "-c", HELP_PROBE, entry_point], cwd=ROOT,
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_PROBE, entry_point],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     probe = json.loads(result.stdout.strip().splitlines()[-1])
     assert probe["code"] in (0, None) and "usage:" in probe["help"], result.stderr[-2000:]
     heavy = set(probe["imported"]) & HEAVY_STACKS

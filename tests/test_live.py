@@ -59,14 +59,13 @@ class Recorder:
         return self.transcriber.transcribe(audio, language, max_tokens)
 
 
-def _stream(listener: Listener, recorder: Recorder, audio: np.ndarray
-            ) -> list[tuple[float, str]]:
+def _stream(listener: Listener, recorder: Recorder, audio: np.ndarray) -> list[tuple[float, str]]:
     """Feed AUDIO as the browser does, in int16 chunks; (audio streamed, text) per question."""
     pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
     step, questions = int(CHUNK_S * BROWSER_RATE), []
     for start in range(0, len(pcm), step):
         recorder.fed_s = (start + step) / BROWSER_RATE
-        text = listener.feed(BROWSER_RATE, pcm[start:start + step])
+        text = listener.feed(BROWSER_RATE, pcm[start : start + step])
         if text is not None:
             questions.append((recorder.fed_s, text))
     return questions
@@ -94,8 +93,11 @@ def test_speech_before_a_pause_is_transcribed_while_the_student_goes_on(transcri
     listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S)
     first_end_s = 0.5 + len(speech[0]) / BROWSER_RATE
     second_end_s = first_end_s + 0.6 + len(speech[1]) / BROWSER_RATE
-    questions = _stream(listener, recorder, np.concatenate(
-        [_silence(0.5), speech[0], _silence(0.6), speech[1], _silence(2.0)]))
+    questions = _stream(
+        listener,
+        recorder,
+        np.concatenate([_silence(0.5), speech[0], _silence(0.6), speech[1], _silence(2.0)]),
+    )
     assert len(questions) == 1  # a 0.6 s pause is a pause, not the end of the question
     assert len(recorder.handed_over_s) >= 2
     assert recorder.handed_over_s[0] < first_end_s + PAUSE_S + CHUNK_S  # long before the end
@@ -107,8 +109,10 @@ def test_noise_and_silence_are_not_questions(transcriber):
     recorder = Recorder(transcriber)
     listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S)
     draws = non_speech(np.random.default_rng(0))
-    sounds = [soxr.resample(draws[kind](), SAMPLE_RATE, BROWSER_RATE).astype(np.float32)
-              for kind in ("silence", "white noise", "steady tone", "keyboard clicks")]
+    sounds = [
+        soxr.resample(draws[kind](), SAMPLE_RATE, BROWSER_RATE).astype(np.float32)
+        for kind in ("silence", "white noise", "steady tone", "keyboard clicks")
+    ]
     assert _stream(listener, recorder, np.concatenate(sounds)) == []
     assert recorder.lengths_s == []  # Whisper never ran
 
@@ -116,14 +120,16 @@ def test_noise_and_silence_are_not_questions(transcriber):
 def test_reset_forgets_the_question_in_progress(transcriber, speech):
     recorder = Recorder(transcriber)
     listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S)
-    assert _stream(listener, recorder, np.concatenate([_silence(0.5), speech[0][:BROWSER_RATE]])
-                   ) == []
+    assert (
+        _stream(listener, recorder, np.concatenate([_silence(0.5), speech[0][:BROWSER_RATE]])) == []
+    )
     listener.reset()  # an answer began: what was heard is not a question
     assert _stream(listener, recorder, _silence(2.0)) == []
 
 
-def test_a_question_that_never_pauses_long_enough_ends_at_the_length_limit(transcriber, speech,
-                                                                            monkeypatch):
+def test_a_question_that_never_pauses_long_enough_ends_at_the_length_limit(
+    transcriber, speech, monkeypatch
+):
     monkeypatch.setattr("tutor.live.MAX_QUESTION_S", 12.0)  # the limit, scaled down for speed
     recorder = Recorder(transcriber)
     listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S)

@@ -21,28 +21,40 @@ def test_prices_in_word_problems_stay_text(problem):
     assert dollars_to_parens(problem) == problem
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Solve $x^2 - 5x + 6 = 0$.", r"Solve \(x^2 - 5x + 6 = 0\)."),
-    (r"so $\frac{a}{b} + c$ is the sum", r"so \(\frac{a}{b} + c\) is the sum"),
-    ("Let $a$ and $b$ be the legs, then $c^2 = a^2 + b^2$.",
-     r"Let \(a\) and \(b\) be the legs, then \(c^2 = a^2 + b^2\)."),
-    (r"The derivative of $x^2 \sin x$ is $2x \sin x + x^2 \cos x$.",
-     r"The derivative of \(x^2 \sin x\) is \(2x \sin x + x^2 \cos x\)."),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Solve $x^2 - 5x + 6 = 0$.", r"Solve \(x^2 - 5x + 6 = 0\)."),
+        (r"so $\frac{a}{b} + c$ is the sum", r"so \(\frac{a}{b} + c\) is the sum"),
+        (
+            "Let $a$ and $b$ be the legs, then $c^2 = a^2 + b^2$.",
+            r"Let \(a\) and \(b\) be the legs, then \(c^2 = a^2 + b^2\).",
+        ),
+        (
+            r"The derivative of $x^2 \sin x$ is $2x \sin x + x^2 \cos x$.",
+            r"The derivative of \(x^2 \sin x\) is \(2x \sin x + x^2 \cos x\).",
+        ),
+    ],
+)
 def test_formulas_between_single_dollars_become_inline_maths(text, expected):
     assert dollars_to_parens(text) == expected
 
 
 def test_a_formula_and_a_price_in_one_sentence():
-    assert (dollars_to_parens("If $n$ pens cost $3 each, the total is $3n$ dollars.")
-            == r"If \(n\) pens cost $3 each, the total is \(3n\) dollars.")
+    assert (
+        dollars_to_parens("If $n$ pens cost $3 each, the total is $3n$ dollars.")
+        == r"If \(n\) pens cost $3 each, the total is \(3n\) dollars."
+    )
 
 
-@pytest.mark.parametrize("text", [
-    r"$$\int_0^1 x\,dx = \frac{1}{2}$$",
-    r"\(x^2\) and \[E = mc^2\]",
-    r"an escaped \$x$ is text",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        r"$$\int_0^1 x\,dx = \frac{1}{2}$$",
+        r"\(x^2\) and \[E = mc^2\]",
+        r"an escaped \$x$ is text",
+    ],
+)
 def test_other_delimiters_and_escapes_are_left_as_they_are(text):
     assert dollars_to_parens(text) == text
 

@@ -17,8 +17,12 @@ pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
 
 
 def _offline(tmp_path: Path) -> dict[str, str]:
-    return {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
-            "XDG_CACHE_HOME": str(tmp_path / "xdg"), "TUTOR_CACHE": str(tmp_path / "tutor")}
+    return {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+        "TUTOR_CACHE": str(tmp_path / "tutor"),
+    }
 
 
 def _notice(url: str) -> str:
@@ -33,15 +37,15 @@ def test_app_starts_offline_on_standins_and_says_so(tmp_path):
         assert "answers and transcripts are not meaningful" in notice
         assert "--model PATH.gguf" in notice and "--whisper PATH.pt" in notice
         assert "Errno" not in notice and "urlopen" not in notice  # the error is in the log
-        job = Client(app.url, verbose=False).submit("What is 2 + 2?", "hint", [],
-                                                    api_name="/ask")
+        job = Client(app.url, verbose=False).submit("What is 2 + 2?", "hint", [], api_name="/ask")
         assert list(job) and job.result()
     assert (tmp_path / "tutor" / "standin-llama-q8_0.gguf").is_file()
 
 
 def test_own_gguf_offline_says_only_speech_is_a_stand_in(tiny_gguf, tmp_path):
-    with running_app("--model", str(tiny_gguf), env=_offline(tmp_path),
-                     log=tmp_path / "app.log") as app:
+    with running_app(
+        "--model", str(tiny_gguf), env=_offline(tmp_path), log=tmp_path / "app.log"
+    ) as app:
         notice = _notice(app.url)
     assert "Stand-in speech model" in notice and "typed questions are answered" in notice
     assert "answers are not meaningful" not in notice and "--model" not in notice

@@ -91,8 +91,7 @@ def test_each_answer_shows_its_mode(desktop):
         desktop.answered()
 
 
-def test_an_error_is_a_note_by_the_input_and_the_chat_stays_readable(page, artifacts_dir,
-                                                                     tmp_path):
+def test_an_error_is_a_note_by_the_input_and_the_chat_stays_readable(page, artifacts_dir, tmp_path):
     page.ask(QUESTION)
     answer = page.answered()
     page.find("#send").click()  # nothing typed
@@ -121,17 +120,28 @@ def test_a_reload_brings_the_conversation_back_and_new_conversation_empties_it(p
 
 
 def test_the_downloaded_markdown_equals_the_conversation(page, slow_app_url, tmp_path):
-    expected_answer = Client(slow_app_url, verbose=False).predict(QUESTION, "hint", [],
-                                                                 api_name="/ask")
+    expected_answer = Client(slow_app_url, verbose=False).predict(
+        QUESTION, "hint", [], api_name="/ask"
+    )
     page.ask(QUESTION)
     page.answered()
     page.find("#download").click()
     path = tmp_path / "tutor-conversation.md"
     wait(path.is_file)
-    assert path.read_text() == "\n".join([
-        "# Voice tutor conversation", "",
-        "**Student:**", "", dollars_to_parens(QUESTION), "",
-        "**Tutor (Hints):**", "", dollars_to_parens(expected_answer), ""])
+    assert path.read_text() == "\n".join(
+        [
+            "# Voice tutor conversation",
+            "",
+            "**Student:**",
+            "",
+            dollars_to_parens(QUESTION),
+            "",
+            "**Tutor (Hints):**",
+            "",
+            dollars_to_parens(expected_answer),
+            "",
+        ]
+    )
 
 
 def test_new_conversation_mid_answer_always_starts_over(slow_app_url, assets, tmp_path):
@@ -160,15 +170,17 @@ def test_new_conversation_mid_answer_always_starts_over(slow_app_url, assets, tm
 
 
 def test_browser_and_phone_recordings_transcribe_through_the_page_and_the_api(
-        desktop, slow_app_url, assets, tmp_path):
+    desktop, slow_app_url, assets, tmp_path
+):
     accept = desktop.upload_input().get_attribute("accept").split(",")
     assert sorted(a.strip() for a in accept) == sorted(AUDIO_FILE_TYPES)
     mime, recorded = desktop.driver.execute_async_script(RECORD_WEBM)
     assert mime.startswith("audio/webm"), recorded
     webm = tmp_path / "chromium-recording.webm"
     webm.write_bytes(base64.b64decode(recorded))
-    samples, rate = soundfile.read(assets / "speech/ljspeech/LJ001-0001.wav", dtype="float32",
-                                   always_2d=True)
+    samples, rate = soundfile.read(
+        assets / "speech/ljspeech/LJ001-0001.wav", dtype="float32", always_2d=True
+    )
     m4a = encode(tmp_path / "voice-memo.m4a", samples, rate, "aac", out_rate=44100)
     client = Client(slow_app_url, verbose=False)
     for recording in (webm, m4a):
@@ -192,11 +204,19 @@ def test_no_serious_accessibility_violations(page):
     result = page.driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
         "axe.run(document, {runOnly: ['wcag2a', 'wcag2aa', 'best-practice']})"
-        ".then((r) => done(r.violations)).catch((e) => done(String(e)));")
+        ".then((r) => done(r.violations)).catch((e) => done(String(e)));"
+    )
     assert isinstance(result, list), result
-    serious = [{"id": v["id"], "impact": v["impact"], "help": v["help"],
-                "nodes": [n["target"] for n in v["nodes"]][:5]}
-               for v in result if v["impact"] in ("serious", "critical")]
+    serious = [
+        {
+            "id": v["id"],
+            "impact": v["impact"],
+            "help": v["help"],
+            "nodes": [n["target"] for n in v["nodes"]][:5],
+        }
+        for v in result
+        if v["impact"] in ("serious", "critical")
+    ]
     assert not serious, json.dumps(serious, indent=1)
 
 
@@ -213,10 +233,10 @@ return done.concat([text.slice(rest)]).map(speakable).filter((s) => s.replace(/\
 """
 
 
-def test_answers_are_read_aloud_sentence_by_sentence_and_stop_silences_them(desktop,
-                                                                              slow_app_url):
-    expected_answer = Client(slow_app_url, verbose=False).predict(QUESTION, "hint", [],
-                                                                 api_name="/ask")
+def test_answers_are_read_aloud_sentence_by_sentence_and_stop_silences_them(desktop, slow_app_url):
+    expected_answer = Client(slow_app_url, verbose=False).predict(
+        QUESTION, "hint", [], api_name="/ask"
+    )
     desktop.driver.execute_script(INTERCEPT_SPEECH)
     wait(lambda: desktop.driver.find_elements(BY, "#read-aloud input"))[0].click()
     desktop.ask(QUESTION)
@@ -247,11 +267,17 @@ def test_switching_read_aloud_off_silences_it(desktop):
 
 
 def test_hands_free_sends_the_question_when_speech_ends_with_no_further_click(
-        slow_app_url, assets, tmp_path, artifacts_dir):
+    slow_app_url, assets, tmp_path, artifacts_dir
+):
     speech, rate = soundfile.read(assets / "speech/ljspeech/LJ001-0001.wav", dtype="float32")
     lead_s, trail_s = 0.5, 2.0
-    clip = write(tmp_path / "question.wav", np.concatenate(
-        [np.zeros(int(lead_s * rate)), speech, np.zeros(int(trail_s * rate))])[:, None], rate)
+    clip = write(
+        tmp_path / "question.wav",
+        np.concatenate([np.zeros(int(lead_s * rate)), speech, np.zeros(int(trail_s * rate))])[
+            :, None
+        ],
+        rate,
+    )
     speech_end_s = lead_s + len(speech) / rate  # into the file (the fake microphone loops it)
     driver = chromium(DESKTOP, clip)
     try:
@@ -265,11 +291,12 @@ def test_hands_free_sends_the_question_when_speech_ends_with_no_further_click(
         first_token = time.monotonic()
         assert page.users()[0].text.strip()
         wait(lambda: len(page.answer_text()) > 20)  # the answer streams
-        timings = {"speech_end_to_question_sent_s": sent - listening_since - speech_end_s,
-                   "speech_end_to_first_answer_token_s":
-                       first_token - listening_since - speech_end_s,
-                   "note": "tiny stand-in models; the microphone's start is when the page "
-                           "showed it listening"}
+        timings = {
+            "speech_end_to_question_sent_s": sent - listening_since - speech_end_s,
+            "speech_end_to_first_answer_token_s": first_token - listening_since - speech_end_s,
+            "note": "tiny stand-in models; the microphone's start is when the page "
+            "showed it listening",
+        }
         (artifacts_dir / "hands-free-latency.json").write_text(json.dumps(timings, indent=1))
         print(timings)
     finally:

@@ -51,8 +51,10 @@ def _tokenizer_args(kind: str, tiny_llama_dir: Path) -> list[str]:
     return ["--tokenizer", str(tiny_llama_dir / "tokenizer.json")] if kind == "llama_cpp" else []
 
 
-EXACT = {"llama_cpp": ["--type_k", "0", "--type_v", "0", "--flash_attn", "false"],  # 0: F32
-         "llama-server": ["-ctk", "f32", "-ctv", "f32", "-fa", "off"]}
+EXACT = {
+    "llama_cpp": ["--type_k", "0", "--type_v", "0", "--flash_attn", "false"],  # 0: F32
+    "llama-server": ["-ctk", "f32", "-ctv", "f32", "-fa", "off"],
+}
 
 
 def _server(kind: str, model: Path, log: Path, *args: str, port: int | None = None):
@@ -78,18 +80,30 @@ def remote(request, exact_gguf, tiny_llama_dir, tiny_whisper_path, prompts, tmp_
     """(app URL, server) for the app with --llm-url on each kind of server."""
     kind = request.param
     logs = tmp_path_factory.mktemp(f"logs-{kind}")
-    with _server(kind, exact_gguf, logs / "server.log", *EXACT[kind]) as server, running_app(
-            "--llm-url", f"{server.url}/v1", "--whisper", str(tiny_whisper_path),
-            "--prompts", str(prompts), "--update-interval", "0",
-            *_tokenizer_args(kind, tiny_llama_dir), log=logs / "app.log") as app:
+    with (
+        _server(kind, exact_gguf, logs / "server.log", *EXACT[kind]) as server,
+        running_app(
+            "--llm-url",
+            f"{server.url}/v1",
+            "--whisper",
+            str(tiny_whisper_path),
+            "--prompts",
+            str(prompts),
+            "--update-interval",
+            "0",
+            *_tokenizer_args(kind, tiny_llama_dir),
+            log=logs / "app.log",
+        ) as app,
+    ):
         yield app.url, server
 
 
 @pytest.fixture(scope="module")
 def embedded(exact_gguf, prompts) -> Tutor:
     """The embedded engine on the same GGUF and modes, for comparison."""
-    return Tutor(TutorLLM(exact_gguf, n_ctx=1024, n_threads=2, kv_type="f32"), None,
-                 load_modes(prompts))
+    return Tutor(
+        TutorLLM(exact_gguf, n_ctx=1024, n_threads=2, kv_type="f32"), None, load_modes(prompts)
+    )
 
 
 def _embedded_answer(tutor: Tutor, question: str, mode: str, history=None) -> str:
@@ -127,10 +141,23 @@ def slow_remote(request, slow_gguf, tiny_llama_dir, tiny_whisper_path, tmp_path)
     """The app on a server of the slow, never-ending model, with long answers."""
     kind = request.param
     prompts = greedy_prompts(tmp_path / "prompts", LONG_ANSWER_TOKENS)
-    with _server(kind, slow_gguf, tmp_path / "server.log") as server, running_app(
-            "--llm-url", f"{server.url}/v1", "--whisper", str(tiny_whisper_path),
-            "--prompts", str(prompts), "--update-interval", "0", "--remote-timeout", "600",
-            *_tokenizer_args(kind, tiny_llama_dir), log=tmp_path / "app.log") as app:
+    with (
+        _server(kind, slow_gguf, tmp_path / "server.log") as server,
+        running_app(
+            "--llm-url",
+            f"{server.url}/v1",
+            "--whisper",
+            str(tiny_whisper_path),
+            "--prompts",
+            str(prompts),
+            "--update-interval",
+            "0",
+            "--remote-timeout",
+            "600",
+            *_tokenizer_args(kind, tiny_llama_dir),
+            log=tmp_path / "app.log",
+        ) as app,
+    ):
         yield kind, app.url, server
 
 
@@ -159,21 +186,38 @@ def test_stop_closes_the_remote_stream_and_the_server_stops_generating(slow_remo
     seen = "Disconnected from client" if kind == "llama_cpp" else "stop: cancel task"
     _until(lambda: seen in server.log_text(), "the server to see the connection closed")
     if kind == "llama-server":
-        _until(lambda: not any(s["is_processing"] for s in
-                               httpx.get(f"{server.url}/slots", timeout=30).json()),
-               "the server to free the slot")
+        _until(
+            lambda: (
+                not any(
+                    s["is_processing"] for s in httpx.get(f"{server.url}/slots", timeout=30).json()
+                )
+            ),
+            "the server to free the slot",
+        )
     # The server is free again: a second question streams right away.
     assert len(_start_answer(client).outputs()) >= 3
 
 
 @pytest.mark.parametrize("kind", ["llama_cpp", "llama-server"])
 def test_a_server_killed_mid_answer_leaves_the_partial_answer_marked_as_cut(
-        kind, slow_gguf, tiny_llama_dir, tiny_whisper_path, tmp_path):
+    kind, slow_gguf, tiny_llama_dir, tiny_whisper_path, tmp_path
+):
     prompts = greedy_prompts(tmp_path / "prompts", LONG_ANSWER_TOKENS)
-    with _server(kind, slow_gguf, tmp_path / "server.log") as server, running_app(
-            "--llm-url", f"{server.url}/v1", "--whisper", str(tiny_whisper_path),
-            "--prompts", str(prompts), "--update-interval", "0",
-            *_tokenizer_args(kind, tiny_llama_dir), log=tmp_path / "app.log") as app:
+    with (
+        _server(kind, slow_gguf, tmp_path / "server.log") as server,
+        running_app(
+            "--llm-url",
+            f"{server.url}/v1",
+            "--whisper",
+            str(tiny_whisper_path),
+            "--prompts",
+            str(prompts),
+            "--update-interval",
+            "0",
+            *_tokenizer_args(kind, tiny_llama_dir),
+            log=tmp_path / "app.log",
+        ) as app,
+    ):
         client = Client(app.url, verbose=False)
         job = _start_answer(client)
         partial = job.outputs()[-1]
@@ -191,11 +235,23 @@ def test_a_server_killed_mid_answer_leaves_the_partial_answer_marked_as_cut(
 
 
 def test_a_frozen_server_times_out_with_a_message_then_recovers(
-        tiny_gguf, tiny_llama_dir, tiny_whisper_path, prompts, tmp_path):
-    with servers.llama_cpp_server(tiny_gguf, tmp_path / "server.log") as server, running_app(
-            "--llm-url", f"{server.url}/v1", "--whisper", str(tiny_whisper_path),
-            "--prompts", str(prompts), "--remote-timeout", "1",
-            *_tokenizer_args("llama_cpp", tiny_llama_dir), log=tmp_path / "app.log") as app:
+    tiny_gguf, tiny_llama_dir, tiny_whisper_path, prompts, tmp_path
+):
+    with (
+        servers.llama_cpp_server(tiny_gguf, tmp_path / "server.log") as server,
+        running_app(
+            "--llm-url",
+            f"{server.url}/v1",
+            "--whisper",
+            str(tiny_whisper_path),
+            "--prompts",
+            str(prompts),
+            "--remote-timeout",
+            "1",
+            *_tokenizer_args("llama_cpp", tiny_llama_dir),
+            log=tmp_path / "app.log",
+        ) as app,
+    ):
         client = Client(app.url, verbose=False)
         server.freeze()
         try:
@@ -208,12 +264,22 @@ def test_a_frozen_server_times_out_with_a_message_then_recovers(
 
 @pytest.mark.parametrize("status", [429, 503])
 def test_a_server_at_capacity_gets_a_busy_message_after_retries(
-        status, tiny_gguf, tiny_llama_dir, tiny_whisper_path, prompts, tmp_path):
-    with servers.llama_cpp_server(tiny_gguf, tmp_path / "server.log") as server, \
-            servers.rate_limiter(server, tmp_path, status=status) as balancer, running_app(
-                "--llm-url", f"{balancer.url}/v1", "--whisper", str(tiny_whisper_path),
-                "--prompts", str(prompts), *_tokenizer_args("llama_cpp", tiny_llama_dir),
-                log=tmp_path / "app.log") as app:
+    status, tiny_gguf, tiny_llama_dir, tiny_whisper_path, prompts, tmp_path
+):
+    with (
+        servers.llama_cpp_server(tiny_gguf, tmp_path / "server.log") as server,
+        servers.rate_limiter(server, tmp_path, status=status) as balancer,
+        running_app(
+            "--llm-url",
+            f"{balancer.url}/v1",
+            "--whisper",
+            str(tiny_whisper_path),
+            "--prompts",
+            str(prompts),
+            *_tokenizer_args("llama_cpp", tiny_llama_dir),
+            log=tmp_path / "app.log",
+        ) as app,
+    ):
         client = Client(app.url, verbose=False)
         assert _ask(client, QUESTION, "hint")[-1]  # the one answer a minute the balancer allows
         with pytest.raises(AppError, match="busy"):

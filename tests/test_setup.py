@@ -18,8 +18,13 @@ import pytest
 
 from bench.harness import ROOT
 
-SETUP_FILES = ["Makefile", "pyproject.toml", "requirements.txt", "requirements-train.txt",
-               "requirements-dev.txt"]
+SETUP_FILES = [
+    "Makefile",
+    "pyproject.toml",
+    "requirements.txt",
+    "requirements-train.txt",
+    "requirements-dev.txt",
+]
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 
@@ -32,8 +37,13 @@ def _checkout(folder: Path) -> Path:
 
 def _dry_run(folder: Path, *targets: str) -> list[str]:
     """The commands `make TARGETS` would run in FOLDER, one per line."""
-    result = subprocess.run(["make", "-n", *targets, "PYTHON=/usr/bin/python3"], cwd=folder,
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        ["make", "-n", *targets, "PYTHON=/usr/bin/python3"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return [line for line in result.stdout.splitlines() if line.strip()]
 
 
@@ -47,8 +57,10 @@ def test_a_fresh_checkout_installs_only_into_its_own_virtual_environment(tmp_pat
 
 def test_the_tests_add_the_training_stack_and_test_tools_in_the_same_environment(tmp_path):
     installs = [c for c in _dry_run(_checkout(tmp_path), "test") if " pip " in c]
-    assert installs == [".venv/bin/python -m pip install -e .",
-                        '.venv/bin/python -m pip install -e ".[train,dev]"']
+    assert installs == [
+        ".venv/bin/python -m pip install -e .",
+        '.venv/bin/python -m pip install -e ".[train,dev]"',
+    ]
 
 
 def test_a_second_make_app_starts_without_reinstalling(tmp_path):

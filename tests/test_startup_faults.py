@@ -25,9 +25,14 @@ START_TIMEOUT_S = 600  # only a hang reaches it
 
 def _start(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the app until it exits (each case must make it exit)."""
-    return subprocess.run([sys.executable, "space_app.py", "--port", "0", *args], cwd=ROOT,
-                          env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})},
-                          capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    return subprocess.run(
+        [sys.executable, "space_app.py", "--port", "0", *args],
+        cwd=ROOT,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+    )
 
 
 def _assert_one_clear_line(result: subprocess.CompletedProcess, *words: str) -> None:
@@ -94,8 +99,12 @@ def test_no_room_to_build_the_standins(tmp_path):
         cache.chmod(stat.S_IRWXU)
         cache.rmdir()
         cache.write_text("not a folder")
-    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
-               "XDG_CACHE_HOME": str(tmp_path / "xdg"), "TUTOR_CACHE": str(cache)}
+    offline = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+        "TUTOR_CACHE": str(cache),
+    }
     result = _start(env=offline)
     _assert_one_clear_line(result, "stand-in")
     if cache.is_dir():
@@ -121,16 +130,23 @@ def test_an_unreachable_speech_server(tiny_gguf):
 
 
 def test_a_wrong_api_key(tiny_gguf, tiny_whisper_path, tmp_path):
-    with servers.llama_cpp_server(tiny_gguf, tmp_path / "server.log",
-                                  "--api_key", "the-right-key") as server:
-        result = _start("--llm-url", f"{server.url}/v1", "--whisper", str(tiny_whisper_path),
-                        env={"TUTOR_LLM_API_KEY": "a-wrong-key"})
+    with servers.llama_cpp_server(
+        tiny_gguf, tmp_path / "server.log", "--api_key", "the-right-key"
+    ) as server:
+        result = _start(
+            "--llm-url",
+            f"{server.url}/v1",
+            "--whisper",
+            str(tiny_whisper_path),
+            env={"TUTOR_LLM_API_KEY": "a-wrong-key"},
+        )
     _assert_one_clear_line(result, "refused the API key (401)")
     assert "a-wrong-key" not in result.stderr + result.stdout  # keys stay out of logs
 
 
-def test_a_server_without_a_tokenizer_endpoint_needs_a_tokenizer(tiny_gguf, tiny_whisper_path,
-                                                                 tmp_path):
+def test_a_server_without_a_tokenizer_endpoint_needs_a_tokenizer(
+    tiny_gguf, tiny_whisper_path, tmp_path
+):
     with servers.llama_cpp_server(tiny_gguf, tmp_path / "server.log") as server:
         result = _start("--llm-url", f"{server.url}/v1", "--whisper", str(tiny_whisper_path))
     _assert_one_clear_line(result, "--tokenizer")

@@ -40,8 +40,9 @@ def test_only_assistant_tokens_are_trained(finetome_rows, llama3_tokenizer):
     assert len(ids) == len(labels)
 
     trained = llama3_tokenizer.decode([i for i, lab in zip(ids, labels) if lab != IGNORE])
-    expected = "".join(m["content"].strip() + "<|eot_id|>" for m in messages
-                       if m["role"] == "assistant")
+    expected = "".join(
+        m["content"].strip() + "<|eot_id|>" for m in messages if m["role"] == "assistant"
+    )
     assert trained == expected  # every assistant token, its end-of-turn included, and nothing else
     ignored = llama3_tokenizer.decode([i for i, lab in zip(ids, labels) if lab == IGNORE])
     for m in messages:
@@ -51,9 +52,13 @@ def test_only_assistant_tokens_are_trained(finetome_rows, llama3_tokenizer):
 
 
 def test_malformed_rows_are_counted_per_reason(tmp_path):
-    good = {"conversations": [{"from": "human", "value": "What is 2 + 2?"},
-                              {"from": "gpt", "value": "It is 4, because two pairs make four."}],
-            "score": 4.5}
+    good = {
+        "conversations": [
+            {"from": "human", "value": "What is 2 + 2?"},
+            {"from": "gpt", "value": "It is 4, because two pairs make four."},
+        ],
+        "score": 4.5,
+    }
 
     def conv(*turns, score=4.5):
         return {"conversations": [{"from": f, "value": v} for f, v in turns], "score": score}
@@ -74,45 +79,75 @@ def test_malformed_rows_are_counted_per_reason(tmp_path):
     ]
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
-    cfg = DataConfig(sources=[Source(name="messy", format="sharegpt", path=str(path),
-                                     min_score=3.0)])
-    kept, reports = clean(cfg, lambda messages: sum(len(m["content"]) for m in messages) // 4,
-                          max_tokens=200)
+    cfg = DataConfig(
+        sources=[Source(name="messy", format="sharegpt", path=str(path), min_score=3.0)]
+    )
+    kept, reports = clean(
+        cfg, lambda messages: sum(len(m["content"]) for m in messages) // 4, max_tokens=200
+    )
     report = reports["messy"]
     assert report.read == len(rows) + 1 and report.kept == len(kept["messy"]) == 1
     assert dict(report.dropped) == {
-        "unparseable": 1, "missing_fields": 2, "unknown_role": 1, "empty_turn": 1,
-        "bad_role_order": 2, "not_ending_on_assistant": 1, "below_score": 1, "duplicate": 1,
-        "near_duplicate": 1, "over_token_budget": 1}
+        "unparseable": 1,
+        "missing_fields": 2,
+        "unknown_role": 1,
+        "empty_turn": 1,
+        "bad_role_order": 2,
+        "not_ending_on_assistant": 1,
+        "below_score": 1,
+        "duplicate": 1,
+        "near_duplicate": 1,
+        "over_token_budget": 1,
+    }
 
 
 def test_a_source_that_contributes_nothing_is_a_warning_in_the_report(tmp_path, caplog):
     def rows(n: int, words: int) -> Path:
         path = tmp_path / f"rows-{n}-{words}.jsonl"
-        path.write_text("\n".join(json.dumps({"conversations": [
-            {"from": "human", "value": f"Question {i}: " + "why " * words},
-            {"from": "gpt", "value": f"Answer {i}."}]}) for i in range(n)))
+        path.write_text(
+            "\n".join(
+                json.dumps(
+                    {
+                        "conversations": [
+                            {"from": "human", "value": f"Question {i}: " + "why " * words},
+                            {"from": "gpt", "value": f"Answer {i}."},
+                        ]
+                    }
+                )
+                for i in range(n)
+            )
+        )
         return path
 
-    cfg = DataConfig(sources=[Source(name="short", format="sharegpt", path=str(rows(40, 3))),
-                              Source(name="too-long", format="sharegpt", path=str(rows(3, 500))),
-                              Source(name="capped", format="sharegpt", path=str(rows(30, 4)),
-                                     max_rows=5)], dedup=False)
-    kept, reports = clean(cfg, lambda messages: sum(len(m["content"]) for m in messages) // 4,
-                          max_tokens=200)
+    cfg = DataConfig(
+        sources=[
+            Source(name="short", format="sharegpt", path=str(rows(40, 3))),
+            Source(name="too-long", format="sharegpt", path=str(rows(3, 500))),
+            Source(name="capped", format="sharegpt", path=str(rows(30, 4)), max_rows=5),
+        ],
+        dedup=False,
+    )
+    kept, reports = clean(
+        cfg, lambda messages: sum(len(m["content"]) for m in messages) // 4, max_tokens=200
+    )
     train, val = split(mix(cfg, kept), 0.1)
     report = data_report(reports, train, val)
     sources = report["sources"]
     assert sources["capped"]["used"] == 5 and sources["capped"]["kept"] == 30  # used, not read
     assert sources["too-long"]["used"] == 0
-    assert report["warnings"] == ["source 'too-long' contributes nothing: 3 rows read, none used "
-                                  "(3 over_token_budget)"]
+    assert report["warnings"] == [
+        "source 'too-long' contributes nothing: 3 rows read, none used (3 over_token_budget)"
+    ]
     assert report["warnings"][0] in caplog.text
 
 
 def test_chatdoctor_rows_become_system_user_assistant(assets):
-    source = Source(name="doc", format="chatdoctor", path="assets:chatdoctor/genmedgpt5k.json",
-                    system_prompt="You are a clinical tutor.")
+    source = Source(
+        name="doc",
+        format="chatdoctor",
+        path="assets:chatdoctor/genmedgpt5k.json",
+        system_prompt="You are a clinical tutor.",
+    )
     kept, reports = clean(DataConfig(sources=[source], dedup=False), lambda m: 10, 100)
     first = kept["doc"][0].messages
     assert [m["role"] for m in first] == ["system", "user", "assistant"]
@@ -121,8 +156,10 @@ def test_chatdoctor_rows_become_system_user_assistant(assets):
 
 def test_bad_config_gives_a_clear_error(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("output_dir: x\nmodel: {base: m}\ndata: {sources: []}\n"
-                    "train: {learning_rate: -1, bacth_size: 2}\n")
+    path.write_text(
+        "output_dir: x\nmodel: {base: m}\ndata: {sources: []}\n"
+        "train: {learning_rate: -1, bacth_size: 2}\n"
+    )
     with pytest.raises(ConfigError) as error:
         load_config(path)
     message = str(error.value)
@@ -134,11 +171,17 @@ def test_unsloth_is_chosen_only_with_a_gpu_and_the_package(monkeypatch):
     """Selection logic (this machine has neither, so the end-to-end run covers the other path)."""
     from train import backends
 
-    for cuda, installed, expected in [(True, True, True), (True, False, False),
-                                      (False, True, False)]:
+    for cuda, installed, expected in [
+        (True, True, True),
+        (True, False, False),
+        (False, True, False),
+    ]:
         monkeypatch.setattr(backends.torch.cuda, "is_available", lambda cuda=cuda: cuda)
-        monkeypatch.setattr(backends.importlib.util, "find_spec",
-                            lambda name, installed=installed: object() if installed else None)
+        monkeypatch.setattr(
+            backends.importlib.util,
+            "find_spec",
+            lambda name, installed=installed: object() if installed else None,
+        )
         assert unsloth_usable() is expected
 
 
@@ -148,9 +191,22 @@ HANG_GUARD_S = 3000
 
 
 def _finetune(out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "train.finetune", "--config", str(TINY_CONFIG),
-                             "--output-dir", str(out), *extra], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "train.finetune",
+            "--config",
+            str(TINY_CONFIG),
+            "--output-dir",
+            str(out),
+            *extra,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -178,12 +234,17 @@ def test_tiny_config_runs_end_to_end_and_the_app_serves_it(tiny_run):
     # The GGUF carries the training chat template; the app's engine loads it and answers.
     llm = TutorLLM(Path(record["gguf"]["path"]), n_ctx=512, n_threads=2)
     assert llm.has_own_template
-    answer = llm.answer([{"role": "system", "content": "You are a tutor."},
-                         {"role": "user", "content": "What causes a fever?"}],
-                        Generation(temperature=0.0, max_tokens=16))
+    answer = llm.answer(
+        [
+            {"role": "system", "content": "You are a tutor."},
+            {"role": "user", "content": "What causes a fever?"},
+        ],
+        Generation(temperature=0.0, max_tokens=16),
+    )
     assert llm.stats.generated_tokens > 0 and isinstance(answer, str)
     assert llm.stats.prompt.startswith(
-        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>"
+    )
 
 
 @pytest.mark.slow
@@ -211,9 +272,11 @@ def test_resume_after_kill_reaches_the_same_state(tiny_run, tmp_path):
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
 
     def losses(run: Path) -> list[tuple]:
-        return [(m["step"], round(m.get("loss", m.get("eval_loss")), 4))
-                for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-                if "loss" in m or "eval_loss" in m]
+        return [
+            (m["step"], round(m.get("loss", m.get("eval_loss")), 4))
+            for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if "loss" in m or "eval_loss" in m
+        ]
 
     assert losses(out) == losses(tiny_run)
 

@@ -20,8 +20,12 @@ def test_every_linear_layer_and_the_vocabulary_projection_are_int8(tiny_whisper_
     assert isinstance(int8.decoder.vocab_proj, DynamicInt8Linear)
 
     # Same computation up to quantization error.
-    mel = whisper.log_mel_spectrogram(torch.from_numpy(np.random.default_rng(0).standard_normal(
-        16000 * 3).astype(np.float32) * 0.1), fp32.dims.n_mels)
+    mel = whisper.log_mel_spectrogram(
+        torch.from_numpy(
+            np.random.default_rng(0).standard_normal(16000 * 3).astype(np.float32) * 0.1
+        ),
+        fp32.dims.n_mels,
+    )
     mel = whisper.pad_or_trim(mel, 3000)[None]
     tokens = torch.tensor([[50257, 50362, 440, 2068]])
     with torch.no_grad():
@@ -35,5 +39,6 @@ def test_transcriber_precisions(tiny_whisper_path):
     samples = (np.sin(np.arange(16000 * 2) / 16000 * 2 * np.pi * 220) * 0.3).astype(np.float32)
     for precision in ("int8", "fp32"):
         text = Transcriber(load_whisper(str(tiny_whisper_path)), precision=precision).transcribe(
-            samples, "en", sample_len=8)
+            samples, "en", sample_len=8
+        )
         assert isinstance(text, str) and text

@@ -36,9 +36,12 @@ def build(checkpoint: Path) -> FastAPI:
         return {"object": "list", "data": [{"id": MODEL_ID, "object": "model"}]}
 
     @app.post("/v1/audio/transcriptions")
-    def transcriptions(file: UploadFile = File(...), model: str = Form(MODEL_ID),
-                       language: str | None = Form(None),
-                       response_format: str = Form("json")) -> dict:
+    def transcriptions(
+        file: UploadFile = File(...),
+        model: str = Form(MODEL_ID),
+        language: str | None = Form(None),
+        response_format: str = Form("json"),
+    ) -> dict:
         served["received"] += 1
         if model != MODEL_ID:
             raise HTTPException(404, f"model {model!r} not found")

@@ -26,12 +26,21 @@ def load_peft_model(base: str, cfg: RunConfig) -> tuple[torch.nn.Module, str]:
         from unsloth import FastLanguageModel
 
         model, _ = FastLanguageModel.from_pretrained(
-            model_name=base, max_seq_length=cfg.train.seq_len, dtype=None,
-            load_in_4bit=cfg.model.load_in_4bit)
+            model_name=base,
+            max_seq_length=cfg.train.seq_len,
+            dtype=None,
+            load_in_4bit=cfg.model.load_in_4bit,
+        )
         model = FastLanguageModel.get_peft_model(
-            model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=lora.target_modules, bias="none",
-            use_gradient_checkpointing="unsloth", random_state=cfg.train.seed)
+            model,
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            bias="none",
+            use_gradient_checkpointing="unsloth",
+            random_state=cfg.train.seed,
+        )
         return model, "unsloth"
 
     from peft import LoraConfig, get_peft_model
@@ -40,11 +49,18 @@ def load_peft_model(base: str, cfg: RunConfig) -> tuple[torch.nn.Module, str]:
     cuda = torch.cuda.is_available()
     quantization = None
     if cfg.model.load_in_4bit and cuda:
-        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                          bnb_4bit_compute_dtype=torch.bfloat16)
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+        )
     model = AutoModelForCausalLM.from_pretrained(
-        base, dtype=torch.bfloat16 if cuda else torch.float32, quantization_config=quantization)
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=lora.target_modules, bias="none",
-                             task_type="CAUSAL_LM")
+        base, dtype=torch.bfloat16 if cuda else torch.float32, quantization_config=quantization
+    )
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, peft_config), "transformers+peft" + ("" if cuda else " (CPU)")

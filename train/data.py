@@ -20,10 +20,16 @@ from pathlib import Path
 from train.config import DataConfig, Source, resolve_path
 
 Message = dict[str, str]
-ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-         "system": "system"}
-DEFAULT_CHATDOCTOR_SYSTEM = ("You are a doctor. Answer the patient's medical question based on "
-                             "their description.")
+ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+DEFAULT_CHATDOCTOR_SYSTEM = (
+    "You are a doctor. Answer the patient's medical question based on their description."
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +97,11 @@ def from_chatdoctor(row: dict, system_prompt: str | None) -> list[Message]:
     if not all(isinstance(row.get(k), str) for k in ("input", "output")):
         raise Rejected("missing_fields")
     system = system_prompt or row.get("instruction") or DEFAULT_CHATDOCTOR_SYSTEM
-    return [{"role": "system", "content": system}, {"role": "user", "content": row["input"]},
-            {"role": "assistant", "content": row["output"]}]
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": row["input"]},
+        {"role": "assistant", "content": row["output"]},
+    ]
 
 
 def check_messages(messages: list[Message]) -> None:
@@ -158,16 +167,18 @@ class Deduplicator:
         from datasketch import MinHash
 
         minhash = MinHash(num_perm=self.num_perm, seed=1)
-        minhash.update_batch(" ".join(words[i:i + 3]).encode()
-                             for i in range(max(1, len(words) - 2)))
+        minhash.update_batch(
+            " ".join(words[i : i + 3]).encode() for i in range(max(1, len(words) - 2))
+        )
         if self.lsh.query(minhash):
             raise Rejected("near_duplicate")
         self.seen.add(exact)
         self.lsh.insert(exact, minhash)
 
 
-def clean(cfg: DataConfig, count_tokens: Callable[[list[Message]], int], max_tokens: int
-          ) -> tuple[dict[str, list[Example]], dict[str, SourceReport]]:
+def clean(
+    cfg: DataConfig, count_tokens: Callable[[list[Message]], int], max_tokens: int
+) -> tuple[dict[str, list[Example]], dict[str, SourceReport]]:
     """Read, standardize and filter every source; examples and a report per source."""
     dedup = Deduplicator(cfg.near_duplicate_threshold) if cfg.dedup else None
     excluded = read_excluded(cfg.exclude)
@@ -222,15 +233,21 @@ def split(examples: list[Example], val_fraction: float) -> tuple[list[Example], 
     return examples[n_val:], examples[:n_val]
 
 
-def data_report(reports: dict[str, SourceReport], train: list[Example],
-                val: list[Example]) -> dict:
+def data_report(reports: dict[str, SourceReport], train: list[Example], val: list[Example]) -> dict:
     """What went in, per source: rows read, kept by cleaning, used by the mix, dropped and why;
     a warning for each source that contributes nothing (also logged)."""
     report = {
-        "sources": {name: {"read": r.read, "kept": r.kept, "dropped": dict(r.dropped),
-                           "max_tokens": max(r.token_lengths, default=0)}
-                    for name, r in reports.items()},
-        "train": len(train), "validation": len(val),
+        "sources": {
+            name: {
+                "read": r.read,
+                "kept": r.kept,
+                "dropped": dict(r.dropped),
+                "max_tokens": max(r.token_lengths, default=0),
+            }
+            for name, r in reports.items()
+        },
+        "train": len(train),
+        "validation": len(val),
         "train_by_source": dict(Counter(e.source for e in train)),
     }
     used = Counter(e.source for e in train + val)
@@ -240,9 +257,11 @@ def data_report(reports: dict[str, SourceReport], train: list[Example],
         entry["left_out_by_mix"] = entry["kept"] - used[name]
         if not used[name]:  # say so: a source that vanishes silently skews the mix
             why = ", ".join(f"{n} {reason}" for reason, n in entry["dropped"].items()) or (
-                "left out by the mix" if entry["kept"] else "no rows")
-            warning = (f"source {name!r} contributes nothing: {entry['read']} rows read, "
-                       f"none used ({why})")
+                "left out by the mix" if entry["kept"] else "no rows"
+            )
+            warning = (
+                f"source {name!r} contributes nothing: {entry['read']} rows read, none used ({why})"
+            )
             report["warnings"].append(warning)
             log.warning(warning)
     return report
@@ -255,7 +274,10 @@ def write_report(report: dict, reports: dict[str, SourceReport], out_dir: Path) 
 
     with atomic_output(out_dir / "data_report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2))
-    plot_token_lengths({f"{name} ({entry['used']} used of {entry['kept']} cleaned)":
-                        reports[name].token_lengths
-                        for name, entry in report["sources"].items()},
-                       out_dir / "token_lengths.png")
+    plot_token_lengths(
+        {
+            f"{name} ({entry['used']} used of {entry['kept']} cleaned)": reports[name].token_lengths
+            for name, entry in report["sources"].items()
+        },
+        out_dir / "token_lengths.png",
+    )

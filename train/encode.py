@@ -25,9 +25,12 @@ Render = Callable[[list[Message], bool], str]  # (messages, add_generation_promp
 
 def hf_render(tokenizer: PreTrainedTokenizerBase) -> Render:
     """A Hugging Face tokenizer's chat template as a Render function."""
+
     def render(messages: list[Message], generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(messages, tokenize=False,
-                                             add_generation_prompt=generation_prompt)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+
     return render
 
 
@@ -41,21 +44,27 @@ def assistant_spans(render: Render, messages: list[Message]) -> tuple[str, list[
         start = render(messages[:i], True)
         end = render(messages[: i + 1], False)
         if not (text.startswith(start) and text.startswith(end) and len(start) <= len(end)):
-            raise TemplateError("the chat template is not prefix-stable: cannot locate the "
-                                "assistant replies to train on")
+            raise TemplateError(
+                "the chat template is not prefix-stable: cannot locate the "
+                "assistant replies to train on"
+            )
         spans.append((len(start), len(end)))
     return text, spans
 
 
-def mask_labels(ids: list[int], ranges: list[tuple[int, int]], spans: list[tuple[int, int]]
-                ) -> list[int]:
+def mask_labels(
+    ids: list[int], ranges: list[tuple[int, int]], spans: list[tuple[int, int]]
+) -> list[int]:
     """Each token's id where its text range lies inside a span, else IGNORE."""
-    return [token if any(s <= start and end <= e for s, e in spans) else IGNORE
-            for token, (start, end) in zip(ids, ranges)]
+    return [
+        token if any(s <= start and end <= e for s, e in spans) else IGNORE
+        for token, (start, end) in zip(ids, ranges)
+    ]
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, messages: list[Message]
-           ) -> tuple[list[int], list[int]]:
+def encode(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message]
+) -> tuple[list[int], list[int]]:
     """input_ids and labels (IGNORE outside the assistant replies)."""
     text, spans = assistant_spans(hf_render(tokenizer), messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

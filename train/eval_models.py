@@ -50,8 +50,14 @@ class GGUFModel:
         self.engine = TutorLLM(path, n_ctx=n_ctx, n_threads=threads)
         # On the engine's llama.cpp thread, like every llama.cpp call (see tutor.threads).
         self.scorer = self.engine.thread.run(
-            llama_cpp.Llama, model_path=str(path), n_ctx=n_ctx, n_batch=512, logits_all=True,
-            n_threads=threads, verbose=False)
+            llama_cpp.Llama,
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=512,
+            logits_all=True,
+            n_threads=threads,
+            verbose=False,
+        )
         self.render: Render = self.engine.render
 
     def count_tokens(self, messages: list[Message]) -> int:
@@ -115,16 +121,22 @@ class HFModel:
     def reply(self, messages: list[Message], generation: Generation, seed: int) -> Reply:
         from transformers import TextIteratorStreamer
 
-        prompt = self.tokenizer(self.render(messages, True), add_special_tokens=False,
-                                return_tensors="pt")
+        prompt = self.tokenizer(
+            self.render(messages, True), add_special_tokens=False, return_tensors="pt"
+        )
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         torch.manual_seed(seed)
-        kwargs = dict(**prompt, max_new_tokens=generation.max_tokens, streamer=streamer,
-                      do_sample=generation.temperature > 0, pad_token_id=self.tokenizer.pad_token_id
-                      or self.tokenizer.eos_token_id)
+        kwargs = dict(
+            **prompt,
+            max_new_tokens=generation.max_tokens,
+            streamer=streamer,
+            do_sample=generation.temperature > 0,
+            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+        )
         if generation.temperature > 0:
-            kwargs.update(temperature=generation.temperature, top_p=generation.top_p,
-                          top_k=generation.top_k)
+            kwargs.update(
+                temperature=generation.temperature, top_p=generation.top_p, top_k=generation.top_k
+            )
         start = time.perf_counter()
         worker = Thread(target=lambda: self.model.generate(**kwargs), daemon=True)
         worker.start()

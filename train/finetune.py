@@ -38,8 +38,17 @@ from train.plots import plot_loss_curve
 from tutor.chat_format import LLAMA3_CHAT_TEMPLATE, PAD
 from tutor.files import atomic_output
 
-PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "unsloth",
-            "llama-cpp-python", "gguf")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "datasets",
+    "accelerate",
+    "unsloth",
+    "llama-cpp-python",
+    "gguf",
+)
 
 
 def base_model_dir(cfg: RunConfig, out: Path) -> str:
@@ -53,14 +62,18 @@ def base_model_dir(cfg: RunConfig, out: Path) -> str:
     path = out / "base"
     if not (path / "config.json").is_file():
         shape = synth_llama.llama_3_2_1b_scaled(
-            hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
-            num_key_value_heads=spec.num_key_value_heads)
+            hidden_size=spec.hidden_size,
+            intermediate_size=spec.intermediate_size,
+            num_hidden_layers=spec.num_hidden_layers,
+            num_attention_heads=spec.num_attention_heads,
+            num_key_value_heads=spec.num_key_value_heads,
+        )
         tokenizer = synth_llama.load_tokenizer(resolve_path(spec.tokenizer))
         tmp = out / "base.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        synth_llama.build_checkpoint(tmp, tokenizer, shape, seed=cfg.train.seed,
-                                     fit_steps=spec.fit_steps)
+        synth_llama.build_checkpoint(
+            tmp, tokenizer, shape, seed=cfg.train.seed, fit_steps=spec.fit_steps
+        )
         tmp.rename(path)
     return str(path)
 
@@ -70,8 +83,9 @@ def load_tokenizer(base: str, cfg: RunConfig):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenizer.chat_template = (cfg.model.chat_template or tokenizer.chat_template
-                               or LLAMA3_CHAT_TEMPLATE)
+    tokenizer.chat_template = (
+        cfg.model.chat_template or tokenizer.chat_template or LLAMA3_CHAT_TEMPLATE
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = PAD if PAD in tokenizer.get_vocab() else tokenizer.eos_token
     return tokenizer
@@ -90,9 +104,12 @@ def prepare_data(cfg: RunConfig, tokenizer, out: Path):
     train_rows, val_rows = split(mix(cfg.data, kept), cfg.data.val_fraction)
     report = data_report(reports, train_rows, val_rows)
     write_report(report, reports, out)
-    print(f"data: {report['train']} train / {report['validation']} validation rows; dropped "
-          + ", ".join(f"{name}: {dict(r['dropped']) or 'none'}"
-                      for name, r in report["sources"].items()))
+    print(
+        f"data: {report['train']} train / {report['validation']} validation rows; dropped "
+        + ", ".join(
+            f"{name}: {dict(r['dropped']) or 'none'}" for name, r in report["sources"].items()
+        )
+    )
     digest = hashlib.sha256()
 
     def encoded(rows):
@@ -110,6 +127,7 @@ def prepare_data(cfg: RunConfig, tokenizer, out: Path):
 
 def newest_checkpoint(folder: Path) -> Path | None:
     """The newest checkpoint whose trainer state was fully written (it is written last)."""
+
     def step(path: Path) -> int:
         return int(path.name.rsplit("-", 1)[-1])
 
@@ -129,8 +147,11 @@ class MetricsLog:
         self.path = path
         lines = []
         if resume_step is not None and path.exists():
-            lines = [line for line in path.read_text().splitlines()
-                     if line.strip() and json.loads(line)["step"] <= resume_step]
+            lines = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= resume_step
+            ]
         with atomic_output(path) as tmp:
             tmp.write_text("".join(line + "\n" for line in lines))
 
@@ -157,8 +178,13 @@ def _callback(log: MetricsLog):
 
 def _git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -250,15 +276,31 @@ def _sft_config(cfg: RunConfig, folder: RunFolder):
     t = cfg.train
     cuda = torch.cuda.is_available()
     return SFTConfig(
-        output_dir=str(folder.checkpoints), per_device_train_batch_size=t.batch_size,
+        output_dir=str(folder.checkpoints),
+        per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
-        learning_rate=t.learning_rate, lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay, num_train_epochs=t.epochs, max_steps=t.max_steps,
-        logging_steps=t.logging_steps, eval_strategy="steps", eval_steps=t.eval_steps,
-        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.keep_checkpoints,
-        seed=t.seed, data_seed=t.seed, max_length=t.seq_len, bf16=cuda, use_cpu=not cuda,
-        report_to=[], dataloader_num_workers=0, packing=False)
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        logging_steps=t.logging_steps,
+        eval_strategy="steps",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.keep_checkpoints,
+        seed=t.seed,
+        data_seed=t.seed,
+        max_length=t.seq_len,
+        bf16=cuda,
+        use_cpu=not cuda,
+        report_to=[],
+        dataloader_num_workers=0,
+        packing=False,
+    )
 
 
 def train(cfg: RunConfig, folder: RunFolder, setup: Setup) -> Trained:
@@ -267,12 +309,20 @@ def train(cfg: RunConfig, folder: RunFolder, setup: Setup) -> Trained:
     from trl import SFTTrainer
 
     checkpoint = folder.resume_from
-    log = MetricsLog(folder.out / "metrics.jsonl",
-                     json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
-                     if checkpoint else None)
-    trainer = SFTTrainer(model=setup.model, args=_sft_config(cfg, folder),
-                         train_dataset=setup.train_rows, eval_dataset=setup.val_rows,
-                         processing_class=setup.tokenizer, callbacks=[_callback(log)])
+    log = MetricsLog(
+        folder.out / "metrics.jsonl",
+        json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+        if checkpoint
+        else None,
+    )
+    trainer = SFTTrainer(
+        model=setup.model,
+        args=_sft_config(cfg, folder),
+        train_dataset=setup.train_rows,
+        eval_dataset=setup.val_rows,
+        processing_class=setup.tokenizer,
+        callbacks=[_callback(log)],
+    )
     if checkpoint is None:  # the baseline the run must beat
         log.write(0, {"eval_loss": trainer.evaluate()["eval_loss"]})
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -292,23 +342,41 @@ def export_gguf(cfg: RunConfig, folder: RunFolder, setup: Setup, trained: Traine
     from export.to_gguf import export
 
     base = setup.base if Path(setup.base).exists() else _download(setup.base)
-    result = export(Path(base), folder.out / f"model-{cfg.export.type}.gguf", cfg.export.type,
-                    adapter=trained.adapter)
+    result = export(
+        Path(base),
+        folder.out / f"model-{cfg.export.type}.gguf",
+        cfg.export.type,
+        adapter=trained.adapter,
+    )
     return {"path": str(result.path), "type": result.qtype, "bytes": result.size_bytes}
 
 
-def write_record(cfg: RunConfig, folder: RunFolder, setup: Setup, trained: Trained,
-                 gguf: dict | None, config_text: str) -> dict:
+def write_record(
+    cfg: RunConfig,
+    folder: RunFolder,
+    setup: Setup,
+    trained: Trained,
+    gguf: dict | None,
+    config_text: str,
+) -> dict:
     """run.json: the config, versions, data fingerprint, losses and the GGUF; returned too."""
     evals = [m["eval_loss"] for m in trained.metrics if "eval_loss" in m]
     record = {
-        "config": cfg.model_dump(), "config_text": config_text, "backend": setup.backend,
-        "base_model": setup.base, "data_fingerprint": setup.data_fingerprint,
-        "train_rows": len(setup.train_rows), "validation_rows": len(setup.val_rows),
-        "versions": _versions(), "git_commit": _git_commit(),
-        "final_metrics": {"eval_loss_start": evals[0], "eval_loss_final": trained.eval_loss_final,
-                          "train_steps": trained.steps,
-                          "seconds": round(time.perf_counter() - folder.started, 1)},
+        "config": cfg.model_dump(),
+        "config_text": config_text,
+        "backend": setup.backend,
+        "base_model": setup.base,
+        "data_fingerprint": setup.data_fingerprint,
+        "train_rows": len(setup.train_rows),
+        "validation_rows": len(setup.val_rows),
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "final_metrics": {
+            "eval_loss_start": evals[0],
+            "eval_loss_final": trained.eval_loss_final,
+            "train_steps": trained.steps,
+            "seconds": round(time.perf_counter() - folder.started, 1),
+        },
     }
     if gguf is not None:
         record["gguf"] = gguf
@@ -320,17 +388,22 @@ def write_record(cfg: RunConfig, folder: RunFolder, setup: Setup, trained: Train
 def _download(repo_id: str) -> str:
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model",
-                                                      "*.txt", "*.jinja"])
+    return snapshot_download(
+        repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.finetune",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m train.finetune", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--config", type=Path, required=True, help="run configuration (YAML)")
     parser.add_argument("--output-dir", help="override the config's output_dir")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest complete checkpoint in the output folder")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint in the output folder",
+    )
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config)
@@ -341,9 +414,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     record = run(cfg, resume=args.resume, config_text=args.config.read_text())
     final = record["final_metrics"]
-    print(f"validation loss {final['eval_loss_start']:.4f} → {final['eval_loss_final']:.4f} "
-          f"in {final['train_steps']} steps ({final['seconds']} s); "
-          f"outputs in {resolve_path(cfg.output_dir)}")
+    print(
+        f"validation loss {final['eval_loss_start']:.4f} → {final['eval_loss_final']:.4f} "
+        f"in {final['train_steps']} steps ({final['seconds']} s); "
+        f"outputs in {resolve_path(cfg.output_dir)}"
+    )
     return 0
 
 

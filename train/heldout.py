@@ -12,8 +12,9 @@ from train.data import clean, mix, split
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 
 
-def heldout_conversations(cfg: RunConfig, count_tokens: Callable[[list[dict]], int],
-                          limit: int) -> list[list[dict]]:
+def heldout_conversations(
+    cfg: RunConfig, count_tokens: Callable[[list[dict]], int], limit: int
+) -> list[list[dict]]:
     """CFG's validation split, as training cuts it (at most LIMIT conversations)."""
     kept, _ = clean(cfg.data, count_tokens, cfg.train.seq_len)
     _, val = split(mix(cfg.data, kept), cfg.data.val_fraction)

@@ -10,8 +10,9 @@ import yaml
 
 PROBLEMS_FILE = Path(__file__).with_name("eval_problems.yaml")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+)?(?![\w])")
-_STEP = re.compile(r"^\s*(?:\*\*)?(?:step\s*)?(\d+)\s*[.):](?:\*\*)?\s+\S",
-                   re.IGNORECASE | re.MULTILINE)
+_STEP = re.compile(
+    r"^\s*(?:\*\*)?(?:step\s*)?(\d+)\s*[.):](?:\*\*)?\s+\S", re.IGNORECASE | re.MULTILINE
+)
 
 
 def load_problems(path: Path = PROBLEMS_FILE) -> list[dict]:
@@ -37,5 +38,8 @@ def leaks_answer(reply: str, answer: str) -> bool:
 def has_ordered_steps(reply: str, minimum: int = 2) -> bool:
     """Whether REPLY has numbered steps 1, 2, … (at least MINIMUM), in order."""
     numbers = [int(n) for n in _STEP.findall(reply)]
-    return len(numbers) >= minimum and numbers[:minimum] == list(range(1, minimum + 1)) \
+    return (
+        len(numbers) >= minimum
+        and numbers[:minimum] == list(range(1, minimum + 1))
         and numbers == sorted(numbers)
+    )

@@ -38,8 +38,9 @@ def plot_loss_curve(metrics: list[dict], path: Path) -> None:
     save(fig, path)
 
 
-def plot_bars(groups: dict[str, dict[str, dict]], path: Path, title: str,
-              ylabel: str = "score") -> None:
+def plot_bars(
+    groups: dict[str, dict[str, dict]], path: Path, title: str, ylabel: str = "score"
+) -> None:
     """Grouped bars: one group per metric, one bar per name, error bars = std.
 
     GROUPS maps a name (model or condition) to {metric: {"mean": m, "std": s}}.
@@ -50,8 +51,14 @@ def plot_bars(groups: dict[str, dict[str, dict]], path: Path, title: str,
     fig, ax = _pyplot().subplots(figsize=(max(6, 1.6 * len(metrics)), 4))
     for i, name in enumerate(names):
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(metrics))]
-        ax.bar(xs, [groups[name][m]["mean"] for m in metrics], width,
-               yerr=[groups[name][m]["std"] for m in metrics], capsize=3, label=name)
+        ax.bar(
+            xs,
+            [groups[name][m]["mean"] for m in metrics],
+            width,
+            yerr=[groups[name][m]["std"] for m in metrics],
+            capsize=3,
+            label=name,
+        )
     ax.set_xticks(range(len(metrics)), metrics)
     ax.set(ylabel=ylabel, title=title)
     ax.legend(fontsize="small")
@@ -59,8 +66,13 @@ def plot_bars(groups: dict[str, dict[str, dict]], path: Path, title: str,
     save(fig, path)
 
 
-def plot_lines(panels: dict[str, dict[str, list[tuple[float, float]]]], path: Path, title: str,
-               xlabel: str, log_x: bool = True) -> None:
+def plot_lines(
+    panels: dict[str, dict[str, list[tuple[float, float]]]],
+    path: Path,
+    title: str,
+    xlabel: str,
+    log_x: bool = True,
+) -> None:
     """Side-by-side line charts: PANELS maps a y-axis label to {series name: [(x, y), ...]}.
 
     LOG_X: a base-2 x axis ticked at the points (sizes); else linear (time series, no markers).
@@ -89,8 +101,11 @@ def plot_token_lengths(lengths: dict[str, list[int]], path: Path) -> None:
     for label, values in lengths.items():
         if values:
             ax.hist(values, bins=30, alpha=0.6, label=label)
-    ax.set(xlabel="tokens per conversation (chat template applied)", ylabel="rows",
-           title="Token lengths of the cleaned data")
+    ax.set(
+        xlabel="tokens per conversation (chat template applied)",
+        ylabel="rows",
+        title="Token lengths of the cleaned data",
+    )
     ax.legend()
     fig.tight_layout()
     save(fig, path)

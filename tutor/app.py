@@ -63,8 +63,10 @@ def load(settings: Settings, build_standin: StandinBuilder | None = None) -> Loa
     if settings.kv_type not in KV_TYPES:
         raise TutorError(f"--kv-type must be one of: {', '.join(KV_TYPES)}")
     if settings.kv_tokens < settings.n_ctx:
-        raise TutorError(f"--kv-tokens ({settings.kv_tokens}) must be at least --n-ctx "
-                         f"({settings.n_ctx}): one conversation must fit")
+        raise TutorError(
+            f"--kv-tokens ({settings.kv_tokens}) must be at least --n-ctx "
+            f"({settings.n_ctx}): one conversation must fit"
+        )
     missing: list[str] = []  # the real models replaced by stand-ins
     # One thread for every native call, loading included: one OpenMP team in the process, as
     # many threads as cores (a torch call from any other thread adds a team; tutor.threads).
@@ -72,10 +74,16 @@ def load(settings: Settings, build_standin: StandinBuilder | None = None) -> Loa
     threads = settings.threads or os.cpu_count() or 1
     # Whisper first: its fp32 → int8 conversion briefly needs twice its size, which is
     # returned before llama.cpp takes its share (see return_freed_memory_to_the_system).
-    transcriber = (_remote_transcriber(settings) if settings.stt_url
-                   else _local_transcriber(settings, native, threads, missing, build_standin))
-    llm = (_remote_llm(settings) if settings.llm_url
-           else _local_llm(settings, native, threads, missing, build_standin))
+    transcriber = (
+        _remote_transcriber(settings)
+        if settings.stt_url
+        else _local_transcriber(settings, native, threads, missing, build_standin)
+    )
+    llm = (
+        _remote_llm(settings)
+        if settings.llm_url
+        else _local_llm(settings, native, threads, missing, build_standin)
+    )
     tutor = Tutor(llm, transcriber, modes, AudioLimits(max_seconds=settings.max_audio_seconds))
     return LoadedModels(tutor, standin_notice(missing))
 
@@ -85,18 +93,24 @@ def standin_notice(missing: list[str]) -> str | None:
     "speech model"): what is affected and what to do, without the download error (logged)."""
     if not missing:
         return None
-    fixes = {"language model": "`--model PATH.gguf` (or `TUTOR_MODEL`)",
-             "speech model": "`--whisper PATH.pt`, a Whisper checkpoint file (or `TUTOR_WHISPER`)"}
+    fixes = {
+        "language model": "`--model PATH.gguf` (or `TUTOR_MODEL`)",
+        "speech model": "`--whisper PATH.pt`, a Whisper checkpoint file (or `TUTOR_WHISPER`)",
+    }
     if missing == ["speech model"]:
-        headline = ("Stand-in speech model: spoken questions are not transcribed meaningfully; "
-                    "typed questions are answered as usual.")
+        headline = (
+            "Stand-in speech model: spoken questions are not transcribed meaningfully; "
+            "typed questions are answered as usual."
+        )
     elif missing == ["language model"]:
         headline = "Stand-in language model: answers are not meaningful."
     else:
         headline = "Stand-in models: answers and transcripts are not meaningful."
-    return (f"⚠️ **{headline}** The real {' and '.join(missing)} could not be downloaded (no "
-            "network), so small local stand-ins are running. Run online once (models are "
-            "cached), or pass " + " and ".join(fixes[m] for m in missing) + ".")
+    return (
+        f"⚠️ **{headline}** The real {' and '.join(missing)} could not be downloaded (no "
+        "network), so small local stand-ins are running. Run online once (models are "
+        "cached), or pass " + " and ".join(fixes[m] for m in missing) + "."
+    )
 
 
 # Builds a small local stand-in for a model ("language model" or "speech model") that could
@@ -104,8 +118,14 @@ def standin_notice(missing: list[str]) -> str | None:
 StandinBuilder = Callable[[str, Exception], Path]
 
 
-def _with_standin(load_fn, spec: str, default: str, what: str, missing: list[str],
-                  build_standin: StandinBuilder | None):
+def _with_standin(
+    load_fn,
+    spec: str,
+    default: str,
+    what: str,
+    missing: list[str],
+    build_standin: StandinBuilder | None,
+):
     """LOAD_FN(SPEC); if SPEC is the default and cannot be had, LOAD_FN(a stand-in), noting
     WHAT in MISSING."""
     try:
@@ -118,46 +138,95 @@ def _with_standin(load_fn, spec: str, default: str, what: str, missing: list[str
         return load_fn(str(build_standin(what, e)))
 
 
-def _local_transcriber(settings: Settings, native: DedicatedThread, threads: int,
-                       missing: list[str], build_standin: StandinBuilder | None) -> SpeechToText:
+def _local_transcriber(
+    settings: Settings,
+    native: DedicatedThread,
+    threads: int,
+    missing: list[str],
+    build_standin: StandinBuilder | None,
+) -> SpeechToText:
     # Imported here: torch and Whisper cost ~300 MB that an app with --stt-url does not need.
     from tutor.transcribe import Transcriber, load_whisper
 
-    whisper_model = native.run(_with_standin, load_whisper, settings.whisper, DEFAULT_WHISPER,
-                               "speech model", missing, build_standin)
-    transcriber = Transcriber(whisper_model, settings.language, threads,
-                              settings.whisper_precision, thread=native,
-                              detect_speech=settings.vad)
+    whisper_model = native.run(
+        _with_standin,
+        load_whisper,
+        settings.whisper,
+        DEFAULT_WHISPER,
+        "speech model",
+        missing,
+        build_standin,
+    )
+    transcriber = Transcriber(
+        whisper_model,
+        settings.language,
+        threads,
+        settings.whisper_precision,
+        thread=native,
+        detect_speech=settings.vad,
+    )
     del whisper_model
     release_freed_memory()
     return transcriber
 
 
-def _local_llm(settings: Settings, native: DedicatedThread, threads: int,
-               missing: list[str], build_standin: StandinBuilder | None) -> LanguageModel:
-    model_path = native.run(_with_standin, resolve_model, settings.model, DEFAULT_MODEL,
-                            "language model", missing, build_standin)
-    return TutorLLM(model_path, n_ctx=settings.n_ctx, n_threads=threads,
-                    cache_bytes=settings.cache_mb * 2**20, parallel=settings.parallel,
-                    kv_tokens=settings.kv_tokens, kv_type=settings.kv_type,
-                    max_waiting=settings.queue_size, thread=native)
+def _local_llm(
+    settings: Settings,
+    native: DedicatedThread,
+    threads: int,
+    missing: list[str],
+    build_standin: StandinBuilder | None,
+) -> LanguageModel:
+    model_path = native.run(
+        _with_standin,
+        resolve_model,
+        settings.model,
+        DEFAULT_MODEL,
+        "language model",
+        missing,
+        build_standin,
+    )
+    return TutorLLM(
+        model_path,
+        n_ctx=settings.n_ctx,
+        n_threads=threads,
+        cache_bytes=settings.cache_mb * 2**20,
+        parallel=settings.parallel,
+        kv_tokens=settings.kv_tokens,
+        kv_type=settings.kv_type,
+        max_waiting=settings.queue_size,
+        thread=native,
+    )
 
 
 def _remote_llm(settings: Settings) -> LanguageModel:
     from tutor.remote_llm import RemoteLLM
 
-    return RemoteLLM(ServerOptions(settings.llm_url, settings.llm_api_key or None,
-                                   settings.llm_model or None, settings.remote_timeout),
-                     n_ctx=settings.n_ctx, tokenizer=settings.tokenizer or None,
-                     max_in_flight=settings.parallel + settings.queue_size)
+    return RemoteLLM(
+        ServerOptions(
+            settings.llm_url,
+            settings.llm_api_key or None,
+            settings.llm_model or None,
+            settings.remote_timeout,
+        ),
+        n_ctx=settings.n_ctx,
+        tokenizer=settings.tokenizer or None,
+        max_in_flight=settings.parallel + settings.queue_size,
+    )
 
 
 def _remote_transcriber(settings: Settings) -> SpeechToText:
     from tutor.remote_stt import RemoteTranscriber
 
-    return RemoteTranscriber(ServerOptions(settings.stt_url, settings.stt_api_key or None,
-                                           settings.stt_model or None, settings.remote_timeout),
-                             settings.language)
+    return RemoteTranscriber(
+        ServerOptions(
+            settings.stt_url,
+            settings.stt_api_key or None,
+            settings.stt_model or None,
+            settings.remote_timeout,
+        ),
+        settings.language,
+    )
 
 
 def return_freed_memory_to_the_system() -> None:
@@ -197,8 +266,12 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
         except Exception as e:
             raise user_error(e) from None
 
-    def ask(question: str, mode: str = settings.mode, history: list[dict] | None = None,
-            request: gr.Request = None) -> Iterator[str]:
+    def ask(
+        question: str,
+        mode: str = settings.mode,
+        history: list[dict] | None = None,
+        request: gr.Request = None,
+    ) -> Iterator[str]:
         """Stream the tutor's answer to QUESTION in MODE after HISTORY ({role, content}
         messages)."""
         try:
@@ -221,18 +294,28 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
             api_language = gr.Dropdown(page.LANGUAGES, value=settings.language, label="Language")
             api_text = gr.Textbox(label="Transcript")
             api_trigger = gr.Button("Transcribe")
-        api_trigger.click(transcribe, [api_recording, api_language], [api_text],
-                          concurrency_limit=None, api_name="transcribe")
+        api_trigger.click(
+            transcribe,
+            [api_recording, api_language],
+            [api_text],
+            concurrency_limit=None,
+            api_name="transcribe",
+        )
         gr.api(ask, api_name="ask", concurrency_limit=None)
 
         def health() -> dict:
             """The engine's load and the process's resources (for monitoring and the soak)."""
             activity = tutor.llm.activity()
-            return {"answering": activity.answering, "waiting": activity.waiting,
-                    "parallel": settings.parallel, "queue_size": settings.queue_size,
-                    "saved_conversations": activity.saved_conversations,
-                    "saved_mb": round(activity.saved_bytes / 2**20, 1),
-                    "answers_ended": activity.ended, "threads": threading.active_count()}
+            return {
+                "answering": activity.answering,
+                "waiting": activity.waiting,
+                "parallel": settings.parallel,
+                "queue_size": settings.queue_size,
+                "saved_conversations": activity.saved_conversations,
+                "saved_mb": round(activity.saved_bytes / 2**20, 1),
+                "answers_ended": activity.ended,
+                "threads": threading.active_count(),
+            }
 
         gr.api(health, api_name="health", concurrency_limit=None)
     # Every event goes straight to its handler: the engine answers N at once and keeps a
@@ -259,14 +342,18 @@ def serve(settings: Settings, build_standin: StandinBuilder | None = None) -> No
     app = build_app(models, settings)
     try:
         app.launch(
-            server_name=settings.host, server_port=settings.port,
+            server_name=settings.host,
+            server_port=settings.port,
             # Our handlers raise only gr.Error (a message for the user); this lets a caller
             # also learn why Gradio itself refused a request, e.g. a file never uploaded.
             show_error=True,
             max_file_size=int(settings.max_upload_mb * 2**20),
-            css=page.CSS, head=page.HEAD,
+            css=page.CSS,
+            head=page.HEAD,
             # A worker thread per answer in flight or waiting, per recording waiting, and some more.
-            max_threads=settings.parallel + 2 * settings.queue_size + OTHER_WORKER_THREADS)
+            max_threads=settings.parallel + 2 * settings.queue_size + OTHER_WORKER_THREADS,
+        )
     except OSError as e:  # the port is taken, or the address is not this machine's
-        raise SystemExit(f"error: cannot serve on {settings.host}:{settings.port}: "
-                         f"{first_line(e)}") from None
+        raise SystemExit(
+            f"error: cannot serve on {settings.host}:{settings.port}: {first_line(e)}"
+        ) from None

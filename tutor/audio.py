@@ -58,12 +58,15 @@ def _to_float(samples: np.ndarray) -> np.ndarray:
 
 def _refuse_if_too_long(seconds: float, limits: AudioLimits) -> None:
     if seconds > limits.max_seconds:
-        raise AudioError(f"The recording is too long ({seconds / 60:.1f} min; the limit is "
-                         f"{limits.max_seconds / 60:g} min). Please ask a shorter question.")
+        raise AudioError(
+            f"The recording is too long ({seconds / 60:.1f} min; the limit is "
+            f"{limits.max_seconds / 60:g} min). Please ask a shorter question."
+        )
 
 
-def read(source: str | Path | bytes | tuple[int, np.ndarray],
-         limits: AudioLimits = AudioLimits()) -> tuple[np.ndarray, int]:
+def read(
+    source: str | Path | bytes | tuple[int, np.ndarray], limits: AudioLimits = AudioLimits()
+) -> tuple[np.ndarray, int]:
     """Decode SOURCE (a file path, file bytes, or Gradio's (rate, samples)) to (samples, rate).
 
     Samples are float32, shaped (frames, channels); a file comes back already averaged to mono
@@ -83,8 +86,9 @@ def read(source: str | Path | bytes | tuple[int, np.ndarray],
         except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
             container = _recorded_container(data)
             if container is None:
-                raise AudioError(f"That file is not a readable recording: please send "
-                                 f"{READABLE_FORMATS} audio.") from None
+                raise AudioError(
+                    f"That file is not a readable recording: please send {READABLE_FORMATS} audio."
+                ) from None
             samples, rate = _decode_recorded(data, container, limits)
         except OSError:
             raise AudioError("The recording could not be opened.") from None
@@ -100,17 +104,18 @@ def _decode_mono(data: str | Path | io.BytesIO, limits: AudioLimits) -> tuple[np
     SAMPLE_RATE. Nothing larger than one block of the file and the 16 kHz result is held."""
     with soundfile.SoundFile(data) as f:
         if not 0 < f.channels <= MAX_CHANNELS or not MIN_RATE <= f.samplerate <= MAX_RATE:
-            raise AudioError(f"That file is not a usable recording ({f.channels} channels at "
-                             f"{f.samplerate} Hz).")
+            raise AudioError(
+                f"That file is not a usable recording ({f.channels} channels at {f.samplerate} Hz)."
+            )
         if f.frames < UNKNOWN_LENGTH:  # e.g. a streamed FLAC leaves its length unset
             _refuse_if_too_long(f.frames / f.samplerate, limits)
         max_frames = int(limits.max_seconds * f.samplerate)
         # One-shot and streamed soxr output are identical; streaming keeps memory flat.
-        resampler = soxr.ResampleStream(f.samplerate, SAMPLE_RATE, 1, dtype="float32",
-                                        quality="HQ")
+        resampler = soxr.ResampleStream(f.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
         pieces, frames = [], 0
-        for block in f.blocks(blocksize=f.samplerate * DECODE_BLOCK_S, dtype="float32",
-                              always_2d=True):
+        for block in f.blocks(
+            blocksize=f.samplerate * DECODE_BLOCK_S, dtype="float32", always_2d=True
+        ):
             frames += len(block)
             if frames > max_frames:  # the header understated the length
                 _refuse_if_too_long(frames / f.samplerate, limits)
@@ -143,8 +148,9 @@ def _recorded_container(data: str | Path | io.BytesIO) -> str | None:
     return None
 
 
-def _decode_recorded(data: str | Path | io.BytesIO, container: str, limits: AudioLimits
-                     ) -> tuple[np.ndarray, int]:
+def _decode_recorded(
+    data: str | Path | io.BytesIO, container: str, limits: AudioLimits
+) -> tuple[np.ndarray, int]:
     """Like `_decode_mono`, through PyAV (FFmpeg's decoders ship in its wheel) with the given
     demuxer: (frames, 1) at SAMPLE_RATE, refused as soon as it passes the length limit."""
     import av
@@ -158,8 +164,9 @@ def _decode_recorded(data: str | Path | io.BytesIO, container: str, limits: Audi
                 raise AudioError("That file has no sound in it.")
             rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
             if not 0 < channels <= MAX_CHANNELS or not MIN_RATE <= rate <= MAX_RATE:
-                raise AudioError(f"That file is not a usable recording ({channels} channels at "
-                                 f"{rate} Hz).")
+                raise AudioError(
+                    f"That file is not a usable recording ({channels} channels at {rate} Hz)."
+                )
             if f.duration is not None and f.duration > 0:  # microseconds, from the header
                 _refuse_if_too_long(f.duration / 1e6, limits)
             to_mono = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
@@ -171,8 +178,9 @@ def _decode_recorded(data: str | Path | io.BytesIO, container: str, limits: Audi
                 pieces += [out.to_ndarray().reshape(-1) for out in to_mono.resample(frame)]
             pieces += [out.to_ndarray().reshape(-1) for out in to_mono.resample(None)]
     except av.FFmpegError:
-        raise AudioError("That file is not a readable recording: it may be damaged. Please "
-                         "record again.") from None
+        raise AudioError(
+            "That file is not a readable recording: it may be damaged. Please record again."
+        ) from None
     samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     return samples.astype(np.float32, copy=False)[:, None], SAMPLE_RATE
 
@@ -191,12 +199,15 @@ def check(samples: np.ndarray, rate: int, limits: AudioLimits) -> None:
     if len(samples) == 0:
         raise AudioError("The recording is empty: hold the microphone button and speak.")
     if not np.isfinite(samples).all():
-        raise AudioError("The recording is damaged (it contains invalid samples). Please record "
-                         "again.")
+        raise AudioError(
+            "The recording is damaged (it contains invalid samples). Please record again."
+        )
     if seconds < limits.min_seconds:  # two decimals: 0.45 s must not read as the 0.5 s limit
-        raise AudioError(f"The recording is too short ({seconds:.2f} s; the shortest is "
-                         f"{limits.min_seconds:g} s): please ask your question in a full "
-                         "sentence.")
+        raise AudioError(
+            f"The recording is too short ({seconds:.2f} s; the shortest is "
+            f"{limits.min_seconds:g} s): please ask your question in a full "
+            "sentence."
+        )
     _refuse_if_too_long(seconds, limits)
     frame = max(1, int(FRAME_S * rate))
     mono = samples.mean(axis=1) if samples.ndim == 2 else samples
@@ -204,12 +215,14 @@ def check(samples: np.ndarray, rate: int, limits: AudioLimits) -> None:
     rms = np.sqrt(np.mean(mono[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1))
     loud = rms > 10 ** (limits.speech_dbfs / 20)
     if loud.sum() * frame / rate < limits.min_speech_seconds:
-        raise AudioError("No speech was heard in the recording: check the microphone and speak "
-                         "a little louder.")
+        raise AudioError(
+            "No speech was heard in the recording: check the microphone and speak a little louder."
+        )
 
 
-def load(source: str | Path | bytes | tuple[int, np.ndarray],
-         limits: AudioLimits = AudioLimits()) -> np.ndarray:
+def load(
+    source: str | Path | bytes | tuple[int, np.ndarray], limits: AudioLimits = AudioLimits()
+) -> np.ndarray:
     """Decode, check and convert a recording for Whisper."""
     samples, rate = read(source, limits)
     check(samples, rate, limits)

@@ -121,9 +121,17 @@ class _Plan:
 class Scheduler:
     """Slots, pinned prefixes, saved states and the step loop over one llama.cpp context."""
 
-    def __init__(self, model: LlamaModel, context: LlamaContext, n_slots: int, n_ctx: int,
-                 prefill_chunk: int, store: ContextStore, max_pinned: int,
-                 max_waiting: int) -> None:
+    def __init__(
+        self,
+        model: LlamaModel,
+        context: LlamaContext,
+        n_slots: int,
+        n_ctx: int,
+        prefill_chunk: int,
+        store: ContextStore,
+        max_pinned: int,
+        max_waiting: int,
+    ) -> None:
         """MAX_WAITING bounds the line: requests beyond it that find no slot are refused."""
         self.model, self.context, self.store = model, context, store
         self.max_waiting = max_waiting
@@ -139,8 +147,9 @@ class Scheduler:
 
     # -- state ------------------------------------------------------------------------------
     def has_work(self) -> bool:
-        return (not self.inbox.empty() or bool(self.waiting)
-                or any(slot.request for slot in self.slots))
+        return (
+            not self.inbox.empty() or bool(self.waiting) or any(slot.request for slot in self.slots)
+        )
 
     def reset(self) -> None:
         """Forget every cached prefix and saved state (only while no request is served)."""
@@ -161,8 +170,11 @@ class Scheduler:
         if len(self.pinned) >= self.max_pinned:
             log.warning("not pinning another prefix: %d are pinned already", self.max_pinned)
             return 0
-        seq = next(s for s in range(len(self.slots), len(self.slots) + self.max_pinned)
-                   if s not in self.pinned)
+        seq = next(
+            s
+            for s in range(len(self.slots), len(self.slots) + self.max_pinned)
+            if s not in self.pinned
+        )
         tokens = self.model.tokenize(text)
         pinned_tokens = sum(len(p.tokens) for p in self.pinned.values())
         if pinned_tokens + len(tokens) > self.context.kv_tokens // 2:
@@ -170,7 +182,7 @@ class Scheduler:
             return 0
         for start in range(0, len(tokens), self.context.n_batch):
             self.context.clear_batch()
-            for pos, token in enumerate(tokens[start:start + self.context.n_batch], start):
+            for pos, token in enumerate(tokens[start : start + self.context.n_batch], start):
                 self.context.add(token, pos, seq, False)
             if self.context.decode() != 0:
                 self.context.remove(seq)
@@ -198,14 +210,16 @@ class Scheduler:
         taken: list[tuple[Slot, int, bool]] = []  # (slot, tokens in the batch, sampled ones)
         for slot in active:
             if slot.generating:
-                outputs.append((slot, ctx.add(slot.pending[0], len(slot.context.tokens),
-                                              slot.seq, True)))
+                outputs.append(
+                    (slot, ctx.add(slot.pending[0], len(slot.context.tokens), slot.seq, True))
+                )
                 taken.append((slot, 1, True))
         room = ctx.n_batch - ctx.n_batched
         if outputs:
             room = min(room, self.prefill_chunk)
-        for slot in sorted((s for s in active if not s.generating),
-                           key=lambda s: s.request.submitted):
+        for slot in sorted(
+            (s for s in active if not s.generating), key=lambda s: s.request.submitted
+        ):
             if room <= 0:
                 break
             chunk = slot.pending[:room]
@@ -221,8 +235,10 @@ class Scheduler:
         self.most_sequences_in_a_step = max(self.most_sequences_in_a_step, len(taken))
         status = ctx.decode()
         if status != 0:
-            raise LlamaError(f"llama_decode failed with status {status} "
-                             f"({ctx.n_batched} tokens, {len(active)} sequences)")
+            raise LlamaError(
+                f"llama_decode failed with status {status} "
+                f"({ctx.n_batched} tokens, {len(active)} sequences)"
+            )
         for slot, n, generated in taken:
             slot.context.extend(slot.pending[:n], slot.pending_text[:n], generated)
             del slot.pending[:n], slot.pending_text[:n]
@@ -255,8 +271,14 @@ class Scheduler:
                 return
             request = self.waiting[0]
             # The slot already holding most of this prompt; else an empty one; else the LRU.
-            slot = max(free, key=lambda s: (s.context.reusable_tokens(request.prompt),
-                                            not s.context.tokens, -s.last_used))
+            slot = max(
+                free,
+                key=lambda s: (
+                    s.context.reusable_tokens(request.prompt),
+                    not s.context.tokens,
+                    -s.last_used,
+                ),
+            )
             plan = self._plan(request, slot)
             while self._cells_in_use(slot) + plan.cells > self.context.kv_tokens:
                 # Room: idle conversations go to the store first, pinned prefixes last.
@@ -266,9 +288,14 @@ class Scheduler:
             if self._cells_in_use(slot) + plan.cells > self.context.kv_tokens:
                 if any(s.request for s in self.slots):
                     return  # room comes back when answers finish
-                self._end(self.waiting.popleft(), "error", TutorError(
-                    "This conversation is too long for the tutor's memory. Please start a new "
-                    "conversation."))
+                self._end(
+                    self.waiting.popleft(),
+                    "error",
+                    TutorError(
+                        "This conversation is too long for the tutor's memory. Please start a new "
+                        "conversation."
+                    ),
+                )
                 continue
             self.waiting.popleft()
             self._start(slot, request, plan)
@@ -283,8 +310,9 @@ class Scheduler:
                 request.pieces.put(InLine(place))
 
     def _cells_in_use(self, excluding: Slot) -> int:
-        return (sum(len(p.tokens) for p in self.pinned.values())
-                + sum(slot.own_cells for slot in self.slots if slot is not excluding))
+        return sum(len(p.tokens) for p in self.pinned.values()) + sum(
+            slot.own_cells for slot in self.slots if slot is not excluding
+        )
 
     def _evict_one_idle(self, keep: Slot) -> bool:
         """Save the least recently used idle slot's content to the store and free its cells."""
@@ -317,19 +345,26 @@ class Scheduler:
         prompt = request.prompt
         canonical = self.model.tokenize(prompt)
         best, source = _Plan("", 0, canonical), Context()
-        candidates = ([("own", slot.context, slot.seq, None, slot.shared)]
-                      + [("sequence", other.context, other.seq, None, other.shared)
-                         for other in self.slots if other is not slot]
-                      + [("pinned", prefix, seq, None, len(prefix.tokens))
-                         for seq, prefix in self.pinned.items()]
-                      + [("saved", saved, -1, key, 0) for key, saved in self.store.items()])
+        candidates = (
+            [("own", slot.context, slot.seq, None, slot.shared)]
+            + [
+                ("sequence", other.context, other.seq, None, other.shared)
+                for other in self.slots
+                if other is not slot
+            ]
+            + [
+                ("pinned", prefix, seq, None, len(prefix.tokens))
+                for seq, prefix in self.pinned.items()
+            ]
+            + [("saved", saved, -1, key, 0) for key, saved in self.store.items()]
+        )
         for kind, context, seq, key, shared in candidates:
             n, tokens = context.reuse_for(prompt, canonical, self.model.tokenize)
             if n > best.reuse:
                 best = _Plan(kind, n, tokens, seq=seq, saved_key=key, shared=min(n, shared))
                 source = context
         if best.tokens and best.reuse >= len(best.tokens):  # the last prompt token must be
-            best.reuse = len(best.tokens) - 1               # evaluated, for its logits
+            best.reuse = len(best.tokens) - 1  # evaluated, for its logits
             best.shared = min(best.shared, best.reuse)
         budget = max(0, min(request.max_tokens, self.n_ctx - len(best.tokens)))
         best.cells = len(best.tokens) + budget - best.shared
@@ -348,8 +383,9 @@ class Scheduler:
             ctx.remove(slot.seq, plan.reuse, -1)
             slot.context = slot.context.prefix(plan.reuse)
         elif plan.source in ("sequence", "pinned"):
-            source = (self.slots[plan.seq].context if plan.source == "sequence"
-                      else self.pinned[plan.seq])
+            source = (
+                self.slots[plan.seq].context if plan.source == "sequence" else self.pinned[plan.seq]
+            )
             ctx.remove(slot.seq)
             ctx.copy(plan.seq, slot.seq, plan.reuse)
             slot.context = source.prefix(plan.reuse)
@@ -371,7 +407,7 @@ class Scheduler:
         slot.shared = plan.shared
         slot.request, slot.reserved = request, plan.cells
         slot.budget = min(request.max_tokens, self.n_ctx - len(plan.tokens))
-        slot.pending = plan.tokens[plan.reuse:]
+        slot.pending = plan.tokens[plan.reuse :]
         slot.pending_text = [self.model.piece(t) for t in slot.pending]
         slot.generating = False
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -383,9 +419,14 @@ class Scheduler:
     def _save(self, slot: Slot) -> None:
         """Keep SLOT's content in the store, unless it is empty or kept elsewhere already."""
         tokens = slot.context.tokens
-        if not tokens or self.store.covers(tokens) or any(
-                other is not slot and other.context.tokens[:len(tokens)] == tokens
-                for other in self.slots):
+        if (
+            not tokens
+            or self.store.covers(tokens)
+            or any(
+                other is not slot and other.context.tokens[: len(tokens)] == tokens
+                for other in self.slots
+            )
+        ):
             return
         saved = slot.context.prefix(len(tokens))
         saved.blob = self.context.save(slot.seq)

@@ -35,8 +35,12 @@ class Context:
 
     def prefix(self, n: int) -> Context:
         """The first N tokens of this context (without a saved cache)."""
-        return Context(self.tokens[:n], self.ends[:n], self.generated[:n],
-                       self.text[: self.ends[n - 1]] if n else b"")
+        return Context(
+            self.tokens[:n],
+            self.ends[:n],
+            self.generated[:n],
+            self.text[: self.ends[n - 1]] if n else b"",
+        )
 
     def extend(self, tokens: list[int], texts: list[bytes], generated: bool = False) -> None:
         """Append TOKENS, spelled by TEXTS (one per token), sampled by the model or not."""
@@ -46,8 +50,9 @@ class Context:
             self.ends.append(len(self.text))
             self.generated.append(generated)
 
-    def reuse_for(self, prompt: bytes, canonical: list[int],
-                  tokenize: Callable[[bytes], list[int]]) -> tuple[int, list[int]]:
+    def reuse_for(
+        self, prompt: bytes, canonical: list[int], tokenize: Callable[[bytes], list[int]]
+    ) -> tuple[int, list[int]]:
         """(tokens of this context that PROMPT can reuse, PROMPT's tokens when it does).
 
         CANONICAL is PROMPT tokenized as a whole. A prompt's tokens must not depend on what
@@ -59,7 +64,7 @@ class Context:
         """
         n = self.reusable_tokens(prompt)
         if n and self.generated[n - 1]:
-            return n, self.tokens[:n] + tokenize(prompt[self.ends[n - 1]:])
+            return n, self.tokens[:n] + tokenize(prompt[self.ends[n - 1] :])
         return len(os.path.commonprefix([self.tokens, canonical])), canonical
 
     def reusable_tokens(self, text: bytes) -> int:
@@ -111,8 +116,9 @@ class ContextStore:
 
     def put(self, ctx: Context) -> None:
         """Save CTX, dropping saved contexts it extends, then the oldest ones over budget."""
-        for key in [k for k, old in self._items.items()
-                    if ctx.tokens[: len(old.tokens)] == old.tokens]:
+        for key in [
+            k for k, old in self._items.items() if ctx.tokens[: len(old.tokens)] == old.tokens
+        ]:
             del self._items[key]
         if ctx.nbytes > self.max_bytes:
             return

@@ -53,9 +53,10 @@ def _what_is_wrong(loc: tuple) -> str:
     if not loc:
         return "The conversation history must be a list of {role, content} messages."
     field_name = loc[1] if len(loc) > 1 else None
-    problem = {"role": "its role must be 'user' or 'assistant'",
-               "content": "its content must be text"}.get(
-                   field_name, "it must be a {role, content} message")
+    problem = {
+        "role": "its role must be 'user' or 'assistant'",
+        "content": "its content must be text",
+    }.get(field_name, "it must be a {role, content} message")
     return f"Message {loc[0] + 1} of the conversation history is not valid: {problem}."
 
 
@@ -70,21 +71,28 @@ def normalize_history(history: object) -> list[Message]:
     if history is None:
         return []
     if isinstance(history, (list, tuple)) and len(history) > MAX_HISTORY_MESSAGES:
-        raise HistoryError(f"The conversation is too long ({len(history)} messages; the limit "
-                           f"is {MAX_HISTORY_MESSAGES}). Please start a new conversation.")
+        raise HistoryError(
+            f"The conversation is too long ({len(history)} messages; the limit "
+            f"is {MAX_HISTORY_MESSAGES}). Please start a new conversation."
+        )
     try:
         items = _HISTORY.validate_python(history)
     except ValidationError as e:
         raise HistoryError(_what_is_wrong(e.errors()[0]["loc"])) from None
     messages = []
     for item in items:
-        content = item.content if isinstance(item.content, str) else "".join(
-            part.text for part in item.content if part.type == "text")
+        content = (
+            item.content
+            if isinstance(item.content, str)
+            else "".join(part.text for part in item.content if part.type == "text")
+        )
         if content.strip():
             messages.append({"role": item.role, "content": content})
     if sum(len(m["content"]) for m in messages) > MAX_HISTORY_CHARS:
-        raise HistoryError(f"The conversation is too long (over {MAX_HISTORY_CHARS} "
-                           "characters). Please start a new conversation.")
+        raise HistoryError(
+            f"The conversation is too long (over {MAX_HISTORY_CHARS} "
+            "characters). Please start a new conversation."
+        )
     return messages
 
 
@@ -98,9 +106,14 @@ def _turns(history: list[Message]) -> list[list[Message]]:
     return turns
 
 
-def fit_messages(system_prompt: str, history: list[Message], question: str,
-                 count_tokens: Callable[[list[Message]], int], n_ctx: int,
-                 max_answer_tokens: int) -> tuple[list[Message], int, int]:
+def fit_messages(
+    system_prompt: str,
+    history: list[Message],
+    question: str,
+    count_tokens: Callable[[list[Message]], int],
+    n_ctx: int,
+    max_answer_tokens: int,
+) -> tuple[list[Message], int, int]:
     """Messages for the model, the answer's token budget, and how many turns were dropped.
 
     COUNT_TOKENS gives the prompt length of a message list (template applied).
@@ -132,5 +145,6 @@ def fit_messages(system_prompt: str, history: list[Message], question: str,
     if room < MIN_ANSWER_TOKENS:
         raise ContextOverflowError(
             f"The question is too long for this model: it leaves room for {max(room, 0)} "
-            f"answer tokens in a {n_ctx}-token window. Please shorten it.")
+            f"answer tokens in a {n_ctx}-token window. Please shorten it."
+        )
     return messages, min(max_answer_tokens, room), dropped

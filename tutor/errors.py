@@ -10,8 +10,9 @@ class BusyError(TutorError):
     """Every answer slot is taken and the line is full: the caller should try again soon."""
 
     def __init__(self) -> None:
-        super().__init__("The tutor is busy with other students right now. Please try again in "
-                         "a moment.")
+        super().__init__(
+            "The tutor is busy with other students right now. Please try again in a moment."
+        )
 
 
 def first_line(e: BaseException) -> str:

@@ -41,11 +41,13 @@ class InFlightLimits:
             if self._sessions[session] >= self.per_session:
                 raise TooManyAtOnceError(
                     "You already have a question being answered: wait for it to finish (or press "
-                    "Stop) before asking another.")
+                    "Stop) before asking another."
+                )
             if self.per_address is not None and self._addresses[address] >= self.per_address:
                 raise TooManyAtOnceError(
                     "Too many questions from your network are being answered at once. Please "
-                    "try again when one has finished.")
+                    "try again when one has finished."
+                )
             self._sessions[session] += 1
             self._addresses[address] += 1
         try:

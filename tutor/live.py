@@ -39,8 +39,13 @@ class Listener:
     (or raises AudioError when nothing in it could be understood), else None.
     """
 
-    def __init__(self, transcribe: Callable[..., str], executor: ThreadPoolExecutor,
-                 language: str | None, end_of_question_s: float = END_OF_QUESTION_S) -> None:
+    def __init__(
+        self,
+        transcribe: Callable[..., str],
+        executor: ThreadPoolExecutor,
+        language: str | None,
+        end_of_question_s: float = END_OF_QUESTION_S,
+    ) -> None:
         """TRANSCRIBE(audio at 16 kHz, language, max_tokens) → text runs on EXECUTOR."""
         from silero_vad import VADIterator
 
@@ -49,8 +54,9 @@ class Listener:
         self.language = language
         self.end_of_question = int(end_of_question_s * SAMPLE_RATE)  # samples
         # A model per listener: Silero keeps its recurrent state inside the model.
-        self.vad = VADIterator(load_vad(), sampling_rate=SAMPLE_RATE,
-                               min_silence_duration_ms=int(PAUSE_S * 1000))
+        self.vad = VADIterator(
+            load_vad(), sampling_rate=SAMPLE_RATE, min_silence_duration_ms=int(PAUSE_S * 1000)
+        )
         self._resampler: soxr.ResampleStream | None = None
         self._rate = 0
         self._pending = np.zeros(0, np.float32)  # resampled, not yet seen by the VAD
@@ -109,7 +115,7 @@ class Listener:
 
         with torch.inference_mode():
             for i in range(0, len(windows), VAD_WINDOW):
-                window = windows[i:i + VAD_WINDOW]
+                window = windows[i : i + VAD_WINDOW]
                 event = self.vad(torch.from_numpy(window)) or {}
                 self._heard += VAD_WINDOW
                 in_question = self._speech_start is not None or self._last_end is not None
@@ -117,7 +123,8 @@ class Listener:
                     self._audio = np.concatenate([self._audio, window])
                 else:
                     self._preroll = np.concatenate([self._preroll, window])[
-                        -int(PREROLL_S * SAMPLE_RATE):]
+                        -int(PREROLL_S * SAMPLE_RATE) :
+                    ]
                 if "start" in event:
                     if not in_question:  # a question begins
                         self._audio, self._preroll = self._preroll, np.zeros(0, np.float32)
@@ -147,7 +154,7 @@ class Listener:
     def _segment(self, end: int) -> None:
         """Send the speech from the last cut to END to Whisper, in the background."""
         stop = max(self._cut, end - self._offset)
-        audio = self._audio[self._cut:stop].copy()
+        audio = self._audio[self._cut : stop].copy()
         self._cut = stop
         self._segments.append(self.executor.submit(self._transcribe_quietly, audio))
 

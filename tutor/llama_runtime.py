@@ -21,8 +21,11 @@ import llama_cpp
 from tutor.modes import Generation
 
 PIECE_BUFFER_BYTES = 256  # enough for any single token's text; longer ones are retried
-KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0,
-            "f32": llama_cpp.GGML_TYPE_F32}
+KV_TYPES = {
+    "f16": llama_cpp.GGML_TYPE_F16,
+    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+    "f32": llama_cpp.GGML_TYPE_F32,
+}
 PENALTY_LAST_N = 64  # tokens the repetition penalty looks back over (llama.cpp's default)
 
 # llama-cpp-python routes llama.cpp's log through this logger; at its default level every line
@@ -43,8 +46,10 @@ def _set(params: ctypes.Structure, **fields) -> None:
     known = {name for name, *_ in type(params)._fields_}
     unknown = set(fields) - known
     if unknown:
-        raise LlamaError(f"llama-cpp-python {llama_cpp.__version__} has no {type(params).__name__}"
-                         f" field {', '.join(sorted(unknown))}; this tutor needs 0.3.36")
+        raise LlamaError(
+            f"llama-cpp-python {llama_cpp.__version__} has no {type(params).__name__}"
+            f" field {', '.join(sorted(unknown))}; this tutor needs 0.3.36"
+        )
     for name, value in fields.items():
         setattr(params, name, value)
 
@@ -118,20 +123,31 @@ class LlamaContext:
 
     def __init__(self, model: LlamaModel, options: ContextOptions) -> None:
         params = llama_cpp.llama_context_default_params()
-        _set(params, n_ctx=options.kv_tokens, n_batch=options.n_batch, n_ubatch=options.n_batch,
-             n_seq_max=options.n_seq_max, n_threads=options.n_threads,
-             n_threads_batch=options.n_threads,
-             # Logits rows and the compute graph are sized for this many outputs, not n_batch
-             # (512 rows of a 128k vocabulary): one per sequence at most, llama.cpp's floor.
-             n_outputs_max=options.n_seq_max,
-             kv_unified=True,  # one cache: a prefix copied between sequences shares its cells
-             no_perf=False,  # keep llama.cpp's evaluated-token counters
-             type_k=KV_TYPES[options.kv_type], type_v=KV_TYPES[options.kv_type])
+        _set(
+            params,
+            n_ctx=options.kv_tokens,
+            n_batch=options.n_batch,
+            n_ubatch=options.n_batch,
+            n_seq_max=options.n_seq_max,
+            n_threads=options.n_threads,
+            n_threads_batch=options.n_threads,
+            # Logits rows and the compute graph are sized for this many outputs, not n_batch
+            # (512 rows of a 128k vocabulary): one per sequence at most, llama.cpp's floor.
+            n_outputs_max=options.n_seq_max,
+            kv_unified=True,  # one cache: a prefix copied between sequences shares its cells
+            no_perf=False,  # keep llama.cpp's evaluated-token counters
+            type_k=KV_TYPES[options.kv_type],
+            type_v=KV_TYPES[options.kv_type],
+        )
         # Flash attention: needed for a quantized V cache; off for F32, which is then exact
         # whatever the batch holds; llama.cpp's choice for F16.
         if options.kv_type != "f16":
-            _set(params, flash_attn_type=llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-                 if options.kv_type == "f32" else llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED)
+            _set(
+                params,
+                flash_attn_type=llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+                if options.kv_type == "f32"
+                else llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            )
         self.pointer = llama_cpp.llama_init_from_model(model.pointer, params)
         if not self.pointer:
             raise LlamaError(f"llama.cpp cannot create a context of {options.kv_tokens} tokens")
@@ -210,8 +226,11 @@ class Sampler:
             llama_cpp.llama_sampler_chain_add(chain, sampler)
 
         if generation.repeat_penalty != 1.0:  # a pass over the whole vocabulary: only if asked
-            add(llama_cpp.llama_sampler_init_penalties(
-                n_vocab, PENALTY_LAST_N, generation.repeat_penalty, 0.0, 0.0))
+            add(
+                llama_cpp.llama_sampler_init_penalties(
+                    n_vocab, PENALTY_LAST_N, generation.repeat_penalty, 0.0, 0.0
+                )
+            )
         if generation.temperature == 0.0:
             add(llama_cpp.llama_sampler_init_greedy())
         else:  # llama-cpp-python's order, so that answers sample as they did before
@@ -220,8 +239,11 @@ class Sampler:
             add(llama_cpp.llama_sampler_init_min_p(generation.min_p, 1))
             add(llama_cpp.llama_sampler_init_temp(generation.temperature))
             seed = generation.seed if seed is None else seed
-            add(llama_cpp.llama_sampler_init_dist(
-                llama_cpp.LLAMA_DEFAULT_SEED if seed is None else seed))
+            add(
+                llama_cpp.llama_sampler_init_dist(
+                    llama_cpp.LLAMA_DEFAULT_SEED if seed is None else seed
+                )
+            )
         self.pointer = chain
 
     def accept(self, tokens: list[int]) -> None:

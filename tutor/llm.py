@@ -23,8 +23,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from tutor.batching import DONE, GenerationStats, InLine, Request, Scheduler
 from tutor.chat_format import LLAMA3_CHAT_TEMPLATE
 from tutor.context_cache import ContextStore
-from tutor.defaults import (DEFAULT_KV_TOKENS, DEFAULT_KV_TYPE, DEFAULT_MAX_WAITING,
-                            DEFAULT_PARALLEL)
+from tutor.defaults import DEFAULT_KV_TOKENS, DEFAULT_KV_TYPE, DEFAULT_MAX_WAITING, DEFAULT_PARALLEL
 from tutor.conversation import Message
 from tutor.llama_runtime import ContextOptions, LlamaContext, LlamaError, LlamaModel
 from tutor.errors import first_line
@@ -32,8 +31,16 @@ from tutor.modes import Generation
 from tutor.threads import DedicatedThread
 
 log = logging.getLogger(__name__)
-__all__ = ["DEFAULT_KV_TOKENS", "DEFAULT_KV_TYPE", "DEFAULT_MAX_WAITING", "DEFAULT_PARALLEL",
-           "GenerationStats", "ModelLoadError", "TutorLLM", "resolve_model"]
+__all__ = [
+    "DEFAULT_KV_TOKENS",
+    "DEFAULT_KV_TYPE",
+    "DEFAULT_MAX_WAITING",
+    "DEFAULT_PARALLEL",
+    "GenerationStats",
+    "ModelLoadError",
+    "TutorLLM",
+    "resolve_model",
+]
 
 MAX_PINNED_PREFIXES = 8  # mode prompts kept evaluated in the KV cache
 DEFAULT_PREFILL_CHUNK = 64  # prompt tokens per step while other answers stream
@@ -62,14 +69,17 @@ def resolve_model(spec: str) -> Path:
             return Path(hf_hub_download(repo_id=repo_id, filename=filename, local_files_only=True))
         except Exception:
             if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
-                raise ModelLoadError(f"{spec} is not in the Hugging Face cache and the Hub "
-                                     "cannot be reached (offline)") from None
+                raise ModelLoadError(
+                    f"{spec} is not in the Hugging Face cache and the Hub "
+                    "cannot be reached (offline)"
+                ) from None
         return Path(hf_hub_download(repo_id=repo_id, filename=filename))
     except ModelLoadError:
         raise
     except Exception as e:  # missing repo or file, interrupted download
-        raise ModelLoadError(f"cannot get {spec} from the Hugging Face Hub: "
-                             f"{first_line(e)}") from None
+        raise ModelLoadError(
+            f"cannot get {spec} from the Hugging Face Hub: {first_line(e)}"
+        ) from None
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
@@ -96,11 +106,20 @@ class Activity:
 class TutorLLM:
     """A GGUF chat model serving up to PARALLEL streamed answers at once, with cached prefixes."""
 
-    def __init__(self, model_path: Path, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_batch: int = 512, cache_bytes: int = 128 * 2**20, parallel: int = 1,
-                 kv_tokens: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-                 kv_type: str = DEFAULT_KV_TYPE, max_waiting: int = DEFAULT_MAX_WAITING,
-                 thread: DedicatedThread | None = None) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        cache_bytes: int = 128 * 2**20,
+        parallel: int = 1,
+        kv_tokens: int | None = None,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        kv_type: str = DEFAULT_KV_TYPE,
+        max_waiting: int = DEFAULT_MAX_WAITING,
+        thread: DedicatedThread | None = None,
+    ) -> None:
         """N_CTX is one conversation's window; KV_TOKENS the cache shared by all of them.
         PARALLEL answers are generated at once; MAX_WAITING more may wait for a slot, and
         answers beyond those are refused with a BusyError.
@@ -114,11 +133,19 @@ class TutorLLM:
         kv_tokens = kv_tokens or max(DEFAULT_KV_TOKENS, n_ctx)
         self.thread = thread or DedicatedThread("llama.cpp")  # every llama.cpp call runs here
         self.model_path = Path(model_path)
+
         def context(cells: str) -> LlamaContext:
-            return self.thread.run(LlamaContext, self.model, ContextOptions(
-                kv_tokens=kv_tokens, n_seq_max=parallel + MAX_PINNED_PREFIXES,
-                n_batch=max(n_batch, parallel + prefill_chunk), n_threads=threads,
-                kv_type=cells))
+            return self.thread.run(
+                LlamaContext,
+                self.model,
+                ContextOptions(
+                    kv_tokens=kv_tokens,
+                    n_seq_max=parallel + MAX_PINNED_PREFIXES,
+                    n_batch=max(n_batch, parallel + prefill_chunk),
+                    n_threads=threads,
+                    kv_type=cells,
+                ),
+            )
 
         try:
             self.model = self.thread.run(LlamaModel, self.model_path)
@@ -144,13 +171,23 @@ class TutorLLM:
         eos, bos = self.model.eos, self.model.bos
         self._formatters = {  # with and without the assistant header at the end
             flag: Jinja2ChatFormatter(
-                template=self.template, add_generation_prompt=flag,
+                template=self.template,
+                add_generation_prompt=flag,
                 eos_token=self.piece(eos).decode(errors="replace") if eos >= 0 else "",
-                bos_token=self.piece(bos).decode(errors="replace") if bos >= 0 else "")
-            for flag in (False, True)}
-        self._scheduler = Scheduler(self.model, self.context, parallel, self.n_ctx,
-                                    prefill_chunk, ContextStore(cache_bytes), MAX_PINNED_PREFIXES,
-                                    max_waiting)
+                bos_token=self.piece(bos).decode(errors="replace") if bos >= 0 else "",
+            )
+            for flag in (False, True)
+        }
+        self._scheduler = Scheduler(
+            self.model,
+            self.context,
+            parallel,
+            self.n_ctx,
+            prefill_chunk,
+            ContextStore(cache_bytes),
+            MAX_PINNED_PREFIXES,
+            max_waiting,
+        )
         self._serving = False
         self._lock = threading.Lock()
         self.stats = GenerationStats()  # the last finished answer's
@@ -193,12 +230,17 @@ class TutorLLM:
 
     def activity(self) -> Activity:
         """What the engine holds right now, and how every answer so far ended."""
+
         def snapshot() -> Activity:
             scheduler = self._scheduler
-            return Activity(answering=sum(1 for s in scheduler.slots if s.request),
-                            waiting=scheduler.inbox.qsize() + len(scheduler.waiting),
-                            saved_conversations=len(scheduler.store),
-                            saved_bytes=scheduler.store.nbytes, ended=dict(scheduler.ended))
+            return Activity(
+                answering=sum(1 for s in scheduler.slots if s.request),
+                waiting=scheduler.inbox.qsize() + len(scheduler.waiting),
+                saved_conversations=len(scheduler.store),
+                saved_bytes=scheduler.store.nbytes,
+                ended=dict(scheduler.ended),
+            )
+
         return self.thread.run(snapshot)
 
     def saved_conversations(self) -> tuple[int, int]:
@@ -207,10 +249,16 @@ class TutorLLM:
         return self.thread.run(lambda: (len(store), store.nbytes))
 
     # -- generation -------------------------------------------------------------------------
-    def stream(self, messages: list[Message], generation: Generation, max_tokens: int | None = None,
-               cancel: threading.Event | None = None, seed: int | None = None,
-               stats: GenerationStats | None = None, places: bool = False
-               ) -> Iterator[str | InLine]:
+    def stream(
+        self,
+        messages: list[Message],
+        generation: Generation,
+        max_tokens: int | None = None,
+        cancel: threading.Event | None = None,
+        seed: int | None = None,
+        stats: GenerationStats | None = None,
+        places: bool = False,
+    ) -> Iterator[str | InLine]:
         """Yield the answer to MESSAGES piece by piece until end-of-turn, MAX_TOKENS or CANCEL.
 
         The answer is generated together with the others in flight. Closing the iterator (the
@@ -219,15 +267,35 @@ class TutorLLM:
         yielded whenever the answer's place in line for a slot changes.
         Raises BusyError at the first step when the line is full.
         """
-        return self._pieces(self.render(messages), generation, max_tokens, cancel, seed,
-                            stats if stats is not None else GenerationStats(), places)
+        return self._pieces(
+            self.render(messages),
+            generation,
+            max_tokens,
+            cancel,
+            seed,
+            stats if stats is not None else GenerationStats(),
+            places,
+        )
 
-    def _pieces(self, prompt: str, generation: Generation, max_tokens: int | None,
-                cancel: threading.Event | None, seed: int | None, stats: GenerationStats,
-                places: bool) -> Iterator[str | InLine]:
+    def _pieces(
+        self,
+        prompt: str,
+        generation: Generation,
+        max_tokens: int | None,
+        cancel: threading.Event | None,
+        seed: int | None,
+        stats: GenerationStats,
+        places: bool,
+    ) -> Iterator[str | InLine]:
         consumer_gone = threading.Event()
-        request = Request(prompt.encode(), generation, max_tokens or generation.max_tokens, seed,
-                          [e for e in (cancel, consumer_gone) if e is not None], stats)
+        request = Request(
+            prompt.encode(),
+            generation,
+            max_tokens or generation.max_tokens,
+            seed,
+            [e for e in (cancel, consumer_gone) if e is not None],
+            stats,
+        )
         request.stats.prompt = prompt
         self._submit(request)  # on the first next(): an iterator never read submits nothing
         try:

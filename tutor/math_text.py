@@ -23,7 +23,7 @@ def dollars_to_parens(text: str) -> str:
     """TEXT with each single-dollar formula written `\\(…\\)`; code and prices untouched."""
     out, start = [], 0
     for code in CODE.finditer(text):
-        out.append(_convert(text[start:code.start()]))
+        out.append(_convert(text[start : code.start()]))
         out.append(code.group(0))
         start = code.end()
     out.append(_convert(text[start:]))

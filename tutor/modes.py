@@ -15,9 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tutor.defaults import PROMPTS_DIR
 from tutor.errors import TutorError
 
-__all__ = ["PROMPTS_DIR", "Generation", "ModeError", "TutorMode", "get_mode", "load_mode",
-           "load_modes"]
-
+__all__ = [
+    "PROMPTS_DIR",
+    "Generation",
+    "ModeError",
+    "TutorMode",
+    "get_mode",
+    "load_mode",
+    "load_modes",
+]
 
 
 class Generation(BaseModel):
@@ -60,13 +66,17 @@ def load_mode(path: Path) -> TutorMode:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ModeError(f"{path}: cannot read mode file: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ModeError(f"{path}: expected a mapping of title, description, system_prompt, "
-                        "generation")
+        raise ModeError(
+            f"{path}: expected a mapping of title, description, system_prompt, generation"
+        )
     try:
         return TutorMode(name=Path(path).stem, **data)
     except (ValidationError, TypeError) as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
-                             for err in e.errors()) if isinstance(e, ValidationError) else str(e)
+        problems = (
+            "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            if isinstance(e, ValidationError)
+            else str(e)
+        )
         raise ModeError(f"{path}: {problems}") from None
 
 

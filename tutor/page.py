@@ -36,15 +36,35 @@ EXAMPLES = [
 ]
 # No lone "$": it would turn prices into formulas; single-dollar maths is rewritten as \(…\)
 # first (tutor.math_text), by Pandoc's rule.
-LATEX = [{"left": "$$", "right": "$$", "display": True},
-         {"left": "\\(", "right": "\\)", "display": False},
-         {"left": "\\[", "right": "\\]", "display": True}]
-LANGUAGES = [("English", "en"), ("Detect automatically", "auto"), ("French", "fr"),
-             ("German", "de"), ("Spanish", "es"), ("Italian", "it"), ("Portuguese", "pt"),
-             ("Dutch", "nl")]
+LATEX = [
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "\\(", "right": "\\)", "display": False},
+    {"left": "\\[", "right": "\\]", "display": True},
+]
+LANGUAGES = [
+    ("English", "en"),
+    ("Detect automatically", "auto"),
+    ("French", "fr"),
+    ("German", "de"),
+    ("Spanish", "es"),
+    ("Italian", "it"),
+    ("Portuguese", "pt"),
+    ("Dutch", "nl"),
+]
 # What tutor.audio decodes (soundfile; PyAV for WebM, MP4/M4A and AMR): the picker offers these.
-AUDIO_FILE_TYPES = [".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".webm", ".weba", ".mp4",
-                    ".m4a", ".amr"]
+AUDIO_FILE_TYPES = [
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".webm",
+    ".weba",
+    ".mp4",
+    ".m4a",
+    ".amr",
+]
 MAX_LISTENERS = 64  # students listening hands-free at once (each holds a VAD model, ~3 MB)
 LISTEN_CHUNK_S = 0.25  # the browser sends the microphone this often in hands-free mode
 MAX_LISTEN_S = 1800  # one hands-free stream's longest run; pressing the microphone again renews it
@@ -85,7 +105,11 @@ footer, footer * { color: #374151 !important; opacity: 1 !important; }
 READ_ALOUD_JS = Path(__file__).with_name("read_aloud.js").read_text()
 # Runs once in the page: read-aloud; names for the controls Gradio leaves unnamed; a polite live
 # region for finished answers (the chat itself would be read letter by letter while it streams).
-HEAD = "<script>\n" + READ_ALOUD_JS + "\n</script>\n" + """
+HEAD = (
+    "<script>\n"
+    + READ_ALOUD_JS
+    + "\n</script>\n"
+    + """
 <script>
 (() => {
   const named = {"#mode": "Tutor mode", "#language": "Spoken language"};
@@ -122,6 +146,7 @@ HEAD = "<script>\n" + READ_ALOUD_JS + "\n</script>\n" + """
 })();
 </script>
 """
+)
 
 FOCUS_QUESTION = """(text) => {
   setTimeout(() => document.querySelector("#question textarea")?.focus(), 0);
@@ -216,55 +241,93 @@ class RunningAnswers:
             ended.wait(timeout_s)
 
 
-def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightLimits,
-             transcribe: Callable[[str | None, str], str], notice: str | None) -> None:
+def add_page(
+    app: gr.Blocks,
+    tutor: Tutor,
+    settings: Settings,
+    limits: InFlightLimits,
+    transcribe: Callable[[str | None, str], str],
+    notice: str | None,
+) -> None:
     """The page's components and events, inside APP (being built). TRANSCRIBE raises what
     goes wrong; the page shows it by the input."""
     running = RunningAnswers()
     listeners = Listeners(tutor, settings)
     titles = {m.name: m.title for m in tutor.modes.values()}
 
-    gr.Markdown("# Voice tutor\nAsk by voice or text, pick how the tutor should help, and read "
-                "the answer as it is written.", elem_id="title")
+    gr.Markdown(
+        "# Voice tutor\nAsk by voice or text, pick how the tutor should help, and read "
+        "the answer as it is written.",
+        elem_id="title",
+    )
     if notice:
         gr.Markdown(notice, elem_id="standin-notice")
     saved = gr.BrowserState([], storage_key=STORAGE_KEY, secret=STORAGE_SECRET)
     # The chat takes the screen above the input row and the modes, on a phone as on a desktop.
-    chat = gr.Chatbot(label="Conversation", elem_id="chat", height=CHAT_HEIGHT,
-                      latex_delimiters=LATEX, buttons=["copy"], feedback_options=None,
-                      placeholder="Your conversation with the tutor appears here.",
-                      examples=[{"text": example} for example in EXAMPLES])
+    chat = gr.Chatbot(
+        label="Conversation",
+        elem_id="chat",
+        height=CHAT_HEIGHT,
+        latex_delimiters=LATEX,
+        buttons=["copy"],
+        feedback_options=None,
+        placeholder="Your conversation with the tutor appears here.",
+        examples=[{"text": example} for example in EXAMPLES],
+    )
     status = gr.Markdown("", elem_id="status")
     with gr.Row(elem_id="input-row", equal_height=False):
-        question = gr.Textbox(label="Your question", show_label=False, elem_id="question",
-                              lines=1, max_lines=8, scale=6, container=False,
-                              placeholder="Type or record a question. Enter sends; "
-                                          "Shift+Enter starts a new line.")
+        question = gr.Textbox(
+            label="Your question",
+            show_label=False,
+            elem_id="question",
+            lines=1,
+            max_lines=8,
+            scale=6,
+            container=False,
+            placeholder="Type or record a question. Enter sends; Shift+Enter starts a new line.",
+        )
         send = gr.Button("Send", variant="primary", elem_id="send", scale=0, size="md")
         stop = gr.Button("Stop answer", variant="stop", elem_id="stop", scale=0, size="md")
-    mode = gr.Radio([(m.title, m.name) for m in tutor.modes.values()], value=settings.mode,
-                    label="Tutor mode", elem_id="mode", container=False)
+    mode = gr.Radio(
+        [(m.title, m.name) for m in tutor.modes.values()],
+        value=settings.mode,
+        label="Tutor mode",
+        elem_id="mode",
+        container=False,
+    )
     with gr.Row(elem_id="voice-row", equal_height=False):
-        recording = gr.Audio(sources=["microphone"], type="filepath", label="Ask by voice",
-                             elem_id="recording", scale=3)
-        live = gr.Audio(sources=["microphone"], type="numpy", streaming=True, visible=False,
-                        label="Hands-free: ask, pause, and the question is sent",
-                        elem_id="live", scale=3)
+        recording = gr.Audio(
+            sources=["microphone"],
+            type="filepath",
+            label="Ask by voice",
+            elem_id="recording",
+            scale=3,
+        )
+        live = gr.Audio(
+            sources=["microphone"],
+            type="numpy",
+            streaming=True,
+            visible=False,
+            label="Hands-free: ask, pause, and the question is sent",
+            elem_id="live",
+            scale=3,
+        )
         with gr.Column(scale=1, min_width=160):
-            upload = gr.UploadButton("Upload a recording", file_types=AUDIO_FILE_TYPES,
-                                     elem_id="upload", size="sm")
-            language = gr.Dropdown(LANGUAGES, value=settings.language,
-                                   label="Spoken language", elem_id="language")
+            upload = gr.UploadButton(
+                "Upload a recording", file_types=AUDIO_FILE_TYPES, elem_id="upload", size="sm"
+            )
+            language = gr.Dropdown(
+                LANGUAGES, value=settings.language, label="Spoken language", elem_id="language"
+            )
     with gr.Row(elem_id="conversation-row"):
-        hands_free = gr.Checkbox(False, label="Hands-free", elem_id="hands-free",
-                                 container=False)
-        read_aloud = gr.Checkbox(False, label="Read answers aloud", elem_id="read-aloud",
-                                 container=False)
+        hands_free = gr.Checkbox(False, label="Hands-free", elem_id="hands-free", container=False)
+        read_aloud = gr.Checkbox(
+            False, label="Read answers aloud", elem_id="read-aloud", container=False
+        )
         new = gr.Button("New conversation", elem_id="new", size="sm")
         download = gr.Button("Download conversation (.md)", elem_id="download", size="sm")
     with gr.Accordion("What the modes do", open=False, elem_id="modes-help"):
-        gr.Markdown("\n".join(f"- **{m.title}**: {m.description}"
-                               for m in tutor.modes.values()))
+        gr.Markdown("\n".join(f"- **{m.title}**: {m.description}" for m in tutor.modes.values()))
     pending = gr.State("")  # the question sent, once the box is cleared
     heard = gr.Number(0, visible=False)  # counts hands-free questions; each change sends one
 
@@ -299,12 +362,16 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
                 tag = MODE_TAG.format(title=html.escape(titles.get(mode_name, mode_name)))
                 turn = list(shown or []) + [
                     {"role": "user", "content": dollars_to_parens(text.strip())},
-                    {"role": "assistant", "content": tag}]
+                    {"role": "assistant", "content": tag},
+                ]
                 began = True
                 yield turn, "", gr.skip()
                 for update in coalesce(stream, settings.update_interval):
-                    answer = (waiting_message(update.place) if isinstance(update, InLine)
-                              else dollars_to_parens(update))
+                    answer = (
+                        waiting_message(update.place)
+                        if isinstance(update, InLine)
+                        else dollars_to_parens(update)
+                    )
                     turn[-1] = {"role": "assistant", "content": tag + answer}
                     yield turn, gr.skip(), gr.skip()
         except Exception as e:
@@ -312,8 +379,9 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
             # Failed mid-answer: the partial answer stays in the chat; the note says why.
             yield gr.skip(), _note(user_message(e)), gr.skip() if began else text
 
-    def listen(chunk: tuple[int, np.ndarray] | None, language_code: str, count: float,
-               request: gr.Request):
+    def listen(
+        chunk: tuple[int, np.ndarray] | None, language_code: str, count: float, request: gr.Request
+    ):
         """A chunk of the hands-free microphone; a question is sent when its speech ends."""
         session = client_of(request)[0]
         nothing = gr.skip(), gr.skip(), gr.skip()
@@ -339,35 +407,78 @@ def add_page(app: gr.Blocks, tutor: Tutor, settings: Settings, limits: InFlightL
 
     def answers(trigger):
         """The answer to PENDING once TRIGGER fires; announced (and read aloud) when done."""
-        answer = trigger(respond, [pending, mode, chat], [chat, status, question],
-                         concurrency_limit=None, api_visibility="private",
-                         show_progress="minimal")
+        answer = trigger(
+            respond,
+            [pending, mode, chat],
+            [chat, status, question],
+            concurrency_limit=None,
+            api_visibility="private",
+            show_progress="minimal",
+        )
         answer.success(None, [chat, read_aloud], js=ANNOUNCE_ANSWER)
         return answer
 
-    answering = [answers(trigger(take_question, [question], [pending, question],
-                                 js=FOCUS_QUESTION, queue=False, show_progress="hidden",
-                                 api_visibility="private").then)
-                 for trigger in (send.click, question.submit)]
+    answering = [
+        answers(
+            trigger(
+                take_question,
+                [question],
+                [pending, question],
+                js=FOCUS_QUESTION,
+                queue=False,
+                show_progress="hidden",
+                api_visibility="private",
+            ).then
+        )
+        for trigger in (send.click, question.submit)
+    ]
     answering.append(answers(heard.change))  # a hands-free question
-    live.stream(listen, [live, language, heard], [pending, heard, status],
-                stream_every=LISTEN_CHUNK_S, time_limit=MAX_LISTEN_S, concurrency_limit=None,
-                api_visibility="private", show_progress="hidden")
+    live.stream(
+        listen,
+        [live, language, heard],
+        [pending, heard, status],
+        stream_every=LISTEN_CHUNK_S,
+        time_limit=MAX_LISTEN_S,
+        concurrency_limit=None,
+        api_visibility="private",
+        show_progress="hidden",
+    )
     hands_free.change(None, [hands_free], None, js=START_LISTENING)
-    hands_free.change(lambda on: (gr.update(visible=not on), gr.update(visible=on)),
-                      [hands_free], [recording, live], queue=False, api_visibility="private",
-                      show_progress="hidden")
+    hands_free.change(
+        lambda on: (gr.update(visible=not on), gr.update(visible=on)),
+        [hands_free],
+        [recording, live],
+        queue=False,
+        api_visibility="private",
+        show_progress="hidden",
+    )
     live.stop_recording(stop_listening, api_visibility="private", show_progress="hidden")
     app.unload(stop_listening)
     stop.click(None, js=ANNOUNCE_STOPPED, cancels=answering)
     for clear in (new.click, chat.clear):
         clear(None, js=SILENCE)
-        clear(new_conversation, None, [chat, saved, status], cancels=answering,
-              api_visibility="private", show_progress="hidden")
-    recording.stop_recording(transcribe_into_box, [recording, language], [question, status],
-                             concurrency_limit=None, api_visibility="private")
-    upload.upload(transcribe_into_box, [upload, language], [question, status],
-                  concurrency_limit=None, api_visibility="private")
+        clear(
+            new_conversation,
+            None,
+            [chat, saved, status],
+            cancels=answering,
+            api_visibility="private",
+            show_progress="hidden",
+        )
+    recording.stop_recording(
+        transcribe_into_box,
+        [recording, language],
+        [question, status],
+        concurrency_limit=None,
+        api_visibility="private",
+    )
+    upload.upload(
+        transcribe_into_box,
+        [upload, language],
+        [question, status],
+        concurrency_limit=None,
+        api_visibility="private",
+    )
     chat.example_select(use_example, None, [question], queue=False, api_visibility="private")
     download.click(None, [chat], js=DOWNLOAD)
     chat.change(None, [chat, saved], [saved], js=SAVE, show_progress="hidden")
@@ -398,8 +509,12 @@ class Listeners:
                     # One segment transcription at a time (the local Whisper also runs on the
                     # native thread, which answers share: tutor.live says how).
                     self._executor = ThreadPoolExecutor(1, thread_name_prefix="live-whisper")
-                listener = Listener(self.tutor.transcriber.transcribe, self._executor,
-                                    language, self.settings.end_of_speech_s)
+                listener = Listener(
+                    self.tutor.transcriber.transcribe,
+                    self._executor,
+                    language,
+                    self.settings.end_of_speech_s,
+                )
                 self._by_session[session] = listener
         listener.language = language
         return listener

@@ -44,13 +44,16 @@ class ServerOptions:
     @property
     def root_url(self) -> str:
         """The server's root, where llama.cpp and vLLM serve /tokenize, /props, /health."""
-        return self.base_url[:-len("/v1")]
+        return self.base_url[: -len("/v1")]
 
 
 def client_for(options: ServerOptions) -> openai.OpenAI:
-    return openai.OpenAI(base_url=options.base_url, api_key=options.api_key or NO_KEY,
-                         timeout=openai.Timeout(options.timeout_s, connect=CONNECT_TIMEOUT_S),
-                         max_retries=options.max_retries)
+    return openai.OpenAI(
+        base_url=options.base_url,
+        api_key=options.api_key or NO_KEY,
+        timeout=openai.Timeout(options.timeout_s, connect=CONNECT_TIMEOUT_S),
+        max_retries=options.max_retries,
+    )
 
 
 def check_server(client: openai.OpenAI, options: ServerOptions, what: str) -> str | None:
@@ -65,8 +68,9 @@ def check_server(client: openai.OpenAI, options: ServerOptions, what: str) -> st
     except openai.NotFoundError:  # a server without a model list: the model must be named
         return options.model
     except openai.AuthenticationError:
-        raise ServerUnavailable(f"{where} refused the API key (401): check the key you gave "
-                                "for it") from None
+        raise ServerUnavailable(
+            f"{where} refused the API key (401): check the key you gave for it"
+        ) from None
     except openai.APIConnectionError as e:
         raise ServerUnavailable(f"cannot reach {where}: {first_line(e.__cause__ or e)}") from None
     except openai.APIError as e:
@@ -74,8 +78,9 @@ def check_server(client: openai.OpenAI, options: ServerOptions, what: str) -> st
     if options.model is None:
         return models[0] if models else None
     if models and options.model not in models:
-        raise ServerUnavailable(f"{where} does not serve {options.model!r}; it serves: "
-                                + ", ".join(models))
+        raise ServerUnavailable(
+            f"{where} does not serve {options.model!r}; it serves: " + ", ".join(models)
+        )
     return options.model
 
 
@@ -86,22 +91,31 @@ def explain(e: Exception, what: str) -> TutorError:
     the server being unreachable.
     """
     if isinstance(e, openai.RateLimitError) or (
-            isinstance(e, openai.APIStatusError) and e.status_code == 503):
-        log.warning("the %s server is at capacity (HTTP %s) after %d retries", what,
-                    e.status_code, MAX_RETRIES)
+        isinstance(e, openai.APIStatusError) and e.status_code == 503
+    ):
+        log.warning(
+            "the %s server is at capacity (HTTP %s) after %d retries",
+            what,
+            e.status_code,
+            MAX_RETRIES,
+        )
         return BusyError()
     if isinstance(e, openai.APITimeoutError):
         log.warning("the %s server did not answer in time", what)
-        return TutorError(f"The tutor's {what} server is taking too long to answer. Please try "
-                          "again in a moment.")
+        return TutorError(
+            f"The tutor's {what} server is taking too long to answer. Please try again in a moment."
+        )
     if isinstance(e, openai.APIConnectionError) or not isinstance(e, openai.OpenAIError):
         log.warning("the %s server cannot be reached: %s", what, first_line(e.__cause__ or e))
-        return TutorError(f"The tutor's {what} server cannot be reached right now. Please try "
-                          "again in a moment.")
+        return TutorError(
+            f"The tutor's {what} server cannot be reached right now. Please try again in a moment."
+        )
     if isinstance(e, openai.AuthenticationError | openai.PermissionDeniedError):
         log.error("the %s server refused our API key: %s", what, first_line(e))
-        return TutorError(f"The tutor's {what} server refused its credentials. Please tell "
-                          "whoever runs this tutor.")
+        return TutorError(
+            f"The tutor's {what} server refused its credentials. Please tell "
+            "whoever runs this tutor."
+        )
     log.error("the %s server failed: %s", what, first_line(e))
     status = f" (HTTP {e.status_code})" if isinstance(e, openai.APIStatusError) else ""
     return TutorError(f"The tutor's {what} server could not answer{status}. Please try again.")

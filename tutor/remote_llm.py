@@ -31,8 +31,10 @@ from tutor.remote import ServerOptions, ServerUnavailable, check_server, client_
 log = logging.getLogger(__name__)
 
 WHAT = "language model"
-CUT_NOTE = ("\n\n⚠️ *The answer was cut off here: the connection to the tutor's language model "
-            "server was lost. Please ask again.*")
+CUT_NOTE = (
+    "\n\n⚠️ *The answer was cut off here: the connection to the tutor's language model "
+    "server was lost. Please ask again.*"
+)
 COUNT_CACHE_ENTRIES = 256  # prompt lengths remembered (a follow-up counts the same list twice)
 FINISH_REASONS = {"stop": "eot", "length": "max_tokens"}  # OpenAI's names → the engine's
 PROBE = [{"role": "user", "content": "Hello"}]
@@ -59,22 +61,35 @@ class TokenCounter:
 
 def llama_server_counter(client: openai.OpenAI, root: str) -> TokenCounter | None:
     """llama.cpp's server: its chat template (`/apply-template`), then its tokenizer."""
+
     def count(messages_json: str) -> int:
-        prompt = client.post(f"{root}/apply-template", cast_to=object,
-                             body={"messages": json.loads(messages_json)})["prompt"]
-        return len(client.post(f"{root}/tokenize", cast_to=object,
-                               body={"content": prompt, "add_special": True,
-                                     "parse_special": True})["tokens"])
+        prompt = client.post(
+            f"{root}/apply-template", cast_to=object, body={"messages": json.loads(messages_json)}
+        )["prompt"]
+        return len(
+            client.post(
+                f"{root}/tokenize",
+                cast_to=object,
+                body={"content": prompt, "add_special": True, "parse_special": True},
+            )["tokens"]
+        )
 
     return _probed(count, "the server's /apply-template and /tokenize (llama.cpp)")
 
 
 def vllm_counter(client: openai.OpenAI, root: str, model: str) -> TokenCounter | None:
     """vLLM: `/tokenize` takes the messages and applies the model's chat template itself."""
+
     def count(messages_json: str) -> int:
-        return client.post(f"{root}/tokenize", cast_to=object,
-                           body={"model": model, "messages": json.loads(messages_json),
-                                 "add_generation_prompt": True})["count"]
+        return client.post(
+            f"{root}/tokenize",
+            cast_to=object,
+            body={
+                "model": model,
+                "messages": json.loads(messages_json),
+                "add_generation_prompt": True,
+            },
+        )["count"]
 
     return _probed(count, "the server's /tokenize (vLLM)")
 
@@ -98,8 +113,10 @@ def local_counter(spec: str) -> TokenCounter:
         if path.is_dir():
             path = path / "tokenizer.json"
         if path.is_file():
-            tokenizer, config_path = Tokenizer.from_file(str(path)), path.with_name(
-                "tokenizer_config.json")
+            tokenizer, config_path = (
+                Tokenizer.from_file(str(path)),
+                path.with_name("tokenizer_config.json"),
+            )
         else:
             from huggingface_hub import hf_hub_download
 
@@ -119,8 +136,10 @@ def local_counter(spec: str) -> TokenCounter:
     template = config.get("chat_template")
     formatter = Jinja2ChatFormatter(
         template=template if isinstance(template, str) else LLAMA3_CHAT_TEMPLATE,
-        eos_token=special("eos_token"), bos_token=special("bos_token"),
-        add_generation_prompt=True)
+        eos_token=special("eos_token"),
+        bos_token=special("bos_token"),
+        add_generation_prompt=True,
+    )
 
     def count(messages_json: str) -> int:
         prompt = formatter(messages=json.loads(messages_json)).prompt
@@ -133,10 +152,12 @@ def server_window(client: openai.OpenAI, options: ServerOptions) -> int | None:
     """One conversation's window on the server, if it says: llama.cpp's /props (per slot),
     vLLM's `max_model_len` in /v1/models."""
     for url, window in (
-            (f"{options.root_url}/props",
-             lambda d: d["default_generation_settings"]["n_ctx"]),
-            (f"{options.base_url}/models",
-             lambda d: next(m["max_model_len"] for m in d["data"] if "max_model_len" in m))):
+        (f"{options.root_url}/props", lambda d: d["default_generation_settings"]["n_ctx"]),
+        (
+            f"{options.base_url}/models",
+            lambda d: next(m["max_model_len"] for m in d["data"] if "max_model_len" in m),
+        ),
+    ):
         try:
             return int(window(client.with_options(max_retries=0).get(url, cast_to=object)))
         except (openai.APIStatusError, KeyError, TypeError, ValueError, StopIteration):
@@ -147,8 +168,13 @@ def server_window(client: openai.OpenAI, options: ServerOptions) -> int | None:
 class RemoteLLM:
     """A chat model on an OpenAI-compatible server, used as the embedded `TutorLLM` is."""
 
-    def __init__(self, options: ServerOptions, n_ctx: int = 4096, tokenizer: str | None = None,
-                 max_in_flight: int = 64) -> None:
+    def __init__(
+        self,
+        options: ServerOptions,
+        n_ctx: int = 4096,
+        tokenizer: str | None = None,
+        max_in_flight: int = 64,
+    ) -> None:
         """Check the server once (ServerUnavailable if it cannot be used). N_CTX caps one
         conversation's window (the server's own is used if smaller); MAX_IN_FLIGHT answers may
         stream at once, more are refused as busy."""
@@ -156,19 +182,28 @@ class RemoteLLM:
         self.client = client_for(options)
         self.model = check_server(self.client, options, WHAT) or "default"
         root = options.root_url
-        counter = llama_server_counter(self.client, root) or vllm_counter(
-            self.client, root, self.model) or (local_counter(tokenizer) if tokenizer else None)
+        counter = (
+            llama_server_counter(self.client, root)
+            or vllm_counter(self.client, root, self.model)
+            or (local_counter(tokenizer) if tokenizer else None)
+        )
         if counter is None:
             raise ServerUnavailable(
                 f"the language model server at {options.base_url} has no tokenizer endpoint "
                 "(llama.cpp's /tokenize or vLLM's): give --tokenizer (a tokenizer.json, or a "
-                "Hugging Face Hub id) so that conversations can be fitted to the window")
+                "Hugging Face Hub id) so that conversations can be fitted to the window"
+            )
         self.count_tokens = counter
         window = server_window(self.client, options)
         self.n_ctx = min(n_ctx, window) if window else n_ctx
-        log.info("language model %r at %s; counting tokens with %s; window %d tokens (%s)",
-                 self.model, options.base_url, counter.source, self.n_ctx,
-                 f"the server's is {window}" if window else "the server does not say its own")
+        log.info(
+            "language model %r at %s; counting tokens with %s; window %d tokens (%s)",
+            self.model,
+            options.base_url,
+            counter.source,
+            self.n_ctx,
+            f"the server's is {window}" if window else "the server does not say its own",
+        )
         self._in_flight = threading.BoundedSemaphore(max_in_flight)
         self._lock = threading.Lock()
         self._answering = 0
@@ -184,29 +219,47 @@ class RemoteLLM:
 
     def activity(self) -> Activity:
         with self._lock:
-            return Activity(answering=self._answering, waiting=0, saved_conversations=0,
-                            saved_bytes=0, ended=dict(self._ended))
+            return Activity(
+                answering=self._answering,
+                waiting=0,
+                saved_conversations=0,
+                saved_bytes=0,
+                ended=dict(self._ended),
+            )
 
-    def stream(self, messages: list[Message], generation: Generation, max_tokens: int | None = None,
-               cancel: threading.Event | None = None, seed: int | None = None,
-               stats: GenerationStats | None = None, places: bool = False
-               ) -> Iterator[str | InLine]:
+    def stream(
+        self,
+        messages: list[Message],
+        generation: Generation,
+        max_tokens: int | None = None,
+        cancel: threading.Event | None = None,
+        seed: int | None = None,
+        stats: GenerationStats | None = None,
+        places: bool = False,
+    ) -> Iterator[str | InLine]:
         """Yield the answer to MESSAGES piece by piece, as `TutorLLM.stream` does (the server
         keeps its own line, so no places are reported). Closing the iterator closes the HTTP
         stream, and the server stops generating. A stream cut mid-answer ends with CUT_NOTE.
         """
         stats = stats if stats is not None else GenerationStats()
         stats.prompt_tokens = stats.evaluated_tokens = self.count_tokens(messages)  # cached
-        return self._pieces(messages, generation, max_tokens or generation.max_tokens, cancel,
-                            seed, stats)
+        return self._pieces(
+            messages, generation, max_tokens or generation.max_tokens, cancel, seed, stats
+        )
 
     def answer(self, messages: list[Message], generation: Generation, **kwargs) -> str:
         """The whole answer at once."""
         return "".join(self.stream(messages, generation, **kwargs))
 
-    def _pieces(self, messages: list[Message], generation: Generation, max_tokens: int,
-                cancel: threading.Event | None, seed: int | None, stats: GenerationStats
-                ) -> Iterator[str]:
+    def _pieces(
+        self,
+        messages: list[Message],
+        generation: Generation,
+        max_tokens: int,
+        cancel: threading.Event | None,
+        seed: int | None,
+        stats: GenerationStats,
+    ) -> Iterator[str]:
         if not self._in_flight.acquire(blocking=False):
             raise BusyError()
         started = time.monotonic()
@@ -241,11 +294,16 @@ class RemoteLLM:
             if not stats.generated_tokens:
                 if isinstance(e, StreamEnded):
                     log.warning("the server ended an answer before its first token")
-                    raise TutorError(f"The tutor's {WHAT} server broke off the answer before it "
-                                     "began. Please try again.") from None
+                    raise TutorError(
+                        f"The tutor's {WHAT} server broke off the answer before it "
+                        "began. Please try again."
+                    ) from None
                 raise explain(e, WHAT) from None
-            log.warning("the answer stream was cut after %d pieces: %s", stats.generated_tokens,
-                        first_line(e))
+            log.warning(
+                "the answer stream was cut after %d pieces: %s",
+                stats.generated_tokens,
+                first_line(e),
+            )
             stats.stopped = "cut"
             yield CUT_NOTE
         finally:
@@ -258,19 +316,29 @@ class RemoteLLM:
             self._in_flight.release()
             self.stats = stats
 
-    def _open(self, messages: list[Message], generation: Generation, max_tokens: int,
-              seed: int | None) -> openai.Stream:
+    def _open(
+        self, messages: list[Message], generation: Generation, max_tokens: int, seed: int | None
+    ) -> openai.Stream:
         """Start the streamed completion; the client retries overloads and dropped connections."""
         seed = seed if seed is not None else generation.seed
         # Beyond OpenAI's fields; always sent, as servers' defaults differ (llama-cpp-python's
         # repeat penalty is 1.1). The penalty under llama.cpp's name, then vLLM's.
-        extra = {"top_k": generation.top_k, "min_p": generation.min_p,
-                 "repeat_penalty": generation.repeat_penalty,
-                 "repetition_penalty": generation.repeat_penalty}
+        extra = {
+            "top_k": generation.top_k,
+            "min_p": generation.min_p,
+            "repeat_penalty": generation.repeat_penalty,
+            "repetition_penalty": generation.repeat_penalty,
+        }
         try:
             return self.client.chat.completions.create(
-                model=self.model, messages=messages, stream=True, max_tokens=max_tokens,
-                temperature=generation.temperature, top_p=generation.top_p,
-                **({"seed": seed} if seed is not None else {}), extra_body=extra)
+                model=self.model,
+                messages=messages,
+                stream=True,
+                max_tokens=max_tokens,
+                temperature=generation.temperature,
+                top_p=generation.top_p,
+                **({"seed": seed} if seed is not None else {}),
+                extra_body=extra,
+            )
         except openai.OpenAIError as e:
             raise explain(e, WHAT) from None

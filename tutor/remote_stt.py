@@ -39,20 +39,26 @@ class RemoteTranscriber:
         self.language = language
         log.info("speech model %r at %s", self.model, options.base_url)
 
-    def transcribe(self, audio: np.ndarray, language: str | None = None,
-                   max_tokens: int | None = None) -> str:
+    def transcribe(
+        self, audio: np.ndarray, language: str | None = None, max_tokens: int | None = None
+    ) -> str:
         """Text of AUDIO (float32, 16 kHz, mono), or AudioError if the server heard no speech.
         (MAX_TOKENS: OpenAI's transcription API has no such field; the server decides.)"""
         language = language or self.language
         try:
             result = self.client.audio.transcriptions.create(
-                model=self.model, file=("question.wav", wav_bytes(audio), "audio/wav"),
-                response_format="json", temperature=0.0,
-                **({} if language == "auto" else {"language": language}))
+                model=self.model,
+                file=("question.wav", wav_bytes(audio), "audio/wav"),
+                response_format="json",
+                temperature=0.0,
+                **({} if language == "auto" else {"language": language}),
+            )
         except openai.OpenAIError as e:
             raise explain(e, WHAT) from None
         text = (result.text or "").strip()
         if not text:
-            raise AudioError(f"No speech was recognised in the {len(audio) / SAMPLE_RATE:.1f} s "
-                             "recording. Please try again.")
+            raise AudioError(
+                f"No speech was recognised in the {len(audio) / SAMPLE_RATE:.1f} s "
+                "recording. Please try again."
+            )
         return text

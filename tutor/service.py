@@ -34,10 +34,16 @@ class LanguageModel(Protocol):
 
     def count_tokens(self, messages: list[Message]) -> int: ...
 
-    def stream(self, messages: list[Message], generation: Generation,
-               max_tokens: int | None = None, cancel: threading.Event | None = None,
-               seed: int | None = None, stats: GenerationStats | None = None,
-               places: bool = False) -> Iterator[str | InLine]: ...
+    def stream(
+        self,
+        messages: list[Message],
+        generation: Generation,
+        max_tokens: int | None = None,
+        cancel: threading.Event | None = None,
+        seed: int | None = None,
+        stats: GenerationStats | None = None,
+        places: bool = False,
+    ) -> Iterator[str | InLine]: ...
 
     def activity(self) -> Activity: ...
 
@@ -46,15 +52,21 @@ class SpeechToText(Protocol):
     """What the tutor needs of a transcriber: the local `tutor.transcribe.Transcriber`, or
     `tutor.remote_stt.RemoteTranscriber`."""
 
-    def transcribe(self, audio: np.ndarray, language: str | None = None,
-                   max_tokens: int | None = None) -> str: ...
+    def transcribe(
+        self, audio: np.ndarray, language: str | None = None, max_tokens: int | None = None
+    ) -> str: ...
 
 
 class Tutor:
     """A language model, a transcriber and the tutor modes, ready to serve students."""
 
-    def __init__(self, llm: LanguageModel, transcriber: SpeechToText, modes: dict[str, TutorMode],
-                 audio_limits: audio.AudioLimits = audio.AudioLimits()) -> None:
+    def __init__(
+        self,
+        llm: LanguageModel,
+        transcriber: SpeechToText,
+        modes: dict[str, TutorMode],
+        audio_limits: audio.AudioLimits = audio.AudioLimits(),
+    ) -> None:
         self.llm = llm
         self.transcriber = transcriber
         self.modes = modes
@@ -62,16 +74,24 @@ class Tutor:
         for mode in modes.values():  # every student's first question shares these
             llm.pin([{"role": "system", "content": mode.system_prompt}])
 
-    def transcribe(self, recording: str | Path | bytes | tuple[int, np.ndarray] | None,
-                   language: str | None = None) -> str:
+    def transcribe(
+        self,
+        recording: str | Path | bytes | tuple[int, np.ndarray] | None,
+        language: str | None = None,
+    ) -> str:
         """The question spoken in RECORDING (a path, bytes or (rate, samples))."""
         if recording is None:
             raise audio.AudioError("No recording yet: press the microphone button and speak.")
         return self.transcriber.transcribe(audio.load(recording, self.audio_limits), language)
 
-    def ask(self, question: str, mode: str, history: Sequence[dict] | None = None,
-            cancel: threading.Event | None = None, places: bool = False
-            ) -> Iterator[str | InLine]:
+    def ask(
+        self,
+        question: str,
+        mode: str,
+        history: Sequence[dict] | None = None,
+        cancel: threading.Event | None = None,
+        places: bool = False,
+    ) -> Iterator[str | InLine]:
         """Stream the answer to QUESTION in MODE after HISTORY: each item is the answer so far
         (with PLACES, also an `InLine` whenever the question's place in line changes).
 
@@ -86,16 +106,30 @@ class Tutor:
         if not question:
             raise TutorError("Please type or record a question first.")
         if len(question) > MAX_QUESTION_CHARS:
-            raise TutorError(f"The question is too long ({len(question)} characters; the limit is "
-                             f"{MAX_QUESTION_CHARS}). Please shorten it.")
+            raise TutorError(
+                f"The question is too long ({len(question)} characters; the limit is "
+                f"{MAX_QUESTION_CHARS}). Please shorten it."
+            )
         messages, budget, _ = fit_messages(
-            tutor_mode.system_prompt, normalize_history(history), question, self.llm.count_tokens,
-            self.llm.n_ctx, tutor_mode.generation.max_tokens)
+            tutor_mode.system_prompt,
+            normalize_history(history),
+            question,
+            self.llm.count_tokens,
+            self.llm.n_ctx,
+            tutor_mode.generation.max_tokens,
+        )
         stats = GenerationStats()
-        return self._accumulate(self.llm.stream(messages, tutor_mode.generation,
-                                                max_tokens=budget, cancel=cancel, stats=stats,
-                                                places=places),
-                                stats)
+        return self._accumulate(
+            self.llm.stream(
+                messages,
+                tutor_mode.generation,
+                max_tokens=budget,
+                cancel=cancel,
+                stats=stats,
+                places=places,
+            ),
+            stats,
+        )
 
     @staticmethod
     def _accumulate(pieces: Iterator[str | InLine], s: GenerationStats) -> Iterator[str | InLine]:
@@ -106,8 +140,16 @@ class Tutor:
                 continue
             answer += piece
             yield answer
-        log.info("answer: %d prompt tokens (%d reused from %s, %d evaluated), %d generated, "
-                 "waited %.2f s, first token %.2f s, %.1f tokens/s, stopped: %s",
-                 s.prompt_tokens, s.reused_tokens, s.reused_from or "nothing",
-                 s.evaluated_tokens, s.generated_tokens, s.queued_s, s.time_to_first_token_s,
-                 s.tokens_per_s, s.stopped)
+        log.info(
+            "answer: %d prompt tokens (%d reused from %s, %d evaluated), %d generated, "
+            "waited %.2f s, first token %.2f s, %.1f tokens/s, stopped: %s",
+            s.prompt_tokens,
+            s.reused_tokens,
+            s.reused_from or "nothing",
+            s.evaluated_tokens,
+            s.generated_tokens,
+            s.queued_s,
+            s.time_to_first_token_s,
+            s.tokens_per_s,
+            s.stopped,
+        )

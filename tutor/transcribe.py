@@ -22,8 +22,13 @@ from tutor.errors import TranscriberLoadError, first_line
 from tutor.threads import DedicatedThread
 from tutor.vad import SpeechDetector
 
-__all__ = ["Int8VocabDecoder", "Transcriber", "TranscriberLoadError", "load_whisper",
-           "quantize_int8"]
+__all__ = [
+    "Int8VocabDecoder",
+    "Transcriber",
+    "TranscriberLoadError",
+    "load_whisper",
+    "quantize_int8",
+]
 
 
 def load_whisper(spec: str, download_root: str | None = None) -> whisper.Whisper:
@@ -34,13 +39,14 @@ def load_whisper(spec: str, download_root: str | None = None) -> whisper.Whisper
     elif spec in whisper.available_models():
         target = spec
     else:
-        raise TranscriberLoadError(f"Whisper model {spec!r} not found: give a checkpoint path or "
-                                   f"one of {', '.join(whisper.available_models())}")
+        raise TranscriberLoadError(
+            f"Whisper model {spec!r} not found: give a checkpoint path or "
+            f"one of {', '.join(whisper.available_models())}"
+        )
     try:
         return whisper.load_model(target, device="cpu", download_root=download_root)
     except Exception as e:  # offline download, corrupt checkpoint: both mean "not available"
-        raise TranscriberLoadError(f"cannot load Whisper model {spec!r}: {first_line(e)}"
-                                   ) from None
+        raise TranscriberLoadError(f"cannot load Whisper model {spec!r}: {first_line(e)}") from None
 
 
 class Int8VocabDecoder(TextDecoder):
@@ -51,7 +57,7 @@ class Int8VocabDecoder(TextDecoder):
     def forward(self, x: Tensor, xa: Tensor, kv_cache: dict | None = None) -> Tensor:
         # whisper.model.TextDecoder.forward, but for the last product.
         offset = next(iter(kv_cache.values())).shape[1] if kv_cache else 0
-        x = self.token_embedding(x) + self.positional_embedding[offset: offset + x.shape[-1]]
+        x = self.token_embedding(x) + self.positional_embedding[offset : offset + x.shape[-1]]
         x = x.to(xa.dtype)
         for block in self.blocks:
             x = block(x, xa, mask=self.mask, kv_cache=kv_cache)
@@ -64,8 +70,9 @@ def quantize_int8(model: whisper.Whisper) -> whisper.Whisper:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is whisper.model.Linear:
-                plain = nn.Linear(child.in_features, child.out_features,
-                                  bias=child.bias is not None)
+                plain = nn.Linear(
+                    child.in_features, child.out_features, bias=child.bias is not None
+                )
                 plain.load_state_dict(child.state_dict())
                 setattr(parent, name, plain)
     decoder = model.decoder
@@ -73,16 +80,23 @@ def quantize_int8(model: whisper.Whisper) -> whisper.Whisper:
     n_vocab, n_state = decoder.token_embedding.weight.shape
     decoder.vocab_proj = nn.Linear(n_state, n_vocab, bias=False)
     decoder.vocab_proj.weight = decoder.token_embedding.weight
-    return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8,
-                                                  inplace=True)
+    return torch.ao.quantization.quantize_dynamic(
+        model, {nn.Linear}, dtype=torch.qint8, inplace=True
+    )
 
 
 class Transcriber:
     """Whisper on CPU; `language` is a code such as "en", or "auto" to detect it."""
 
-    def __init__(self, model: whisper.Whisper, language: str = "en", threads: int | None = None,
-                 precision: str = "int8", thread: DedicatedThread | None = None,
-                 detect_speech: bool = False) -> None:
+    def __init__(
+        self,
+        model: whisper.Whisper,
+        language: str = "en",
+        threads: int | None = None,
+        precision: str = "int8",
+        thread: DedicatedThread | None = None,
+        detect_speech: bool = False,
+    ) -> None:
         """THREAD runs every torch call (the app shares it with llama.cpp; see tutor.threads).
         DETECT_SPEECH: refuse recordings without speech (tutor.vad) before Whisper runs."""
         if precision not in ("int8", "fp32"):
@@ -91,13 +105,19 @@ class Transcriber:
         self.thread = thread or DedicatedThread("whisper")
         if threads:
             self.thread.run(torch.set_num_threads, threads)
-        self.model = self.thread.run(quantize_int8, model.eval()) if precision == "int8" \
-            else model.eval()
+        self.model = (
+            self.thread.run(quantize_int8, model.eval()) if precision == "int8" else model.eval()
+        )
         self.language = language
         self.detector = SpeechDetector() if detect_speech else None
 
-    def transcribe(self, audio: np.ndarray, language: str | None = None,
-                   max_tokens: int | None = None, **decode_options) -> str:
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        language: str | None = None,
+        max_tokens: int | None = None,
+        **decode_options,
+    ) -> str:
         """Text of AUDIO (float32, 16 kHz, mono), or AudioError if Whisper heard no speech.
 
         MAX_TOKENS caps the text decoded (a short piece of speech has few words); DECODE_OPTIONS
@@ -113,8 +133,10 @@ class Transcriber:
         result = self.thread.run(self._transcribe, audio, language, decode_options)
         text = result["text"].strip()
         if not text:
-            raise AudioError(f"No speech was recognised in the {len(audio) / SAMPLE_RATE:.1f} s "
-                             "recording. Please try again.")
+            raise AudioError(
+                f"No speech was recognised in the {len(audio) / SAMPLE_RATE:.1f} s "
+                "recording. Please try again."
+            )
         return text
 
     def _transcribe(self, audio: np.ndarray, language: str, decode_options: dict) -> dict:
@@ -122,5 +144,12 @@ class Transcriber:
             return self.model.transcribe(
                 audio.astype(np.float32, copy=False),
                 language=None if language == "auto" else language,
-                **{"fp16": False, "temperature": 0.0, "condition_on_previous_text": False,
-                   "without_timestamps": True, "verbose": None, **decode_options})
+                **{
+                    "fp16": False,
+                    "temperature": 0.0,
+                    "condition_on_previous_text": False,
+                    "without_timestamps": True,
+                    "verbose": None,
+                    **decode_options,
+                },
+            )

@@ -15,8 +15,10 @@ import numpy as np
 from tutor.audio import SAMPLE_RATE, AudioError
 
 MIN_SPEECH_S = 0.25  # less speech than this in a recording is no question
-NO_SPEECH = ("No speech was heard in the recording (only silence or noise): check the "
-             "microphone, come closer to it and ask again.")
+NO_SPEECH = (
+    "No speech was heard in the recording (only silence or noise): check the "
+    "microphone, come closer to it and ask again."
+)
 
 
 def load_vad():
@@ -49,6 +51,7 @@ class SpeechDetector:
 
         with torch.inference_mode():
             # It resets the model's state first: each recording is heard afresh.
-            spans = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(audio)),
-                                          self.model, sampling_rate=SAMPLE_RATE)
+            spans = get_speech_timestamps(
+                torch.from_numpy(np.ascontiguousarray(audio)), self.model, sampling_rate=SAMPLE_RATE
+            )
         return sum(s["end"] - s["start"] for s in spans) / SAMPLE_RATE
