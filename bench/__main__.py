@@ -110,14 +110,10 @@ def base(results: dict, llama: Path, whisper_ckpt: Path, args: argparse.Namespac
     with (
         tempfile.TemporaryDirectory() as tmp,
         running_app(
-            "--model",
-            str(llama),
-            "--whisper",
-            str(whisper_ckpt),
-            "--threads",
-            str(args.threads),
-            "--prompts",
-            str(app.greedy_prompts(Path(tmp) / "prompts", args.new_tokens)),
+            model=llama,
+            whisper=whisper_ckpt,
+            threads=args.threads,
+            prompts=app.greedy_prompts(Path(tmp) / "prompts", args.new_tokens),
             log=Path(tmp) / "app.log",
         ) as served,
     ):

@@ -237,18 +237,12 @@ def run(
         for n_parallel in configs:
             app = apps.enter_context(
                 running_app(
-                    "--model",
-                    str(model),
-                    "--whisper",
-                    str(whisper),
-                    "--threads",
-                    str(threads),
-                    "--prompts",
-                    str(prompts),
-                    "--parallel",
-                    str(n_parallel),
-                    "--queue-size",
-                    "64",
+                    model=model,
+                    whisper=whisper,
+                    threads=threads,
+                    prompts=prompts,
+                    parallel=n_parallel,
+                    queue_size=64,
                     log=Path(tmp) / f"app-{n_parallel}.log",
                 )
             )

@@ -40,11 +40,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def app_flags(**options: object) -> list[str]:
+    """space_app.py's flags from keyword options: n_ctx=1024 → ["--n-ctx", "1024"]."""
+    return [
+        part
+        for name, value in options.items()
+        for part in (f"--{name.replace('_', '-')}", str(value))
+    ]
+
+
 @contextmanager
 def running_app(
-    *args: str, env: dict[str, str] | None = None, log: Path | None = None, timeout: float = 180.0
+    *args: str,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    timeout: float = 180.0,
+    **options: object,
 ) -> Iterator[RunningApp]:
-    """Start `python space_app.py ARGS` and yield it once it answers HTTP."""
+    """Start `python space_app.py ARGS OPTIONS` (OPTIONS as in app_flags) and yield it once it
+    answers HTTP."""
+    args = (*args, *app_flags(**options))
     port = free_port()
     out = open(log, "w") if log else subprocess.DEVNULL
     proc = subprocess.Popen(

@@ -106,6 +106,21 @@ def build() -> Path:
     return target
 
 
+def loopback_command(binary: Path, model: Path, port: int, *flags: str) -> list[str]:
+    """llama-server serving MODEL on 127.0.0.1:PORT, without its web page, with FLAGS."""
+    return [
+        str(binary),
+        "-m",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-webui",
+        *flags,
+    ]
+
+
 @contextmanager
 def running(
     model: Path, parallel: int, kv_tokens: int, threads: int, log: Path, *extra: str
@@ -115,14 +130,10 @@ def running(
     port = free_port()
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [
-                str(build()),
-                "-m",
-                str(model),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
+            loopback_command(
+                build(),
+                model,
+                port,
                 "--parallel",
                 str(parallel),
                 "-c",
@@ -134,9 +145,8 @@ def running(
                 "--load-mode",
                 "none",
                 "--kv-unified",
-                "--no-webui",
                 *extra,
-            ],
+            ),
             stdout=out,
             stderr=subprocess.STDOUT,
         )

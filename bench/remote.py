@@ -60,10 +60,8 @@ def run(
                 tmp_path / "llama-server.log",
                 *kv,
             ) as server,
-            running_app("--model", str(llama), *common, log=tmp_path / "embedded.log") as embedded,
-            running_app(
-                "--llm-url", f"{server}/v1", *common, log=tmp_path / "remote.log"
-            ) as remote,
+            running_app(*common, model=llama, log=tmp_path / "embedded.log") as embedded,
+            running_app(*common, llm_url=f"{server}/v1", log=tmp_path / "remote.log") as remote,
         ):
             client = openai.OpenAI(base_url=f"{server}/v1", api_key="none")
 

@@ -399,16 +399,11 @@ def main(argv: list[str] | None = None) -> int:
         cache = Path(tmp) / "gradio"
         prompts = greedy_prompts(Path(tmp) / "prompts", ANSWER_TOKENS)
         with running_app(
-            "--model",
-            str(standin_llm()),
-            "--whisper",
-            str(standin_whisper()),
-            "--prompts",
-            str(prompts),
-            "--upload-max-age-minutes",
-            str(UPLOAD_MAX_AGE_MINUTES),
-            "--cache-mb",
-            str(SAVED_CONVERSATIONS_MB),
+            model=standin_llm(),
+            whisper=standin_whisper(),
+            prompts=prompts,
+            upload_max_age_minutes=UPLOAD_MAX_AGE_MINUTES,
+            cache_mb=SAVED_CONVERSATIONS_MB,
             env={"GRADIO_TEMP_DIR": str(cache)},
             log=Path(tmp) / "app.log",
         ) as app:

@@ -149,16 +149,11 @@ def run(repeats: int, others: int, threads: int) -> dict:
         clip, _ = speech.clip_near(5.0)
         # A slot for each student: the measured one never waits in line behind the others.
         with running_app(
-            "--model",
-            str(llama),
-            "--whisper",
-            str(whisper_ckpt),
-            "--threads",
-            str(threads),
-            "--prompts",
-            str(prompts(folder / "p")),
-            "--parallel",
-            str(others + 1),
+            model=llama,
+            whisper=whisper_ckpt,
+            threads=threads,
+            prompts=prompts(folder / "p"),
+            parallel=others + 1,
             log=folder / "app.log",
         ) as served:
             for load in ("alone", f"{others} others"):

@@ -120,16 +120,6 @@ def slow_app_url(slow_gguf, tiny_whisper_path, tmp_path_factory):
     prompts = greedy_prompts(tmp_path_factory.mktemp("prompts"), 160)  # long, reproducible
     log = tmp_path_factory.mktemp("logs") / "app.log"
     with running_app(
-        "--model",
-        str(slow_gguf),
-        "--whisper",
-        str(tiny_whisper_path),
-        "--prompts",
-        str(prompts),
-        "--threads",
-        "2",
-        "--n-ctx",
-        "2048",
-        log=log,
+        model=slow_gguf, whisper=tiny_whisper_path, prompts=prompts, threads=2, n_ctx=2048, log=log
     ) as app:
         yield app.url

@@ -130,23 +130,9 @@ def llama_server(model: Path, log: Path, *args: str, port: int | None = None):
     """llama.cpp's own `llama-server` on MODEL, two slots of 1024 tokens."""
     port = port or free_port()
     return serve(
-        [
-            str(llama_server_binary()),
-            "-m",
-            str(model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "-c",
-            "2048",
-            "--parallel",
-            "2",
-            "-t",
-            "1",
-            "--no-webui",
-            *args,
-        ],
+        llama_server_build.loopback_command(
+            llama_server_binary(), model, port, "-c", "2048", "--parallel", "2", "-t", "1", *args
+        ),
         log,
         port,
     )

@@ -43,20 +43,13 @@ def gradio_cache(tmp_path_factory) -> Path:
 def app_url(tiny_gguf, tiny_whisper_path, greedy_prompts, gradio_cache, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "app.log"
     with running_app(
-        "--model",
-        str(tiny_gguf),
-        "--whisper",
-        str(tiny_whisper_path),
-        "--prompts",
-        str(greedy_prompts),
-        "--n-ctx",
-        "1024",
-        "--threads",
-        "2",
-        "--max-audio-seconds",
-        "60",
-        "--max-upload-mb",
-        str(UPLOAD_LIMIT_MB),
+        model=tiny_gguf,
+        whisper=tiny_whisper_path,
+        prompts=greedy_prompts,
+        n_ctx=1024,
+        threads=2,
+        max_audio_seconds=60,
+        max_upload_mb=UPLOAD_LIMIT_MB,
         env={"GRADIO_TEMP_DIR": str(gradio_cache)},
         log=log,
     ) as app:

@@ -30,22 +30,14 @@ def _serve(slow_gguf, tiny_whisper_path, tmp_path_factory, max_tokens: int, queu
     prompts = greedy_prompts(tmp_path_factory.mktemp("prompts"), max_tokens=max_tokens)
     log = tmp_path_factory.mktemp("logs") / "app.log"
     with running_app(
-        "--model",
-        str(slow_gguf),
-        "--whisper",
-        str(tiny_whisper_path),
-        "--prompts",
-        str(prompts),
-        "--n-ctx",
-        "1024",
-        "--threads",
-        "2",
-        "--parallel",
-        str(PARALLEL),
-        "--kv-type",
-        "f32",
-        "--queue-size",
-        str(queue_size),
+        model=slow_gguf,
+        whisper=tiny_whisper_path,
+        prompts=prompts,
+        n_ctx=1024,
+        threads=2,
+        parallel=PARALLEL,
+        kv_type="f32",
+        queue_size=queue_size,
         log=log,
     ) as app:
         yield app.url

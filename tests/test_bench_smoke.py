@@ -43,18 +43,12 @@ def test_concurrency_benchmark_students_and_goals_run(tiny_gguf, tiny_whisper_pa
 
     prompts = greedy_prompts(tmp_path / "prompts", max_tokens=16)
     with running_app(
-        "--model",
-        str(tiny_gguf),
-        "--whisper",
-        str(tiny_whisper_path),
-        "--prompts",
-        str(prompts),
-        "--n-ctx",
-        "1024",
-        "--threads",
-        "2",
-        "--parallel",
-        "2",
+        model=tiny_gguf,
+        whisper=tiny_whisper_path,
+        prompts=prompts,
+        n_ctx=1024,
+        threads=2,
+        parallel=2,
     ) as app:
         student = concurrency.app_student(app.url, 16)
         row = concurrency.summary([concurrency.at_once(student, 2) for _ in range(2)])

@@ -153,19 +153,9 @@ def test_lora_adapter_merged_on_export(tiny_llama_dir, tiny_tokenizer, export_di
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
-    config = LoraConfig(
-        r=8,
-        lora_alpha=16,
-        target_modules=[
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
-    )
+    from train.config import LoraConfig as LoraSettings  # the recipe's target modules
+
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=LoraSettings().target_modules)
     peft_model = get_peft_model(model, config)
     ids = torch.tensor([_ids(tiny_tokenizer)])
     optimizer = torch.optim.AdamW(peft_model.parameters(), lr=1e-2)

@@ -43,9 +43,7 @@ def test_app_starts_offline_on_standins_and_says_so(tmp_path):
 
 
 def test_own_gguf_offline_says_only_speech_is_a_stand_in(tiny_gguf, tmp_path):
-    with running_app(
-        "--model", str(tiny_gguf), env=_offline(tmp_path), log=tmp_path / "app.log"
-    ) as app:
+    with running_app(model=tiny_gguf, env=_offline(tmp_path), log=tmp_path / "app.log") as app:
         notice = _notice(app.url)
     assert "Stand-in speech model" in notice and "typed questions are answered" in notice
     assert "answers are not meaningful" not in notice and "--model" not in notice

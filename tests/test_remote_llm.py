@@ -46,9 +46,16 @@ def _ask(client: Client, question: str, mode: str, history=None) -> list[str]:
     return updates
 
 
-def _tokenizer_args(kind: str, tiny_llama_dir: Path) -> list[str]:
-    """llama-cpp-python's server has no tokenizer endpoint: the app is given the tokenizer."""
-    return ["--tokenizer", str(tiny_llama_dir / "tokenizer.json")] if kind == "llama_cpp" else []
+def _app_on(
+    url: str, kind: str, tiny_llama_dir: Path, whisper: Path, prompts: Path, log: Path, **options
+):
+    """The app answering through the server at URL (of KIND) with the tiny Whisper in-process.
+
+    llama-cpp-python's server has no tokenizer endpoint: the app is given the tokenizer.
+    """
+    if kind == "llama_cpp":
+        options["tokenizer"] = tiny_llama_dir / "tokenizer.json"
+    return running_app(llm_url=f"{url}/v1", whisper=whisper, prompts=prompts, log=log, **options)
 
 
 EXACT = {
@@ -82,17 +89,14 @@ def remote(request, exact_gguf, tiny_llama_dir, tiny_whisper_path, prompts, tmp_
     logs = tmp_path_factory.mktemp(f"logs-{kind}")
     with (
         _server(kind, exact_gguf, logs / "server.log", *EXACT[kind]) as server,
-        running_app(
-            "--llm-url",
-            f"{server.url}/v1",
-            "--whisper",
-            str(tiny_whisper_path),
-            "--prompts",
-            str(prompts),
-            "--update-interval",
-            "0",
-            *_tokenizer_args(kind, tiny_llama_dir),
-            log=logs / "app.log",
+        _app_on(
+            server.url,
+            kind,
+            tiny_llama_dir,
+            tiny_whisper_path,
+            prompts,
+            logs / "app.log",
+            update_interval=0,
         ) as app,
     ):
         yield app.url, server
@@ -143,19 +147,15 @@ def slow_remote(request, slow_gguf, tiny_llama_dir, tiny_whisper_path, tmp_path)
     prompts = greedy_prompts(tmp_path / "prompts", LONG_ANSWER_TOKENS)
     with (
         _server(kind, slow_gguf, tmp_path / "server.log") as server,
-        running_app(
-            "--llm-url",
-            f"{server.url}/v1",
-            "--whisper",
-            str(tiny_whisper_path),
-            "--prompts",
-            str(prompts),
-            "--update-interval",
-            "0",
-            "--remote-timeout",
-            "600",
-            *_tokenizer_args(kind, tiny_llama_dir),
-            log=tmp_path / "app.log",
+        _app_on(
+            server.url,
+            kind,
+            tiny_llama_dir,
+            tiny_whisper_path,
+            prompts,
+            tmp_path / "app.log",
+            update_interval=0,
+            remote_timeout=600,
         ) as app,
     ):
         yield kind, app.url, server
@@ -198,40 +198,24 @@ def test_stop_closes_the_remote_stream_and_the_server_stops_generating(slow_remo
     assert len(_start_answer(client).outputs()) >= 3
 
 
-@pytest.mark.parametrize("kind", ["llama_cpp", "llama-server"])
 def test_a_server_killed_mid_answer_leaves_the_partial_answer_marked_as_cut(
-    kind, slow_gguf, tiny_llama_dir, tiny_whisper_path, tmp_path
+    slow_remote, slow_gguf, tmp_path
 ):
-    prompts = greedy_prompts(tmp_path / "prompts", LONG_ANSWER_TOKENS)
-    with (
-        _server(kind, slow_gguf, tmp_path / "server.log") as server,
-        running_app(
-            "--llm-url",
-            f"{server.url}/v1",
-            "--whisper",
-            str(tiny_whisper_path),
-            "--prompts",
-            str(prompts),
-            "--update-interval",
-            "0",
-            *_tokenizer_args(kind, tiny_llama_dir),
-            log=tmp_path / "app.log",
-        ) as app,
-    ):
-        client = Client(app.url, verbose=False)
-        job = _start_answer(client)
-        partial = job.outputs()[-1]
-        server.proc.kill()
-        _until(job.done, "the answer to end")
-        answer = job.result()  # the cut answer is an answer, not an error
-        assert answer.startswith(partial) and answer.endswith(CUT_NOTE)
-        # A new question needs the server (llama-server's token count, then the answer).
-        for question in (QUESTION, FOLLOW_UP):
-            with pytest.raises(AppError, match="cannot be reached"):
-                _ask(client, question, "hint")
-        # The app kept serving: once the server is back on its port, answers flow again.
-        with _server(kind, slow_gguf, tmp_path / "server2.log", port=server.port):
-            assert len(_start_answer(client).outputs()) >= 3
+    kind, url, server = slow_remote
+    client = Client(url, verbose=False)
+    job = _start_answer(client)
+    partial = job.outputs()[-1]
+    server.proc.kill()
+    _until(job.done, "the answer to end")
+    answer = job.result()  # the cut answer is an answer, not an error
+    assert answer.startswith(partial) and answer.endswith(CUT_NOTE)
+    # A new question needs the server (llama-server's token count, then the answer).
+    for question in (QUESTION, FOLLOW_UP):
+        with pytest.raises(AppError, match="cannot be reached"):
+            _ask(client, question, "hint")
+    # The app kept serving: once the server is back on its port, answers flow again.
+    with _server(kind, slow_gguf, tmp_path / "server2.log", port=server.port):
+        assert len(_start_answer(client).outputs()) >= 3
 
 
 def test_a_frozen_server_times_out_with_a_message_then_recovers(
@@ -239,17 +223,14 @@ def test_a_frozen_server_times_out_with_a_message_then_recovers(
 ):
     with (
         servers.llama_cpp_server(tiny_gguf, tmp_path / "server.log") as server,
-        running_app(
-            "--llm-url",
-            f"{server.url}/v1",
-            "--whisper",
-            str(tiny_whisper_path),
-            "--prompts",
-            str(prompts),
-            "--remote-timeout",
-            "1",
-            *_tokenizer_args("llama_cpp", tiny_llama_dir),
-            log=tmp_path / "app.log",
+        _app_on(
+            server.url,
+            "llama_cpp",
+            tiny_llama_dir,
+            tiny_whisper_path,
+            prompts,
+            tmp_path / "app.log",
+            remote_timeout=1,
         ) as app,
     ):
         client = Client(app.url, verbose=False)
@@ -269,15 +250,13 @@ def test_a_server_at_capacity_gets_a_busy_message_after_retries(
     with (
         servers.llama_cpp_server(tiny_gguf, tmp_path / "server.log") as server,
         servers.rate_limiter(server, tmp_path, status=status) as balancer,
-        running_app(
-            "--llm-url",
-            f"{balancer.url}/v1",
-            "--whisper",
-            str(tiny_whisper_path),
-            "--prompts",
-            str(prompts),
-            *_tokenizer_args("llama_cpp", tiny_llama_dir),
-            log=tmp_path / "app.log",
+        _app_on(
+            balancer.url,
+            "llama_cpp",
+            tiny_llama_dir,
+            tiny_whisper_path,
+            prompts,
+            tmp_path / "app.log",
         ) as app,
     ):
         client = Client(app.url, verbose=False)

@@ -45,12 +45,9 @@ def language_server(tiny_gguf, tmp_path_factory):
 def app(speech_server, language_server, tiny_llama_dir, tmp_path_factory):
     """The app with both models on servers: a thin front end."""
     with running_app(
-        "--llm-url",
-        f"{language_server.url}/v1",
-        "--tokenizer",
-        str(tiny_llama_dir / "tokenizer.json"),
-        "--stt-url",
-        f"{speech_server.url}/v1",
+        llm_url=f"{language_server.url}/v1",
+        tokenizer=tiny_llama_dir / "tokenizer.json",
+        stt_url=f"{speech_server.url}/v1",
         log=tmp_path_factory.mktemp("logs") / "app.log",
     ) as running:
         yield running
@@ -110,11 +107,7 @@ def test_an_app_on_servers_loads_no_model_of_its_own(
     assert not [f for f in files if "libtorch" in f or f.endswith(".gguf")], files
     thin_mb = _rss_mb(app.pid)
     with running_app(
-        "--model",
-        str(tiny_gguf),
-        "--whisper",
-        str(tiny_whisper_path),
-        log=tmp_path / "embedded.log",
+        model=tiny_gguf, whisper=tiny_whisper_path, log=tmp_path / "embedded.log"
     ) as embedded:
         Client(embedded.url, verbose=False).predict("What is 2 + 2?", "hint", [], api_name="/ask")
         embedded_mb = _rss_mb(embedded.pid)
