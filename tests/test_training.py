@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -251,6 +252,8 @@ def test_tiny_config_runs_end_to_end_and_the_app_serves_it(tiny_run):
 @pytest.mark.timeout(3 * HANG_GUARD_S)
 def test_resume_after_kill_reaches_the_same_state(tiny_run, tmp_path):
     out = tmp_path / "killed"
+    # The same config builds the same synthetic base: take the finished run's, not fit it again.
+    shutil.copytree(tiny_run / "base", out / "base")
     proc = _finetune(out)
     first_checkpoint = out / "checkpoints" / "checkpoint-10" / "trainer_state.json"
     deadline = time.monotonic() + HANG_GUARD_S
