@@ -37,9 +37,12 @@ def _checkout(folder: Path) -> Path:
 
 def _dry_run(folder: Path, *targets: str) -> list[str]:
     """The commands `make TARGETS` would run in FOLDER, one per line."""
+    # A make of its own, not a sub-make of `make test` (which would print its directories).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     result = subprocess.run(
-        ["make", "-n", *targets, "PYTHON=/usr/bin/python3"],
+        ["make", "-n", "--no-print-directory", *targets, "PYTHON=/usr/bin/python3"],
         cwd=folder,
+        env=env,
         capture_output=True,
         text=True,
         check=True,

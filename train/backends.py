@@ -22,6 +22,14 @@ def unsloth_usable() -> bool:
 def load_peft_model(base: str, cfg: RunConfig) -> tuple[torch.nn.Module, str]:
     """The base model with fresh LoRA adapters, and the backend's name."""
     lora = cfg.lora
+    # The adapter, in peft's names (unsloth takes the same ones).
+    adapter = dict(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias="none",
+    )
     if unsloth_usable():
         from unsloth import FastLanguageModel
 
@@ -32,14 +40,7 @@ def load_peft_model(base: str, cfg: RunConfig) -> tuple[torch.nn.Module, str]:
             load_in_4bit=cfg.model.load_in_4bit,
         )
         model = FastLanguageModel.get_peft_model(
-            model,
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            bias="none",
-            use_gradient_checkpointing="unsloth",
-            random_state=cfg.train.seed,
+            model, **adapter, use_gradient_checkpointing="unsloth", random_state=cfg.train.seed
         )
         return model, "unsloth"
 
@@ -55,12 +56,5 @@ def load_peft_model(base: str, cfg: RunConfig) -> tuple[torch.nn.Module, str]:
     model = AutoModelForCausalLM.from_pretrained(
         base, dtype=torch.bfloat16 if cuda else torch.float32, quantization_config=quantization
     )
-    peft_config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+    peft_config = LoraConfig(**adapter, task_type="CAUSAL_LM")
     return get_peft_model(model, peft_config), "transformers+peft" + ("" if cuda else " (CPU)")
