@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,16 +61,31 @@ def source_release() -> Path:
     return SDIST_DIR / name
 
 
+def extract_llama_cpp(dest: Path, wanted: Callable[[str], bool] = lambda name: True) -> Path:
+    """The llama.cpp tree vendored in the source release, its files WANTED (by path), in DEST."""
+    with tarfile.open(source_release()) as sdist:
+        members = [
+            m
+            for m in sdist.getmembers()
+            if "/vendor/llama.cpp/" in m.name
+            and (m.isfile() or m.isdir())
+            and not m.name.startswith("/")
+            and ".." not in m.name.split("/")
+            and wanted(m.name)
+        ]
+        # Python 3.11.4+ also checks every member itself; Debian 12's 3.11.2 has no such filter.
+        checked = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        sdist.extractall(dest, members=members, **checked)
+    return next(dest.glob("*/vendor/llama.cpp"))
+
+
 def build() -> Path:
     """The cached llama-server binary, built on first use (~10 min on 2 cores)."""
     target = binary_path()
     if target.is_file():
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(source_release()) as sdist:
-            members = [m for m in sdist.getmembers() if "/vendor/llama.cpp/" in m.name]
-            sdist.extractall(tmp, members=members, filter="data")
-        source = next(Path(tmp).glob("*/vendor/llama.cpp"))
+        source = extract_llama_cpp(Path(tmp))
         build_dir = source / "build"
         target.parent.mkdir(parents=True, exist_ok=True)
         log = target.parent / "build.log"  # the compiler's warnings run to megabytes

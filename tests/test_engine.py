@@ -9,7 +9,8 @@ import pytest
 from tutor.conversation import ContextOverflowError, fit_messages
 from tutor.llm import TutorLLM
 from tutor.modes import Generation, load_modes
-from tutor.service import Tutor
+from tutor.llm import GenerationStats
+from tutor.service import Tutor, printable
 from tutor.transcribe import Transcriber, load_whisper
 
 GREEDY = Generation(temperature=0.0, max_tokens=24)
@@ -192,3 +193,10 @@ def test_generation_can_be_stopped_mid_answer(llm, slow_gguf):
     next(stream)
     stream.close()
     assert llm.answer(_conversation("Tutor.", "Hello?"), GREEDY, max_tokens=4) is not None
+
+
+def test_answers_keep_no_control_characters_and_end_lines_with_newlines():
+    assert printable("a\r\nb\rc\td\x01e\x1b\x7f") == "a\nb\nc\tde"
+    pieces = iter(["Step 1", "\r", "\n", "\x08", "Step 2"])
+    updates = list(Tutor._accumulate(pieces, GenerationStats()))
+    assert updates == ["Step 1", "Step 1\n", "Step 1\nStep 2"]  # each shows something new

@@ -62,7 +62,10 @@ def test_f32_logits_match_hf_real_tokenizer_untied(llama3_tiny_dir, llama3_token
     assert diff.max() <= 1e-4
 
 
-@pytest.mark.parametrize("qtype, min_agreement", [("Q8_0", 0.95), ("F16", 0.95), ("BF16", 0.95)])
+# A random tiny model has near ties: top-2 logit gaps of 0.01-0.07 where Q8_0's logits are off by
+# up to ~0.15. Which positions tie follows the tokenizer, trained on standard-library docstrings,
+# which differ between Python patch releases: 60/64 agreed on Debian 12's 3.11.2, 63/64 on 3.11.7.
+@pytest.mark.parametrize("qtype, min_agreement", [("Q8_0", 0.9), ("F16", 0.95), ("BF16", 0.95)])
 def test_argmax_agrees_with_hf(qtype, min_agreement, tiny_llama_dir, tiny_tokenizer, export_dir):
     path = export(tiny_llama_dir, export_dir / f"tiny-{qtype}.gguf", qtype).path
     ids = _ids(tiny_tokenizer)

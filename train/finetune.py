@@ -254,13 +254,15 @@ def prepare_run_folder(cfg: RunConfig, resume: bool) -> RunFolder:
 
 
 def set_up_model_and_data(cfg: RunConfig, folder: RunFolder) -> Setup:
-    """Seed, base model, tokenizer, data (with its report) and the LoRA-wrapped model."""
+    """Base model, seed, tokenizer, data (with its report) and the LoRA-wrapped model."""
     from transformers import set_seed
 
     from train.backends import load_peft_model
 
-    set_seed(cfg.train.seed)
     base = base_model_dir(cfg, folder.out)
+    # Seeded after the base is ready: building a synthetic base draws random numbers, and the
+    # adapters' initial weights must not depend on whether it was built now or found built.
+    set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(base, cfg)
     train_rows, val_rows, fingerprint = prepare_data(cfg, tokenizer, folder.out)
     model, backend = load_peft_model(base, cfg)

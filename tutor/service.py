@@ -7,6 +7,7 @@ thin layers over `Tutor`, and tests can drive it directly.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +23,16 @@ from tutor.modes import Generation, TutorMode, get_mode
 
 MAX_QUESTION_CHARS = 20000
 log = logging.getLogger(__name__)
+
+
+# Control characters other than newline and tab (a model may sample any byte): nothing a page
+# shows; a carriage return ends a line as a newline does.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """TEXT with line ends as newlines and no other control characters than tabs."""
+    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 class LanguageModel(Protocol):
@@ -133,13 +144,15 @@ class Tutor:
 
     @staticmethod
     def _accumulate(pieces: Iterator[str | InLine], s: GenerationStats) -> Iterator[str | InLine]:
-        answer = ""
+        answer, shown = "", ""
         for piece in pieces:
             if isinstance(piece, InLine):
                 yield piece
                 continue
             answer += piece
-            yield answer
+            if printable(answer) != shown:  # a lone control character shows nothing new
+                shown = printable(answer)
+                yield shown
         log.info(
             "answer: %d prompt tokens (%d reused from %s, %d evaluated), %d generated, "
             "waited %.2f s, first token %.2f s, %.1f tokens/s, stopped: %s",
