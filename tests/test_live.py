@@ -12,7 +12,7 @@ import soxr
 
 from bench.vad import non_speech
 from tutor.audio import SAMPLE_RATE
-from tutor.live import PAUSE_S, Listener
+from tutor.live import MIN_SEGMENT_S, PAUSE_S, Listener
 from tutor.transcribe import Transcriber, load_whisper
 
 BROWSER_RATE = 48000  # what Chromium's microphone streams
@@ -103,6 +103,8 @@ def test_speech_before_a_pause_is_transcribed_while_the_student_goes_on(transcri
     assert recorder.handed_over_s[0] < first_end_s + PAUSE_S + CHUNK_S  # long before the end
     # At the end of speech only the last piece was left: shorter than the whole question.
     assert recorder.lengths_s[-1] < second_end_s - 0.5 - 1.0
+    # Whisper's cost per piece is a whole window: no piece but the last is shorter than the floor.
+    assert all(length >= MIN_SEGMENT_S for length in recorder.lengths_s[:-1])
 
 
 def test_noise_and_silence_are_not_questions(transcriber):

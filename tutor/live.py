@@ -1,9 +1,10 @@
 """Hands-free questions: the microphone streamed to the server, cut at the pauses Silero VAD hears
 and transcribed while the student is still speaking; a trailing silence ends the question, and
-only the speech since the last pause is left to transcribe then.
+only the speech since the last cut is left to transcribe then.
 
 One `Listener` per student who is listening. Its segments end at pauses (PAUSE_S), so no word is
-cut in half; each finished segment goes to Whisper at once, in the background. How they share
+cut in half, once they hold MIN_SEGMENT_S of audio; each goes to Whisper at once, in the
+background. How they share
 the cores: the VAD (Silero's ONNX model, ~6 ms of one core per second of audio) runs on the
 thread that receives the chunk; Whisper runs one segment at a time, on the one native thread
 that llama.cpp's answer steps also use (tutor.threads), so a segment's transcription holds the
@@ -23,7 +24,11 @@ from tutor.audio import SAMPLE_RATE, AudioError
 from tutor.vad import MIN_SPEECH_S, load_vad  # a shorter burst (a click) is no speech
 
 VAD_WINDOW = 512  # samples Silero VAD takes at a time at 16 kHz (32 ms)
-PAUSE_S = 0.3  # a pause this long ends a segment: it goes to Whisper while the student goes on
+PAUSE_S = 0.3  # a pause this long may end a segment: it goes to Whisper while the student goes on
+# ... once it holds this much: openai-whisper encodes a whole 30 s window for any piece, so each
+# piece costs as much as a whole question; fewer, longer pieces keep Whisper from falling behind
+# the speech and from holding the native thread that other students' answers use.
+MIN_SEGMENT_S = 2.0
 END_OF_QUESTION_S = 0.8  # default trailing silence that ends a question (--end-of-speech-s)
 MAX_QUESTION_S = 60.0  # speech beyond this in one question ends it
 # Whisper's text for a piece of speech is capped: fast speech is ~4 words (~6 tokens) a second,
@@ -133,9 +138,10 @@ class Listener:
                     self._speech_start = event["start"]
                 if "end" in event and self._speech_start is not None:
                     if event["end"] - self._speech_start >= MIN_SPEECH_S * SAMPLE_RATE:
-                        self._segment(event["end"])
                         self._last_end = event["end"]
-                    elif not self._segments:  # only a burst so far: no question began
+                        if event["end"] - self._offset - self._cut >= MIN_SEGMENT_S * SAMPLE_RATE:
+                            self._segment(event["end"])
+                    elif self._last_end is None:  # only a burst so far: no question began
                         self._start_question()
                     self._speech_start = None
                 if self._question_ended():
@@ -169,6 +175,8 @@ class Listener:
         """The question's segments (the open one cut here); the next question starts afresh."""
         if self._speech_start is not None:  # too long: the open segment ends here
             self._segment(self._heard)
+        elif self._last_end - self._offset > self._cut:  # the speech since the last cut
+            self._segment(self._last_end)
         segments = self._segments
         self._start_question()
         return segments
