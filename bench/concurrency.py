@@ -24,6 +24,7 @@ from pathlib import Path
 from bench.harness import running_app
 from bench import llama_server
 from bench.app import greedy_prompts, peak_rss_bytes
+from bench.goals import at_least, at_most
 from tutor.defaults import DEFAULT_KV_TOKENS
 from tutor.modes import load_modes
 
@@ -327,50 +328,31 @@ def _warm_server(url: str, system_prompt: str, n: int) -> None:
 
 STALL_MARGIN_S = 0.25  # a decode step, an update interval (0.08 s) and the network
 
-# (key, label, target text, check): the goals, each a ratio (or bound) from one run.
+# (key, label, goal): the goals, each a ratio (or bound) from one run.
 GOALS = [
-    (
-        "aggregate_8_vs_server",
-        "8 students: aggregate tokens/s ÷ llama-server's",
-        "≥ 0.9",
-        lambda v: v >= 0.9,
-    ),
-    (
-        "p95_first_token_8_vs_server",
-        "8 students: p95 first token ÷ llama-server's",
-        "≤ 1",
-        lambda v: v <= 1.0,
-    ),
+    ("aggregate_8_vs_server", "8 students: aggregate tokens/s ÷ llama-server's", at_least(0.9)),
+    ("p95_first_token_8_vs_server", "8 students: p95 first token ÷ llama-server's", at_most(1.0)),
     (
         "p95_first_token_8_vs_one_student",
         "8 students: p95 first token ÷ one student's",
-        "≤ 5",
-        lambda v: v <= 5.0,
+        at_most(5.0),
     ),
-    (
-        "first_token_1_vs_server",
-        "one student: first token ÷ llama-server's",
-        "≤ 2",
-        lambda v: v <= 2.0,
-    ),
+    ("first_token_1_vs_server", "one student: first token ÷ llama-server's", at_most(2.0)),
     (
         "tokens_per_s_1_vs_parallel_1",
         "one student: tokens/s ÷ the --parallel 1 engine's",
-        "≥ 0.97",
-        lambda v: v >= 0.97,
+        at_least(0.97),
     ),
     (
         "parallel_1_first_token_vs_1",
         "one student: --parallel 1 first token ÷ batched's",
-        "≥ 0.97",
-        lambda v: v >= 0.97,
+        at_least(0.97),
     ),
-    ("app_peak_rss_gb", "app peak RSS, default N, Whisper base (GB)", "≤ 2.0", lambda v: v <= 2.0),
+    ("app_peak_rss_gb", "app peak RSS, default N, Whisper base (GB)", at_most(2.0)),
     (
         "stall_beyond_transcription_s",
         "longest stream pause during a transcription − its duration (s)",
-        f"≤ {STALL_MARGIN_S}",
-        lambda v: v <= STALL_MARGIN_S,
+        at_most(STALL_MARGIN_S),
     ),
 ]
 

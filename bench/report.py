@@ -6,46 +6,26 @@ import json
 from pathlib import Path
 
 from bench.concurrency import GOALS as CONCURRENCY_GOALS
+from bench.goals import at_least, at_most
 from bench.remote import markdown as remote_markdown
 from train.plots import plot_bars, plot_lines
 from tutor.files import atomic_output
 
-# (label, value path, goal text, goal check)
+# (label, value path, goal)
 GOALS = [
-    (
-        "engine / raw generation tokens/s",
-        "llm.engine_vs_raw_tokens_per_s",
-        "≥ 0.97",
-        lambda v: v >= 0.97,
-    ),
-    ("app / raw generation tokens/s", "app_vs_raw_tokens_per_s", "≥ 0.93", lambda v: v >= 0.93),
-    (
-        "3rd-turn first token, cached / fresh",
-        "follow_up.cached_vs_fresh",
-        "≤ 0.2",
-        lambda v: v <= 0.2,
-    ),
+    ("engine / raw generation tokens/s", "llm.engine_vs_raw_tokens_per_s", at_least(0.97)),
+    ("app / raw generation tokens/s", "app_vs_raw_tokens_per_s", at_least(0.93)),
+    ("3rd-turn first token, cached / fresh", "follow_up.cached_vs_fresh", at_most(0.2)),
     (
         "3rd-turn first token, other student between / fresh",
         "follow_up.interleaved_vs_fresh",
-        "≤ 0.2",
-        lambda v: v <= 0.2,
+        at_most(0.2),
     ),
-    (
-        "Whisper base, ~5 s clip, tutor transcriber (s)",
-        "speech.tutor int8",
-        "≤ 0.45",
-        lambda v: v <= 0.45,
-    ),
-    (
-        "voice → first token, first question (s)",
-        "voice.first_question_s",
-        "≤ 2.5",
-        lambda v: v <= 2.5,
-    ),
-    ("voice → first token, follow-up (s)", "voice.follow_up_s", "≤ 1.0", lambda v: v <= 1.0),
-    ("app peak RSS (GB)", "memory_gb", "≤ 2.0", lambda v: v <= 2.0),
-    ("app tokens/s ÷ bandwidth ceiling", "app_bandwidth_fraction", "≥ 0.8", lambda v: v >= 0.8),
+    ("Whisper base, ~5 s clip, tutor transcriber (s)", "speech.tutor int8", at_most(0.45)),
+    ("voice → first token, first question (s)", "voice.first_question_s", at_most(2.5)),
+    ("voice → first token, follow-up (s)", "voice.follow_up_s", at_most(1.0)),
+    ("app peak RSS (GB)", "memory_gb", at_most(2.0)),
+    ("app tokens/s ÷ bandwidth ceiling", "app_bandwidth_fraction", at_least(0.8)),
 ]
 
 
@@ -99,9 +79,9 @@ def _base_markdown(results: dict) -> list[str]:
         "| goal | measured | target | met |",
         "|---|---|---|---|",
     ]
-    for label, path, target, check in GOALS:
+    for label, path, goal in GOALS:
         value = _get(results, path)
-        lines.append(f"| {label} | {value:.3f} | {target} | {'yes' if check(value) else 'NO'} |")
+        lines.append(f"| {label} | {value:.3f} | {goal} | {'yes' if goal.met(value) else 'NO'} |")
     return lines + [""]
 
 
@@ -135,10 +115,10 @@ def _concurrency_markdown(results: dict) -> list[str]:
         "| goal | measured | target | met |",
         "|---|---|---|---|",
     ]
-    for key, label, target, check in CONCURRENCY_GOALS:
+    for key, label, goal in CONCURRENCY_GOALS:
         value = results["concurrency_goals"][key]
-        met = "not measured" if value != value else "yes" if check(value) else "NO"
-        lines.append(f"| {label} | {value:.3f} | {target} | {met} |")
+        met = "not measured" if value != value else "yes" if goal.met(value) else "NO"
+        lines.append(f"| {label} | {value:.3f} | {goal} | {met} |")
     return lines
 
 
