@@ -28,7 +28,10 @@ from bench.browser import DESKTOP, chromium, wait
 from bench.harness import running_app
 from bench.llm import QUESTIONS
 
-LEAD_S, TRAIL_S = 0.5, 3.5  # silence before the question and after it (the microphone loops)
+# Silence before the question and after it (the microphone loops). The pause must outlast the
+# answer, even with other students' answers streaming: the app takes no speech for a question
+# while this student's answer streams, so a shorter loop cut the next question short.
+LEAD_S, TRAIL_S = 0.5, 12.0
 ANSWER_TOKENS = 24  # the measured student's answers: short, done before the next question
 # The other students ask again and again; their answers must leave the measured student room
 # in the engine's KV cells (--kv-tokens), or its question would wait in line.
