@@ -150,8 +150,9 @@ class Tutor:
                 yield piece
                 continue
             answer += piece
-            if printable(answer) != shown:  # a lone control character shows nothing new
-                shown = printable(answer)
+            now = printable(answer)
+            if now != shown:  # a lone control character shows nothing new
+                shown = now
                 yield shown
         log.info(
             "answer: %d prompt tokens (%d reused from %s, %d evaluated), %d generated, "
