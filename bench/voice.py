@@ -139,7 +139,8 @@ class OtherStudents:
                 return
 
 
-def run(repeats: int, others: int, threads: int) -> dict:
+def run(repeats: int, others: int, threads: int, log: Path) -> dict:
+    """The figures; the app's log (each hands-free question's timing) goes to LOG."""
     llama, whisper_ckpt = models.llama_1b_q4(), models.whisper_base()
     result: dict = {
         "ceiling": hardware.ceiling(llama, threads),
@@ -157,7 +158,7 @@ def run(repeats: int, others: int, threads: int) -> dict:
             threads=threads,
             prompts=prompts(folder / "p"),
             parallel=others + 1,
-            log=folder / "app.log",
+            log=log,
         ) as served:
             for load in ("alone", f"{others} others"):
                 print(f"voice, {load}: one-shot, then hands-free …", flush=True)
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = run(args.repeats, args.others, args.threads)
+    result = run(args.repeats, args.others, args.threads, args.out / "app.log")
     (args.out / "voice.json").write_text(json.dumps(result, indent=1))
     (args.out / "voice.md").write_text(markdown(result) + "\n")
     print(markdown(result))

@@ -1,21 +1,28 @@
 """Hands-free questions: the microphone streamed to the server, cut at the pauses Silero VAD hears
 and transcribed while the student is still speaking; a trailing silence ends the question, and
-only the speech since the last cut is left to transcribe then.
+by then its transcript is (nearly) ready.
 
 One `Listener` per student who is listening. Its segments end at pauses (PAUSE_S), so no word is
 cut in half, once they hold MIN_SEGMENT_S of audio; each goes to Whisper at once, in the
-background. How they share
-the cores: the VAD (Silero's ONNX model, ~6 ms of one core per second of audio) runs on the
-thread that receives the chunk; Whisper runs one segment at a time, on the one native thread
-that llama.cpp's answer steps also use (tutor.threads), so a segment's transcription holds the
-other students' answers for its duration, as an uploaded recording's does, and no more.
+background. A shorter piece goes to Whisper at its pause too, as a guess: if the pause turns out
+to be the end of the question, the guess is the rest of the transcript, computed during the
+trailing silence; if the student goes on, it is dropped (or never started) and the piece joins
+the next one.
+
+How they share the cores: the VAD (Silero's ONNX model, ~6 ms of one core per second of audio)
+runs on the thread that receives the chunk; Whisper runs one piece at a time, on the one native
+thread that llama.cpp's answer steps also use (tutor.threads), so a piece's transcription holds
+the other students' answers for its duration, as an uploaded recording's does, and no more.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import soxr
@@ -35,6 +42,17 @@ MAX_QUESTION_S = 60.0  # speech beyond this in one question ends it
 # and a cap bounds what noise mistaken for speech can cost.
 TOKENS_PER_S, MIN_TOKENS = 10, 16
 PREROLL_S = 1.0  # audio kept from before a question's first speech (Silero's start is padded)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuestionTiming:
+    """How a hands-free question's transcript came together."""
+
+    pieces: int  # pieces whose text makes up the question
+    guesses_dropped: int  # pieces sent at a pause that turned out not to end the question
+    waited_s: float  # from the end of the trailing silence until the whole text was ready
 
 
 class Listener:
@@ -66,6 +84,8 @@ class Listener:
         self._rate = 0
         self._pending = np.zeros(0, np.float32)  # resampled, not yet seen by the VAD
         self._lock = threading.Lock()
+        self.last_question: QuestionTiming | None = None
+        self._dropped = 0  # guesses dropped in the question in progress
         self._start_listening()
 
     def feed(self, rate: int, samples: np.ndarray) -> str | None:
@@ -77,7 +97,17 @@ class Listener:
             segments = self._listen(windows)
             if segments is None:
                 return None
+            ended = time.perf_counter()
             text = " ".join(t for t in (f.result() for f in segments) if t).strip()
+            timing = QuestionTiming(len(segments), self._dropped, time.perf_counter() - ended)
+            self.last_question, self._dropped = timing, 0
+            log.info(
+                "hands-free question: %d piece(s), %d guess(es) dropped, its text ready %.2f s "
+                "after its trailing silence",
+                timing.pieces,
+                timing.guesses_dropped,
+                timing.waited_s,
+            )
         if not text:
             raise AudioError("No words were recognised in what you said. Please try again.")
         return text
@@ -85,6 +115,8 @@ class Listener:
     def reset(self) -> None:
         """Forget the question in progress and listen afresh."""
         with self._lock:
+            self._drop_guess()
+            self._dropped = 0
             self.vad.reset_states()
             self._pending = np.zeros(0, np.float32)
             self._rate = 0  # a fresh resampler: the old one still holds the last sounds
@@ -102,6 +134,7 @@ class Listener:
         self._speech_start: int | None = None  # VAD sample of the open segment's start
         self._last_end: int | None = None  # VAD sample of the last segment's end
         self._segments: list[Future] = []  # transcriptions of the question's finished segments
+        self._guess: tuple[int, Future] | None = None  # (VAD sample it ends at, its transcript)
 
     def _to_16k(self, rate: int, samples: np.ndarray) -> np.ndarray:
         x = samples.astype(np.float32) / (32768.0 if samples.dtype == np.int16 else 1.0)
@@ -135,12 +168,15 @@ class Listener:
                         self._audio, self._preroll = self._preroll, np.zeros(0, np.float32)
                         self._offset = self._heard - len(self._audio)
                         self._cut = max(0, event["start"] - self._offset)
+                    self._drop_guess()  # the student goes on: the pause did not end it
                     self._speech_start = event["start"]
                 if "end" in event and self._speech_start is not None:
                     if event["end"] - self._speech_start >= MIN_SPEECH_S * SAMPLE_RATE:
                         self._last_end = event["end"]
                         if event["end"] - self._offset - self._cut >= MIN_SEGMENT_S * SAMPLE_RATE:
                             self._segment(event["end"])
+                        else:  # perhaps the question's end: its rest, transcribed meanwhile
+                            self._guess = (event["end"], self._transcription(event["end"]))
                     elif self._last_end is None:  # only a burst so far: no question began
                         self._start_question()
                     self._speech_start = None
@@ -159,10 +195,19 @@ class Listener:
 
     def _segment(self, end: int) -> None:
         """Send the speech from the last cut to END to Whisper, in the background."""
+        self._segments.append(self._transcription(end))
+        self._cut = max(self._cut, end - self._offset)
+
+    def _transcription(self, end: int) -> Future:
+        """The speech from the last cut to END, sent to Whisper in the background."""
         stop = max(self._cut, end - self._offset)
-        audio = self._audio[self._cut : stop].copy()
-        self._cut = stop
-        self._segments.append(self.executor.submit(self._transcribe_quietly, audio))
+        return self.executor.submit(self._transcribe_quietly, self._audio[self._cut : stop].copy())
+
+    def _drop_guess(self) -> None:
+        if self._guess is not None:
+            self._guess[1].cancel()  # not started yet: it never runs
+            self._guess = None
+            self._dropped += 1
 
     def _transcribe_quietly(self, audio: np.ndarray) -> str:
         try:
@@ -174,7 +219,11 @@ class Listener:
     def _finish(self) -> list[Future]:
         """The question's segments (the open one cut here); the next question starts afresh."""
         if self._speech_start is not None:  # too long: the open segment ends here
+            self._drop_guess()
             self._segment(self._heard)
+        elif self._guess is not None and self._guess[0] == self._last_end:
+            self._segments.append(self._guess[1])  # the rest, sent at the last pause
+            self._guess = None
         elif self._last_end - self._offset > self._cut:  # the speech since the last cut
             self._segment(self._last_end)
         segments = self._segments

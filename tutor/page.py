@@ -311,6 +311,7 @@ def add_page(
             label="Hands-free: ask, pause, and the question is sent",
             elem_id="live",
             scale=3,
+            waveform_options=gr.WaveformOptions(show_recording_waveform=False),
         )
         with gr.Column(scale=1, min_width=160):
             upload = gr.UploadButton(
