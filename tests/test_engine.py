@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -200,3 +201,56 @@ def test_answers_keep_no_control_characters_and_end_lines_with_newlines():
     pieces = iter(["Step 1", "\r", "\n", "\x08", "Step 2"])
     updates = list(Tutor._accumulate(pieces, GenerationStats()))
     assert updates == ["Step 1", "Step 1\n", "Step 1\nStep 2"]  # each shows something new
+
+
+def _wait_for_end(llm: TutorLLM, reason: str, count: int = 1) -> None:
+    """Until COUNT requests have ended for REASON (a prefill returns before it is done)."""
+    deadline = time.monotonic() + 300  # only a hang reaches it
+    while llm.activity().ended.get(reason, 0) < count:
+        assert time.monotonic() < deadline, llm.activity()
+        time.sleep(0.01)
+
+
+def test_a_prefilled_question_is_answered_after_evaluating_only_its_last_token(tiny_gguf):
+    llm = TutorLLM(tiny_gguf, n_ctx=1024, n_threads=2, parallel=2)
+    question = _conversation("You are a tutor.", "What is 7 times 8?", "Seven eights.", "Is it 56?")
+    expected = llm.answer(question, GREEDY)  # from scratch
+    llm.forget()
+    llm.prefill(question)
+    _wait_for_end(llm, "prefilled")
+    assert llm.answer(question, GREEDY) == expected
+    assert llm.stats.evaluated_tokens == 1  # the last token, for its logits
+    assert llm.stats.reused_tokens == llm.stats.prompt_tokens - 1
+
+
+def test_a_prefill_of_the_start_of_a_question_serves_the_whole_question(tiny_gguf):
+    llm = TutorLLM(tiny_gguf, n_ctx=1024, n_threads=2)
+    start = _conversation("You are a tutor.", "What is 7 times 8? I think")
+    whole = _conversation("You are a tutor.", "What is 7 times 8? I think it is 56.")
+    llm.prefill(start)  # the question's first piece, heard while the student goes on
+    _wait_for_end(llm, "prefilled")
+    llm.answer(whole, GREEDY, max_tokens=1)
+    start_tokens, whole_tokens = llm.tokenize(llm.render(start)), llm.tokenize(llm.render(whole))
+    shared = next(i for i, (a, b) in enumerate(zip(start_tokens, whole_tokens)) if a != b)
+    assert shared > len(llm.tokenize(llm.render(start[:1], False)))  # the question's start too
+    assert llm.stats.evaluated_tokens == len(whole_tokens) - shared
+
+
+def test_a_question_takes_the_slot_of_a_prefill_at_once(tiny_gguf):
+    llm = TutorLLM(tiny_gguf, n_ctx=2048, n_threads=2, parallel=1, n_batch=32, prefill_chunk=32)
+    question = _conversation("You are a tutor.", "What is 7 times 8?")
+    expected = llm.answer(question, GREEDY)
+    long_guess = _conversation("You are a tutor.", "Tell me about prime numbers. " * 60)
+    llm.prefill(long_guess)  # dozens of steps of 32 tokens in the one slot
+    assert llm.answer(question, GREEDY) == expected
+    ended = llm.activity().ended
+    assert ended.get("prefill superseded", 0) + ended.get("prefill skipped", 0) == 1, ended
+
+
+def test_a_prefill_never_waits_in_line(tiny_gguf):
+    llm = TutorLLM(tiny_gguf, n_ctx=1024, n_threads=2, parallel=1)
+    busy = llm.stream(_conversation("You are a tutor.", "Count to ten."), GREEDY)
+    next(busy)  # the one slot is answering
+    llm.prefill(_conversation("You are a tutor.", "What is 7 times 8?"))
+    _wait_for_end(llm, "prefill skipped")
+    busy.close()

@@ -14,6 +14,11 @@ step (`Scheduler.step`, always on the llama.cpp thread):
    more than one chunk; alone, a prompt goes in batches of n_batch);
 4. samples each sequence's next token with its own llama.cpp sampler chain and streams it.
 
+A prefill request (`Request.prefill_only`) evaluates a prompt that is likely to come, and stops
+there: the question a hands-free student has just spoken, while the trailing silence that will
+send it runs. It takes only a slot that is free while no one waits, and gives the slot up to any
+real request; a real request for the same prompt then finds all but its last token cached.
+
 Sequence ids: 0..N-1 are the slots, N.. the pinned prefixes (mode prompts).
 """
 
@@ -78,6 +83,7 @@ class Request:
     pieces: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     submitted: float = field(default_factory=time.perf_counter)
     place: int = 0  # the place in line last reported (0: none yet, or being served)
+    prefill_only: bool = False  # evaluate the prompt (all but its last token) and stop
 
     def cancelled(self) -> bool:
         return any(stop.is_set() for stop in self.stops)
@@ -142,6 +148,7 @@ class Scheduler:
         self.pinned: dict[int, Context] = {}  # seq id → prefix
         self.inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self.waiting: deque[Request] = deque()
+        self.prefills: list[Request] = []  # taken from the inbox, admitted in this step or never
         self.most_sequences_in_a_step = 0  # since start-up: how far batching went
         self.ended: collections.Counter[str] = collections.Counter()  # requests, by how
 
@@ -197,9 +204,11 @@ class Scheduler:
         """One round: admit, decode one batch, sample. Returns at once when there is nothing to
         do."""
         while not self.inbox.empty():
-            self.waiting.append(self.inbox.get())
+            request = self.inbox.get()
+            (self.prefills if request.prefill_only else self.waiting).append(request)
         self._end_cancelled()
         self._admit()
+        self._admit_prefills()
         self._refuse_beyond_the_line()
         active = [slot for slot in self.slots if slot.request]
         if not active:
@@ -225,7 +234,11 @@ class Scheduler:
             chunk = slot.pending[:room]
             start = len(slot.context.tokens)
             for k, token in enumerate(chunk):
-                last = k == len(chunk) - 1 and len(chunk) == len(slot.pending)
+                last = (
+                    k == len(chunk) - 1
+                    and len(chunk) == len(slot.pending)
+                    and not slot.request.prefill_only
+                )
                 index = ctx.add(token, start + k, slot.seq, last)
                 if last:
                     outputs.append((slot, index))
@@ -242,6 +255,8 @@ class Scheduler:
         for slot, n, generated in taken:
             slot.context.extend(slot.pending[:n], slot.pending_text[:n], generated)
             del slot.pending[:n], slot.pending_text[:n]
+            if slot.request.prefill_only and not slot.pending:
+                self._finish(slot, "prefilled")
         for slot, index in outputs:
             slot.generating = True
             self._emit(slot, slot.sampler.sample(ctx, index))
@@ -265,20 +280,16 @@ class Scheduler:
             self._end(request, "cancelled", DONE)
 
     def _admit(self) -> None:
+        if self.waiting:  # a real request outranks a guess: prefills give their slots up
+            for slot in self.slots:
+                if slot.request and slot.request.prefill_only:
+                    self._finish(slot, "prefill superseded")
         while self.waiting:
             free = [slot for slot in self.slots if not slot.request]
             if not free:
                 return
             request = self.waiting[0]
-            # The slot already holding most of this prompt; else an empty one; else the LRU.
-            slot = max(
-                free,
-                key=lambda s: (
-                    s.context.reusable_tokens(request.prompt),
-                    not s.context.tokens,
-                    -s.last_used,
-                ),
-            )
+            slot = self._slot_for(request, free)
             plan = self._plan(request, slot)
             while self._cells_in_use(slot) + plan.cells > self.context.kv_tokens:
                 # Room: idle conversations go to the store first, pinned prefixes last.
@@ -299,6 +310,34 @@ class Scheduler:
                 continue
             self.waiting.popleft()
             self._start(slot, request, plan)
+
+    def _admit_prefills(self) -> None:
+        """Each new prefill into a free slot with room, while no one waits; else it is dropped."""
+        for request in self.prefills:
+            free = [slot for slot in self.slots if not slot.request]
+            if self.waiting or not free or request.cancelled():
+                self._end(request, "prefill skipped", DONE)
+                continue
+            slot = self._slot_for(request, free)
+            plan = self._plan(request, slot)
+            if self._cells_in_use(slot) + plan.cells > self.context.kv_tokens:
+                self._end(request, "prefill skipped", DONE)  # it would push others' out
+                continue
+            self._start(slot, request, plan)
+        self.prefills.clear()
+
+    @staticmethod
+    def _slot_for(request: Request, free: list[Slot]) -> Slot:
+        """The free slot already holding most of REQUEST's prompt; else an empty one; else the
+        least recently used."""
+        return max(
+            free,
+            key=lambda s: (
+                s.context.reusable_tokens(request.prompt),
+                not s.context.tokens,
+                -s.last_used,
+            ),
+        )
 
     def _refuse_beyond_the_line(self) -> None:
         """The newest requests beyond MAX_WAITING hear "busy" at once; the rest hear their place."""
@@ -407,9 +446,14 @@ class Scheduler:
         slot.shared = plan.shared
         slot.request, slot.reserved = request, plan.cells
         slot.budget = min(request.max_tokens, self.n_ctx - len(plan.tokens))
-        slot.pending = plan.tokens[plan.reuse :]
+        # A prefill leaves the last token to the request that samples after it (its logits).
+        slot.pending = plan.tokens[plan.reuse : len(plan.tokens) - request.prefill_only]
         slot.pending_text = [self.model.piece(t) for t in slot.pending]
         slot.generating = False
+        if request.prefill_only:
+            if not slot.pending:
+                self._finish(slot, "prefilled")  # cached already
+            return
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.sampler = Sampler(self.model.n_vocab, request.generation, request.seed)
         slot.sampler.accept(plan.tokens)

@@ -308,6 +308,21 @@ class TutorLLM:
             consumer_gone.set()
             self.stats = request.stats
 
+    def prefill(self, messages: list[Message], cancel: threading.Event | None = None) -> None:
+        """Evaluate MESSAGES' prompt (all but its last token) into a free slot, ahead of a
+        request likely to follow; returns at once. Skipped when no slot is free or someone waits;
+        a real request takes the slot back at once (tutor.batching)."""
+        request = Request(
+            self.render(messages).encode(),
+            Generation(),  # never sampled
+            0,
+            None,
+            [cancel] if cancel is not None else [],
+            GenerationStats(),
+            prefill_only=True,
+        )
+        self._submit(request)
+
     def answer(self, messages: list[Message], generation: Generation, **kwargs) -> str:
         """The whole answer at once."""
         return "".join(self.stream(messages, generation, **kwargs))

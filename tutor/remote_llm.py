@@ -217,6 +217,9 @@ class RemoteLLM:
     def forget(self) -> None:
         """Nothing is cached on this side."""
 
+    def prefill(self, messages: list[Message], cancel: threading.Event | None = None) -> None:
+        """Nothing to do ahead: an OpenAI-compatible server evaluates a prompt when asked."""
+
     def activity(self) -> Activity:
         with self._lock:
             return Activity(

@@ -43,6 +43,8 @@ class LanguageModel(Protocol):
 
     def pin(self, messages: list[Message]) -> int: ...
 
+    def prefill(self, messages: list[Message], cancel: threading.Event | None = None) -> None: ...
+
     def count_tokens(self, messages: list[Message]) -> int: ...
 
     def stream(
@@ -111,6 +113,41 @@ class Tutor:
         item, with a BusyError.
         """
         tutor_mode = get_mode(self.modes, mode)
+        messages, budget = self._prompt(question, tutor_mode, history)
+        stats = GenerationStats()
+        return self._accumulate(
+            self.llm.stream(
+                messages,
+                tutor_mode.generation,
+                max_tokens=budget,
+                cancel=cancel,
+                stats=stats,
+                places=places,
+            ),
+            stats,
+        )
+
+    def prefill(
+        self,
+        question: str,
+        mode: str,
+        history: Sequence[dict] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """Evaluate the prompt that asking QUESTION in MODE after HISTORY would send, ahead of
+        the question (a hands-free question whose trailing silence is still running), when the
+        model has a slot free; returns at once. A bad question is simply not prefilled."""
+        try:
+            messages, _ = self._prompt(question, get_mode(self.modes, mode), history)
+        except TutorError:
+            return
+        self.llm.prefill(messages, cancel)
+
+    def _prompt(
+        self, question: object, tutor_mode: TutorMode, history: Sequence[dict] | None
+    ) -> tuple[list[Message], int]:
+        """(the messages for QUESTION in TUTOR_MODE after HISTORY, the answer's token budget);
+        TutorError for a bad question or history."""
         if not isinstance(question, str | None):
             raise TutorError("The question must be text.")
         question = (question or "").strip()
@@ -129,18 +166,7 @@ class Tutor:
             self.llm.n_ctx,
             tutor_mode.generation.max_tokens,
         )
-        stats = GenerationStats()
-        return self._accumulate(
-            self.llm.stream(
-                messages,
-                tutor_mode.generation,
-                max_tokens=budget,
-                cancel=cancel,
-                stats=stats,
-                places=places,
-            ),
-            stats,
-        )
+        return messages, budget
 
     @staticmethod
     def _accumulate(pieces: Iterator[str | InLine], s: GenerationStats) -> Iterator[str | InLine]:
