@@ -3,6 +3,8 @@ for the benchmarks that go through the page and for the browser tests."""
 
 from __future__ import annotations
 
+import functools
+import os
 import shutil
 import time
 from pathlib import Path
@@ -12,9 +14,12 @@ DESKTOP, PHONE = (1400, 1000), (390, 844)  # window sizes, in CSS pixels
 HANG_S = 300.0  # only a hang reaches it (a busy machine may take minutes for seconds' work)
 
 
-def chromium(size: tuple[int, int], microphone: Path, downloads: Path | None = None):
+def chromium(
+    size: tuple[int, int], microphone: Path, downloads: Path | None = None, niceness: int = 0
+):
     """A headless Chromium SIZE wide and high whose microphone plays MICROPHONE (a WAV file,
-    looped); downloads land in DOWNLOADS."""
+    looped); downloads land in DOWNLOADS. NICENESS > 0 lowers its CPU priority (and its
+    driver's), for a benchmark in which it stands for a student's own device."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -32,7 +37,8 @@ def chromium(size: tuple[int, int], microphone: Path, downloads: Path | None = N
         f"--window-size={size[0]},{size[1]}",
     ]:
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    lower = {"preexec_fn": functools.partial(os.nice, niceness)} if niceness else {}
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, popen_kw=lower), options=options)
     if downloads is not None:
         driver.execute_cdp_cmd(
             "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}

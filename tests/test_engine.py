@@ -203,10 +203,10 @@ def test_answers_keep_no_control_characters_and_end_lines_with_newlines():
     assert updates == ["Step 1", "Step 1\n", "Step 1\nStep 2"]  # each shows something new
 
 
-def _wait_for_end(llm: TutorLLM, reason: str, count: int = 1) -> None:
-    """Until COUNT requests have ended for REASON (a prefill returns before it is done)."""
+def _wait_for_prefills(llm: TutorLLM, reason: str, count: int = 1) -> None:
+    """Until COUNT prefills have ended for REASON (a prefill returns before it is done)."""
     deadline = time.monotonic() + 300  # only a hang reaches it
-    while llm.activity().ended.get(reason, 0) < count:
+    while llm.activity().prefills_ended.get(reason, 0) < count:
         assert time.monotonic() < deadline, llm.activity()
         time.sleep(0.01)
 
@@ -217,7 +217,7 @@ def test_a_prefilled_question_is_answered_after_evaluating_only_its_last_token(t
     expected = llm.answer(question, GREEDY)  # from scratch
     llm.forget()
     llm.prefill(question)
-    _wait_for_end(llm, "prefilled")
+    _wait_for_prefills(llm, "done")
     assert llm.answer(question, GREEDY) == expected
     assert llm.stats.evaluated_tokens == 1  # the last token, for its logits
     assert llm.stats.reused_tokens == llm.stats.prompt_tokens - 1
@@ -228,7 +228,7 @@ def test_a_prefill_of_the_start_of_a_question_serves_the_whole_question(tiny_ggu
     start = _conversation("You are a tutor.", "What is 7 times 8? I think")
     whole = _conversation("You are a tutor.", "What is 7 times 8? I think it is 56.")
     llm.prefill(start)  # the question's first piece, heard while the student goes on
-    _wait_for_end(llm, "prefilled")
+    _wait_for_prefills(llm, "done")
     llm.answer(whole, GREEDY, max_tokens=1)
     start_tokens, whole_tokens = llm.tokenize(llm.render(start)), llm.tokenize(llm.render(whole))
     shared = next(i for i, (a, b) in enumerate(zip(start_tokens, whole_tokens)) if a != b)
@@ -241,10 +241,24 @@ def test_a_question_takes_the_slot_of_a_prefill_at_once(tiny_gguf):
     question = _conversation("You are a tutor.", "What is 7 times 8?")
     expected = llm.answer(question, GREEDY)
     long_guess = _conversation("You are a tutor.", "Tell me about prime numbers. " * 60)
-    llm.prefill(long_guess)  # dozens of steps of 32 tokens in the one slot
-    assert llm.answer(question, GREEDY) == expected
-    ended = llm.activity().ended
-    assert ended.get("prefill superseded", 0) + ended.get("prefill skipped", 0) == 1, ended
+    # The native thread runs one job at a time: hold it after the prefill's first step (of the
+    # dozen its 32-token batches need), and send the question in then.
+    first_step_done, go_on = threading.Event(), threading.Event()
+    hold = threading.Event()
+    llm.thread.submit(hold.wait)
+    llm.prefill(long_guess)  # its first step is queued behind the hold
+    llm.thread.submit(lambda: (first_step_done.set(), go_on.wait()))
+    hold.set()
+    first_step_done.wait()
+    answers: list[str] = []
+    asking = threading.Thread(target=lambda: answers.append(llm.answer(question, GREEDY)))
+    asking.start()
+    while llm._scheduler.inbox.empty():  # the question is in; the prefill holds the one slot
+        time.sleep(0.001)
+    go_on.set()
+    asking.join()
+    assert answers == [expected]
+    assert llm.activity().prefills_ended == {"superseded": 1}
 
 
 def test_a_prefill_never_waits_in_line(tiny_gguf):
@@ -252,5 +266,5 @@ def test_a_prefill_never_waits_in_line(tiny_gguf):
     busy = llm.stream(_conversation("You are a tutor.", "Count to ten."), GREEDY)
     next(busy)  # the one slot is answering
     llm.prefill(_conversation("You are a tutor.", "What is 7 times 8?"))
-    _wait_for_end(llm, "prefill skipped")
+    _wait_for_prefills(llm, "skipped")
     busy.close()

@@ -3,6 +3,7 @@ at pauses go to Whisper while the student speaks; a trailing silence ends the qu
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -45,6 +46,7 @@ class Recorder:
         self.fed_s = 0.0
         self.handed_over_s: list[float] = []  # audio streamed when each piece was handed over
         self.lengths_s: list[float] = []  # each transcribed piece's length
+        self.texts: list[str] = []  # each transcribed piece's text
         recorder = self
 
         class Handover(ThreadPoolExecutor):
@@ -56,7 +58,8 @@ class Recorder:
 
     def __call__(self, audio: np.ndarray, language: str | None, max_tokens: int) -> str:
         self.lengths_s.append(len(audio) / SAMPLE_RATE)
-        return self.transcriber.transcribe(audio, language, max_tokens)
+        self.texts.append(self.transcriber.transcribe(audio, language, max_tokens))
+        return self.texts[-1]
 
 
 def _stream(listener: Listener, recorder: Recorder, audio: np.ndarray) -> list[tuple[float, str]]:
@@ -166,3 +169,29 @@ def test_a_question_that_never_pauses_long_enough_ends_at_the_length_limit(
     talk = np.concatenate([speech[0], _silence(0.5)] * 3)  # 0.5 s pauses: never the end
     questions = _stream(listener, recorder, talk)
     assert questions and questions[0][0] <= 12.0 + 1.0 + CHUNK_S
+
+
+def test_the_words_heard_are_handed_on_while_the_trailing_silence_runs(transcriber, speech):
+    recorder = Recorder(transcriber)
+    listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S)
+    heard: list[tuple[str, threading.Event]] = []
+    listener.on_words = lambda words, outdated: heard.append((words, outdated))
+    speech_end = np.concatenate([_silence(0.5), speech[1], _silence(PAUSE_S + 2 * CHUNK_S)])
+    assert _stream(listener, recorder, speech_end) == []  # the pause is heard, not yet the end
+    recorder.handover.submit(lambda: None).result()  # the guess's transcription is done
+    assert [words for words, _ in heard] == [recorder.texts[-1]]
+    questions = _stream(listener, recorder, _silence(2.0))
+    assert [text for _, text in questions] == [heard[0][0]]  # the question is those words
+    assert not heard[0][1].is_set()  # still the question's words
+
+
+def test_words_a_student_goes_on_from_are_marked_outdated(transcriber, speech):
+    recorder = Recorder(transcriber)
+    listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S)
+    heard: list[tuple[str, threading.Event]] = []
+    listener.on_words = lambda words, outdated: heard.append((words, outdated))
+    _stream(listener, recorder, np.concatenate([_silence(0.5), speech[1], _silence(0.6)]))
+    recorder.handover.submit(lambda: None).result()
+    assert len(heard) == 1 and not heard[0][1].is_set()
+    _stream(listener, recorder, speech[1])  # the student goes on
+    assert heard[0][1].is_set()

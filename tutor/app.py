@@ -314,6 +314,7 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
                 "saved_conversations": activity.saved_conversations,
                 "saved_mb": round(activity.saved_bytes / 2**20, 1),
                 "answers_ended": activity.ended,
+                "prefills_ended": activity.prefills_ended,
                 "threads": threading.active_count(),
             }
 

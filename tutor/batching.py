@@ -151,6 +151,7 @@ class Scheduler:
         self.prefills: list[Request] = []  # taken from the inbox, admitted in this step or never
         self.most_sequences_in_a_step = 0  # since start-up: how far batching went
         self.ended: collections.Counter[str] = collections.Counter()  # requests, by how
+        self.prefills_ended: collections.Counter[str] = collections.Counter()
 
     # -- state ------------------------------------------------------------------------------
     def has_work(self) -> bool:
@@ -256,7 +257,7 @@ class Scheduler:
             slot.context.extend(slot.pending[:n], slot.pending_text[:n], generated)
             del slot.pending[:n], slot.pending_text[:n]
             if slot.request.prefill_only and not slot.pending:
-                self._finish(slot, "prefilled")
+                self._finish(slot, "done")
         for slot, index in outputs:
             slot.generating = True
             self._emit(slot, slot.sampler.sample(ctx, index))
@@ -283,7 +284,7 @@ class Scheduler:
         if self.waiting:  # a real request outranks a guess: prefills give their slots up
             for slot in self.slots:
                 if slot.request and slot.request.prefill_only:
-                    self._finish(slot, "prefill superseded")
+                    self._finish(slot, "superseded")
         while self.waiting:
             free = [slot for slot in self.slots if not slot.request]
             if not free:
@@ -316,12 +317,12 @@ class Scheduler:
         for request in self.prefills:
             free = [slot for slot in self.slots if not slot.request]
             if self.waiting or not free or request.cancelled():
-                self._end(request, "prefill skipped", DONE)
+                self._end(request, "skipped", DONE)
                 continue
             slot = self._slot_for(request, free)
             plan = self._plan(request, slot)
             if self._cells_in_use(slot) + plan.cells > self.context.kv_tokens:
-                self._end(request, "prefill skipped", DONE)  # it would push others' out
+                self._end(request, "skipped", DONE)  # it would push others' out
                 continue
             self._start(slot, request, plan)
         self.prefills.clear()
@@ -452,7 +453,7 @@ class Scheduler:
         slot.generating = False
         if request.prefill_only:
             if not slot.pending:
-                self._finish(slot, "prefilled")  # cached already
+                self._finish(slot, "done")  # cached already
             return
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.sampler = Sampler(self.model.n_vocab, request.generation, request.seed)
@@ -515,5 +516,5 @@ class Scheduler:
         """The end of REQUEST, for REASON: LAST (DONE or an exception) closes its stream."""
         request.stats.stopped = reason
         request.stats.total_s = time.perf_counter() - request.submitted
-        self.ended[reason] += 1
+        (self.prefills_ended if request.prefill_only else self.ended)[reason] += 1
         request.pieces.put(last)

@@ -7,7 +7,9 @@ cut in half, once they hold MIN_SEGMENT_S of audio; each goes to Whisper at once
 background. A shorter piece goes to Whisper at its pause too, as a guess: if the pause turns out
 to be the end of the question, the guess is the rest of the transcript, computed during the
 trailing silence; if the student goes on, it is dropped (or never started) and the piece joins
-the next one.
+the next one. Whenever the words so far are all transcribed, `on_words` hears them: the app
+prefills the model with the question they make (tutor.batching), so that the answer's prompt is
+mostly evaluated by the time the trailing silence sends it.
 
 How they share the cores: the VAD (Silero's ONNX model, ~6 ms of one core per second of audio)
 runs on the thread that receives the chunk; Whisper runs one piece at a time, on the one native
@@ -59,7 +61,9 @@ class Listener:
     """One student's microphone stream → questions, each ready soon after its trailing silence.
 
     `feed` takes each chunk the browser sends and returns a question's text when one has ended
-    (or raises AudioError when nothing in it could be understood), else None.
+    (or raises AudioError when nothing in it could be understood), else None. `on_words`, when
+    set, is called with the question's words so far, and an Event set once they are outdated,
+    whenever they are all transcribed (on the transcription thread: it must return quickly).
     """
 
     def __init__(
@@ -85,7 +89,11 @@ class Listener:
         self._pending = np.zeros(0, np.float32)  # resampled, not yet seen by the VAD
         self._lock = threading.Lock()
         self.last_question: QuestionTiming | None = None
+        self.on_words: Callable[[str, threading.Event], None] | None = None
         self._dropped = 0  # guesses dropped in the question in progress
+        self._question_id = 0  # which question the transcriptions in flight belong to
+        self._outdated: threading.Event | None = None  # set when the last words heard are
+        self._outdated_lock = threading.Lock()
         self._start_listening()
 
     def feed(self, rate: int, samples: np.ndarray) -> str | None:
@@ -128,6 +136,7 @@ class Listener:
         self._start_question()
 
     def _start_question(self) -> None:
+        self._question_id += 1
         self._audio = np.zeros(0, np.float32)  # the question so far, from its pre-roll
         self._offset = 0  # VAD sample at which _audio starts
         self._cut = 0  # where in _audio the next segment starts
@@ -199,15 +208,51 @@ class Listener:
         self._cut = max(self._cut, end - self._offset)
 
     def _transcription(self, end: int) -> Future:
-        """The speech from the last cut to END, sent to Whisper in the background."""
+        """The speech from the last cut to END, sent to Whisper in the background; once it and
+        the question's pieces before it are transcribed, `on_words` hears them all."""
         stop = max(self._cut, end - self._offset)
-        return self.executor.submit(self._transcribe_quietly, self._audio[self._cut : stop].copy())
+        future = self.executor.submit(
+            self._transcribe_quietly, self._audio[self._cut : stop].copy()
+        )
+        words = [*self._segments, future]
+        question = self._question_id
+        future.add_done_callback(lambda _: self._words_ready(question, words))
+        return future
+
+    def _words_ready(self, question: int, words: list[Future]) -> None:
+        """On the transcription thread: WORDS (this question's pieces so far) are transcribed."""
+        on_words = self.on_words
+        if (
+            on_words is None
+            or question != self._question_id  # that question is over
+            or not all(f.done() and not f.cancelled() for f in words)
+        ):
+            return
+        text = " ".join(t for t in (f.result() for f in words) if t).strip()
+        if not text:
+            return
+        outdated = threading.Event()
+        with self._outdated_lock:
+            if self._outdated is not None:
+                self._outdated.set()
+            self._outdated = outdated
+        try:
+            on_words(text, outdated)
+        except Exception:  # a guess's use must never break listening
+            log.exception("on_words failed")
+
+    def _words_outdated(self) -> None:
+        with self._outdated_lock:
+            if self._outdated is not None:
+                self._outdated.set()
+                self._outdated = None
 
     def _drop_guess(self) -> None:
         if self._guess is not None:
             self._guess[1].cancel()  # not started yet: it never runs
             self._guess = None
             self._dropped += 1
+            self._words_outdated()
 
     def _transcribe_quietly(self, audio: np.ndarray) -> str:
         try:

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -101,6 +101,8 @@ class Activity:
     saved_conversations: int  # conversation KV caches kept outside the context
     saved_bytes: int
     ended: dict[str, int]  # answers so far, by how they ended: eot, max_tokens, cancelled, ...
+    # prefills so far (tutor.batching), by how they ended: done, superseded, skipped, cancelled
+    prefills_ended: dict[str, int] = field(default_factory=dict)
 
 
 class TutorLLM:
@@ -234,11 +236,14 @@ class TutorLLM:
         def snapshot() -> Activity:
             scheduler = self._scheduler
             return Activity(
-                answering=sum(1 for s in scheduler.slots if s.request),
+                answering=sum(
+                    1 for s in scheduler.slots if s.request and not s.request.prefill_only
+                ),
                 waiting=scheduler.inbox.qsize() + len(scheduler.waiting),
                 saved_conversations=len(scheduler.store),
                 saved_bytes=scheduler.store.nbytes,
                 ended=dict(scheduler.ended),
+                prefills_ended=dict(scheduler.prefills_ended),
             )
 
         return self.thread.run(snapshot)

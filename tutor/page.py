@@ -209,6 +209,22 @@ def without_mode_tags(history: list[Message]) -> list[Message]:
     return [{"role": m["role"], "content": MODE_TAG_RE.sub("", m["content"])} for m in history]
 
 
+def model_history(shown: object, said: object) -> list[Message]:
+    """The conversation as the model saw it, for the next prompt: SAID (the page's record of the
+    model's own text, kept beside the chat) while it matches the chat SHOWN turn for turn, else
+    the chat's text without mode tags. The chat shows answers rewritten for the screen (maths
+    delimiters, Gradio's clean-up), and a prompt with rewritten text would miss the KV cache from
+    the first change on: the whole last answer would be evaluated again."""
+    chat = without_mode_tags(normalize_history(shown))
+    if (
+        isinstance(said, list)
+        and len(said) == len(chat)
+        and all(isinstance(m, dict) and m.get("role") == c["role"] for m, c in zip(said, chat))
+    ):
+        return said
+    return chat
+
+
 class RunningAnswers:
     """Which sessions have an answer streaming, so that "New conversation" can wait for it to end
     before it empties the chat (a cancelled answer's last update would otherwise land after)."""
@@ -330,6 +346,7 @@ def add_page(
     with gr.Accordion("What the modes do", open=False, elem_id="modes-help"):
         gr.Markdown("\n".join(f"- **{m.title}**: {m.description}" for m in tutor.modes.values()))
     pending = gr.State("")  # the question sent, once the box is cleared
+    said = gr.State([])  # the conversation as the model saw it (model_history)
     heard = gr.Number(0, visible=False)  # counts hands-free questions; each change sends one
 
     def transcribe_into_box(recording_path: str | None, language_code: str):
@@ -338,12 +355,13 @@ def add_page(
         except Exception as e:
             return gr.skip(), _note(user_message(e))
 
-    def restore(kept: object) -> list[Message]:
+    def restore(kept: object) -> tuple[list[Message], list[Message]]:
         # What the page saved is the chat as the browser holds it; anything else starts afresh.
         try:
-            return normalize_history(kept)
+            shown = normalize_history(kept)
         except TutorError:
-            return []
+            return [], []
+        return shown, without_mode_tags(shown)
 
     def use_example(chosen: gr.SelectData) -> str:
         return chosen.value["text"]
@@ -351,43 +369,55 @@ def add_page(
     def take_question(text: str):
         return text, ""
 
-    def respond(text: str, mode_name: str, shown: list[dict], request: gr.Request):
+    def respond(text: str, mode_name: str, shown: list[dict], kept: list, request: gr.Request):
         session, address = client_of(request)
         began = False
         try:
             # The session's limit first: a refused second question must not stand in for the
             # answer that is running (New conversation waits for that one).
             with limits.hold(session, address), running.running(session):
-                history = without_mode_tags(normalize_history(shown))
+                history = model_history(shown, kept)
                 stream = tutor.ask(text, mode_name, history, places=True)
                 tag = MODE_TAG.format(title=html.escape(titles.get(mode_name, mode_name)))
                 turn = list(shown or []) + [
                     {"role": "user", "content": dollars_to_parens(text.strip())},
                     {"role": "assistant", "content": tag},
                 ]
+                history = history + [
+                    {"role": "user", "content": text.strip()},
+                    {"role": "assistant", "content": ""},
+                ]
                 began = True
-                yield turn, "", gr.skip()
+                yield turn, "", gr.skip(), history
                 for update in coalesce(stream, settings.update_interval):
-                    answer = (
-                        waiting_message(update.place)
-                        if isinstance(update, InLine)
-                        else dollars_to_parens(update)
-                    )
+                    if isinstance(update, InLine):
+                        answer = waiting_message(update.place)
+                    else:
+                        answer = dollars_to_parens(update)
+                        history[-1] = {"role": "assistant", "content": update}
                     turn[-1] = {"role": "assistant", "content": tag + answer}
-                    yield turn, gr.skip(), gr.skip()
+                    yield turn, gr.skip(), gr.skip(), history
         except Exception as e:
             # Refused before it began (busy, a bad request): the question goes back in the box.
             # Failed mid-answer: the partial answer stays in the chat; the note says why.
-            yield gr.skip(), _note(user_message(e)), gr.skip() if began else text
+            yield gr.skip(), _note(user_message(e)), gr.skip() if began else text, gr.skip()
 
     def listen(
-        chunk: tuple[int, np.ndarray] | None, language_code: str, count: float, request: gr.Request
+        chunk: tuple[int, np.ndarray] | None,
+        language_code: str,
+        count: float,
+        mode_name: str,
+        kept: list,
+        request: gr.Request,
     ):
         """A chunk of the hands-free microphone; a question is sent when its speech ends."""
         session = client_of(request)[0]
         nothing = gr.skip(), gr.skip(), gr.skip()
         try:
             mine = listeners.of(session, language_code)
+            # The words heard so far, asked in this mode after this conversation, are likely the
+            # question: the model evaluates its prompt while the student finishes.
+            mine.on_words = lambda words, outdated: tutor.prefill(words, mode_name, kept, outdated)
             if chunk is None:
                 return nothing
             if running.is_running(session):  # the answer is streaming: not a question
@@ -404,14 +434,14 @@ def add_page(
     def new_conversation(request: gr.Request):
         # The cancelled answer's last update must land before the chat is emptied.
         running.wait_until_ended(client_of(request)[0])
-        return [], [], NEW_CONVERSATION_STARTED
+        return [], [], NEW_CONVERSATION_STARTED, []
 
     def answers(trigger):
         """The answer to PENDING once TRIGGER fires; announced (and read aloud) when done."""
         answer = trigger(
             respond,
-            [pending, mode, chat],
-            [chat, status, question],
+            [pending, mode, chat, said],
+            [chat, status, question, said],
             concurrency_limit=None,
             api_visibility="private",
             show_progress="minimal",
@@ -436,7 +466,7 @@ def add_page(
     answering.append(answers(heard.change))  # a hands-free question
     live.stream(
         listen,
-        [live, language, heard],
+        [live, language, heard, mode, said],
         [pending, heard, status],
         stream_every=LISTEN_CHUNK_S,
         time_limit=MAX_LISTEN_S,
@@ -461,7 +491,7 @@ def add_page(
         clear(
             new_conversation,
             None,
-            [chat, saved, status],
+            [chat, saved, status, said],
             cancels=answering,
             api_visibility="private",
             show_progress="hidden",
@@ -485,7 +515,7 @@ def add_page(
     chat.change(None, [chat, saved], [saved], js=SAVE, show_progress="hidden")
     chat.change(None, [chat, read_aloud], None, js=READ_NEW_SENTENCES, show_progress="hidden")
     read_aloud.change(None, [read_aloud], None, js=SILENCE_WHEN_OFF)
-    app.load(restore, [saved], [chat], api_visibility="private", show_progress="hidden")
+    app.load(restore, [saved], [chat, said], api_visibility="private", show_progress="hidden")
 
 
 class Listeners:
