@@ -59,6 +59,11 @@ def desktop(slow_app_url, assets, tmp_path):
     driver.quit()
 
 
+def _prefills(url: str) -> int:
+    """Prefills the app has run so far, however they ended."""
+    return sum(Client(url, verbose=False).predict(api_name="/health")["prefills_ended"].values())
+
+
 def _size(page: Page) -> str:
     return "phone" if page.driver.get_window_size()["width"] < 800 else "desktop"
 
@@ -289,6 +294,7 @@ def test_hands_free_sends_the_question_when_speech_ends_with_no_further_click(
         rate,
     )
     speech_end_s = lead_s + len(speech) / rate  # into the file (the fake microphone loops it)
+    prefills_before = _prefills(slow_app_url)
     driver = chromium(DESKTOP, clip)
     try:
         page = Page(driver, slow_app_url).open()
@@ -301,6 +307,9 @@ def test_hands_free_sends_the_question_when_speech_ends_with_no_further_click(
         first_token = time.monotonic()
         assert page.users()[0].text.strip()
         wait(lambda: len(page.answer_text()) > 20)  # the answer streams
+        # The words heard before the end went to the model ahead of the question (its prompt was
+        # prefilled while the student spoke and paused).
+        assert _prefills(slow_app_url) > prefills_before
         timings = {
             "speech_end_to_question_sent_s": sent - listening_since - speech_end_s,
             "speech_end_to_first_answer_token_s": first_token - listening_since - speech_end_s,
