@@ -1,25 +1,22 @@
-"""Headless Chromium (Debian's, driven by its chromedriver) whose microphone plays a WAV file:
-for the benchmarks that go through the page and for the browser tests."""
+"""Headless Chromium (Debian's, driven by its chromedriver) whose microphone plays a WAV file,
+and the tutor's page in it: for the benchmarks that go through the page and for the browser
+tests. Waits are on events, not durations."""
 
 from __future__ import annotations
 
-import functools
-import os
 import shutil
 import time
 from pathlib import Path
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+BY = "css selector"
 DESKTOP, PHONE = (1400, 1000), (390, 844)  # window sizes, in CSS pixels
 HANG_S = 300.0  # only a hang reaches it (a busy machine may take minutes for seconds' work)
 
 
-def chromium(
-    size: tuple[int, int], microphone: Path, downloads: Path | None = None, niceness: int = 0
-):
+def chromium(size: tuple[int, int], microphone: Path, downloads: Path | None = None):
     """A headless Chromium SIZE wide and high whose microphone plays MICROPHONE (a WAV file,
-    looped); downloads land in DOWNLOADS. NICENESS > 0 lowers its CPU priority (and its
-    driver's), for a benchmark in which it stands for a student's own device."""
+    looped); downloads land in DOWNLOADS."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -37,8 +34,7 @@ def chromium(
         f"--window-size={size[0]},{size[1]}",
     ]:
         options.add_argument(arg)
-    lower = {"preexec_fn": functools.partial(os.nice, niceness)} if niceness else {}
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, popen_kw=lower), options=options)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     if downloads is not None:
         driver.execute_cdp_cmd(
             "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
@@ -55,3 +51,77 @@ def wait(condition, timeout: float = HANG_S, every: float = 0.05):
             return value
         time.sleep(every)
     raise TimeoutError("the page did not get there in time")
+
+
+class Page:
+    """The tutor's page in DRIVER, by the ids tutor.page gives its parts."""
+
+    def __init__(self, driver, url: str) -> None:
+        self.driver = driver
+        self.url = url
+
+    def open(self) -> Page:
+        self.driver.get(self.url)
+        wait(lambda: self.driver.find_elements(BY, "#question textarea"))
+        wait(self.idle)  # the conversation kept in the browser has been put back
+        return self
+
+    def find(self, selector: str):
+        return self.driver.find_element(BY, selector)
+
+    @property
+    def question(self):
+        return self.find("#question textarea")
+
+    def clear_question(self) -> None:
+        """Empty the question box as a user does (the page hears of it)."""
+        from selenium.webdriver.common.keys import Keys
+
+        self.question.send_keys(Keys.CONTROL, "a")
+        self.question.send_keys(Keys.DELETE)
+        wait(lambda: not self.question.get_attribute("value"))
+
+    def upload(self, path: Path) -> None:
+        """Choose PATH in the "Upload a recording" picker."""
+        self.upload_input().send_keys(str(path))
+
+    def upload_input(self):
+        return self.find("input[data-testid='Upload a recording-upload-button']")
+
+    def bots(self) -> list:
+        return self.driver.find_elements(BY, "#chat [data-testid='bot']")
+
+    def users(self) -> list:
+        return self.driver.find_elements(BY, "#chat [data-testid='user']")
+
+    def idle(self) -> bool:
+        """No event of the chat's is running (its status tracker is hidden)."""
+        trackers = self.driver.find_elements(BY, "#chat [data-testid='status-tracker']")
+        return bool(trackers) and "hide" in trackers[0].get_attribute("class")
+
+    def ask(self, text: str) -> None:
+        """Type TEXT and press Enter; return once its answer has begun to stream."""
+        n = len(self.bots())
+        self.question.send_keys(text)
+        self.question.send_keys("\n")
+        wait(lambda: len(self.bots()) > n and self.answer_text())
+
+    def answer_text(self) -> str:
+        """The last answer's text without its mode tag."""
+        bots = self.bots()
+        if not bots:
+            return ""
+        tags = bots[-1].find_elements(BY, ".mode-tag")
+        text = bots[-1].text
+        return text[len(tags[0].text) :].strip() if tags else text.strip()
+
+    def answered(self) -> str:
+        """Wait for the running answer to finish; its text."""
+        wait(self.idle)
+        return self.answer_text()
+
+    def status(self) -> str:
+        return self.find("#status").text.strip()
+
+    def screenshot(self, path: Path) -> None:
+        self.driver.save_screenshot(str(path))

@@ -1,90 +1,14 @@
-"""The tutor's page in headless Chromium (bench.browser), by the ids tutor.page gives its parts;
-waits are on events, not durations."""
+"""The browser tests' marker: they need Debian's Chromium; the page itself is bench.browser.Page."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from bench.browser import CHROMEDRIVER, CHROMIUM, wait
+from bench.browser import BY, CHROMEDRIVER, CHROMIUM, Page
+
+__all__ = ["BY", "Page", "needs_chromium"]
 
 needs_chromium = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
     reason="needs Debian's chromium and chromium-driver (make test installs them)",
 )
-BY = "css selector"
-
-
-class Page:
-    """The tutor's page in DRIVER, by the ids tutor.page gives its parts."""
-
-    def __init__(self, driver, url: str) -> None:
-        self.driver = driver
-        self.url = url
-
-    def open(self) -> Page:
-        self.driver.get(self.url)
-        wait(lambda: self.driver.find_elements(BY, "#question textarea"))
-        wait(self.idle)  # the conversation kept in the browser has been put back
-        return self
-
-    def find(self, selector: str):
-        return self.driver.find_element(BY, selector)
-
-    @property
-    def question(self):
-        return self.find("#question textarea")
-
-    def clear_question(self) -> None:
-        """Empty the question box as a user does (the page hears of it)."""
-        from selenium.webdriver.common.keys import Keys
-
-        self.question.send_keys(Keys.CONTROL, "a")
-        self.question.send_keys(Keys.DELETE)
-        wait(lambda: not self.question.get_attribute("value"))
-
-    def upload(self, path: Path) -> None:
-        """Choose PATH in the "Upload a recording" picker."""
-        self.upload_input().send_keys(str(path))
-
-    def upload_input(self):
-        return self.find("input[data-testid='Upload a recording-upload-button']")
-
-    def bots(self) -> list:
-        return self.driver.find_elements(BY, "#chat [data-testid='bot']")
-
-    def users(self) -> list:
-        return self.driver.find_elements(BY, "#chat [data-testid='user']")
-
-    def idle(self) -> bool:
-        """No event of the chat's is running (its status tracker is hidden)."""
-        trackers = self.driver.find_elements(BY, "#chat [data-testid='status-tracker']")
-        return bool(trackers) and "hide" in trackers[0].get_attribute("class")
-
-    def ask(self, text: str) -> None:
-        """Type TEXT and press Enter; return once its answer has begun to stream."""
-        n = len(self.bots())
-        self.question.send_keys(text)
-        self.question.send_keys("\n")
-        wait(lambda: len(self.bots()) > n and self.answer_text())
-
-    def answer_text(self) -> str:
-        """The last answer's text without its mode tag."""
-        bots = self.bots()
-        if not bots:
-            return ""
-        tags = bots[-1].find_elements(BY, ".mode-tag")
-        text = bots[-1].text
-        return text[len(tags[0].text) :].strip() if tags else text.strip()
-
-    def answered(self) -> str:
-        """Wait for the running answer to finish; its text."""
-        wait(self.idle)
-        return self.answer_text()
-
-    def status(self) -> str:
-        return self.find("#status").text.strip()
-
-    def screenshot(self, path: Path) -> None:
-        self.driver.save_screenshot(str(path))
