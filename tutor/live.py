@@ -15,6 +15,11 @@ How they share the cores: the VAD (Silero's ONNX model, ~6 ms of one core per se
 runs on the thread that receives the chunk; Whisper runs one piece at a time, on the one native
 thread that llama.cpp's answer steps also use (tutor.threads), so a piece's transcription holds
 the other students' answers for its duration, as an uploaded recording's does, and no more.
+A guess dropped before it starts never runs (one already running finishes, unused), so each
+pause costs at most one transcription. A prefill is prompt evaluation in the engine's steps: it
+takes a slot only while one is free and no one waits, gives it up to any real question at the
+next step, and is cancelled once its words are outdated, so it delays other students' tokens by
+at most its share of the steps it runs in, as a newcomer's prompt does (chunked prefill).
 """
 
 from __future__ import annotations
