@@ -1,6 +1,7 @@
 """Run every benchmark side by side and write the report.
 
-    python -m bench [--out runs/bench] [--repeats 5] [--threads 2] [--parts base concurrency remote]
+    python -m bench [--out runs/bench] [--repeats 5] [--threads 2]
+                    [--parts base concurrency remote hands-free]
 
 Models of the real architectures with synthetic weights are built on first use and cached
 (`TUTOR_CACHE`/bench), and so is llama.cpp's `llama-server` (the concurrency anchor). Figures
@@ -17,8 +18,11 @@ import tempfile
 from pathlib import Path
 
 from bench.harness import running_app
-from bench import app, concurrency, hardware, llm, models, remote, report, speech
+from bench import app, concurrency, hardware, llm, models, remote, report, speech, voice
 from tutor.defaults import DEFAULT_PARALLEL
+from tutor.live import END_OF_QUESTION_S
+
+PARTS = ["base", "concurrency", "remote", "hands-free"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parts",
         nargs="+",
-        choices=["base", "concurrency", "remote"],
-        default=["base", "concurrency", "remote"],
+        choices=PARTS,
+        default=PARTS,
+    )
+    parser.add_argument(
+        "--voice-repeats",
+        type=int,
+        default=3,
+        help="spoken follow-ups per path and load in the hands-free part (bench.voice)",
     )
     parser.add_argument(
         "--remote-rounds",
@@ -63,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-half-parallel", action="store_true", help="skip the --parallel P/2 rows"
     )
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
 
     print("building / loading the benchmark models …", flush=True)
     llama, whisper_ckpt = models.llama_1b_q4(), models.whisper_base()
@@ -88,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         print("scaling out: the app on llama-server beside the embedded engine …", flush=True)
         results["remote"] = remote.run(
             llama, whisper_ckpt, args.threads, args.remote_rounds, args.repeats, args.new_tokens
+        )
+    if "hands-free" in args.parts:
+        print("a spoken follow-up, hands-free and one-shot, through the page …", flush=True)
+        results["hands_free"] = voice.run(
+            args.voice_repeats, 4, args.threads, END_OF_QUESTION_S, args.out / "voice-app.log"
         )
     report.write(results, args.out)
     print(report.markdown(results))

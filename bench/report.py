@@ -8,6 +8,7 @@ from pathlib import Path
 from bench.concurrency import GOALS as CONCURRENCY_GOALS
 from bench.goals import at_least, at_most
 from bench.remote import markdown as remote_markdown
+from bench.voice import markdown as voice_markdown
 from train.plots import plot_bars, plot_lines
 from tutor.files import atomic_output
 
@@ -50,6 +51,8 @@ def markdown(results: dict) -> str:
         lines += _concurrency_markdown(results)
     if "remote" in results:
         lines += ["", *remote_markdown(results["remote"])]
+    if "hands_free" in results:
+        lines += ["", "Hands-free (bench.voice):", "", voice_markdown(results["hands_free"])]
     return "\n".join(lines) + "\n"
 
 
