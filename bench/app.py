@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -85,6 +86,12 @@ def voice_to_first_token(url: str, clip: Path, repeats: int) -> dict:
         "follow_up_s": statistics.median(follow),
         "follow_up_each_s": follow,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time the process (all its threads) has used so far, user and system."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_bytes(pid: int) -> int:

@@ -44,6 +44,7 @@ ANSWER_TOKENS = 24  # the measured student's answers: short, done before the nex
 # The other students ask again and again; their answers must leave the measured student room
 # in the engine's KV cells (--kv-tokens), or its question would wait in line.
 OTHER_ANSWER_TOKENS = 600
+LISTENING_S = 20.0  # how long the app's CPU is measured while a student listens to silence
 TEXT_READY = re.compile(r"hands-free question: .* its text ready ([0-9.]+) s after")
 
 
@@ -105,6 +106,30 @@ def streaming(
         return latencies
     finally:
         driver.quit()
+
+
+def listening_cost(url: str, pid: int, folder: Path) -> dict:
+    """The app's CPU (cores) over LISTENING_S idle, then with one page listening hands-free to a
+    silent microphone: what a listening student costs the server before any question (the VAD on
+    every chunk, and the stream's handling)."""
+    silence = folder / "silence.wav"
+    soundfile.write(silence, np.zeros(int(LISTENING_S * 16000), np.float32), 16000)
+
+    def cores_over(seconds: float) -> float:
+        start_cpu, start = app.cpu_seconds(pid), time.monotonic()
+        time.sleep(seconds)
+        return (app.cpu_seconds(pid) - start_cpu) / (time.monotonic() - start)
+
+    idle = cores_over(LISTENING_S)
+    driver = chromium(DESKTOP, silence)
+    try:
+        driver.get(url)
+        wait(lambda: driver.find_elements(BY, "#hands-free input"))[0].click()
+        wait(lambda: driver.find_elements(BY, "#live button.stop-button"))
+        listening = cores_over(LISTENING_S)
+    finally:
+        driver.quit()
+    return {"idle_cores": idle, "listening_cores": listening}
 
 
 def one_shot_in_page(url: str, clip: Path, folder: Path, repeats: int) -> list[float]:
@@ -203,6 +228,8 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float, log: Pa
             end_of_speech_s=end_of_speech_s,
             log=log,
         ) as served:
+            print("voice: the app's CPU while a student listens to silence …", flush=True)
+            result["listening"] = listening_cost(served.url, served.pid, folder)
             read = 0
             for load in ("alone", f"{others} others"):
                 print(f"voice, {load}: one-shot, then hands-free …", flush=True)
@@ -272,6 +299,10 @@ def markdown(r: dict) -> str:
             f"from the end of the speech, {silence} s of trailing silence included: "
             f"{r['from_speech_end_vs_one_shot']:.2f}×). Hands-free with {others} / alone: "
             f"**{r['streaming_busy_vs_alone']:.2f}×** (goal ≤ 1.5×).",
+            "",
+            f"The app's CPU while one student listens hands-free to silence: "
+            f"{r['listening']['listening_cores']:.3f} cores (idle: "
+            f"{r['listening']['idle_cores']:.3f}).",
         ]
     )
 

@@ -195,3 +195,20 @@ def test_words_a_student_goes_on_from_are_marked_outdated(transcriber, speech):
     assert len(heard) == 1 and not heard[0][1].is_set()
     _stream(listener, recorder, speech[1])  # the student goes on
     assert heard[0][1].is_set()
+
+
+def test_students_beyond_the_listening_limit_hear_busy():
+    from types import SimpleNamespace
+
+    from tutor.errors import BusyError
+    from tutor.page import Listeners
+
+    tutor = SimpleNamespace(transcriber=SimpleNamespace(transcribe=lambda *_: ""))
+    listeners = Listeners(tutor, SimpleNamespace(max_listeners=2, end_of_speech_s=0.8))
+    first = listeners.of("a", "en")
+    listeners.of("b", "en")
+    assert listeners.of("a", "en") is first  # a student's next chunk: the same listener
+    with pytest.raises(BusyError):
+        listeners.of("c", "en")
+    listeners.close("a")  # a page closed, or its microphone stopped
+    listeners.of("c", "en")

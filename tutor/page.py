@@ -65,7 +65,6 @@ AUDIO_FILE_TYPES = [
     ".m4a",
     ".amr",
 ]
-MAX_LISTENERS = 64  # students listening hands-free at once (each holds a VAD model, ~3 MB)
 LISTEN_CHUNK_S = 0.25  # the browser sends the microphone this often in hands-free mode
 MAX_LISTEN_S = 1800  # one hands-free stream's longest run; pressing the microphone again renews it
 STORAGE_KEY = "voice-tutor-conversation"  # localStorage key: one conversation per device
@@ -519,7 +518,7 @@ def add_page(
 
 
 class Listeners:
-    """Hands-free listeners (tutor.live), one per session listening, at most MAX_LISTENERS;
+    """Hands-free listeners (tutor.live), one per session listening, at most --max-listeners;
     a session's goes when its microphone stops or its page closes."""
 
     def __init__(self, tutor: Tutor, settings: Settings) -> None:
@@ -534,7 +533,7 @@ class Listeners:
         with self._lock:
             listener = self._by_session.get(session)
             if listener is None:
-                if len(self._by_session) >= MAX_LISTENERS:
+                if len(self._by_session) >= self.settings.max_listeners:
                     raise BusyError()
                 if self._executor is None:  # the first hands-free student
                     # One segment transcription at a time (the local Whisper also runs on the

@@ -74,6 +74,13 @@ class Settings:
         0.8,
         float,
     )
+    max_listeners: int = _setting(
+        "hands-free mode: students listening at once (each costs the server ~0.05 of a core while "
+        "it listens, bench.voice); beyond them, turning hands-free on says the tutor is busy",
+        "TUTOR_MAX_LISTENERS",
+        16,
+        int,
+    )
     vad: bool = _setting(
         "refuse recordings without speech (Silero VAD) before local Whisper sees them: yes or no",
         "TUTOR_VAD",
