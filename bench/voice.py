@@ -40,7 +40,7 @@ from tutor.live import END_OF_QUESTION_S
 # answer, even with other students' answers streaming: the app takes no speech for a question
 # while this student's answer streams, so a shorter loop cut the next question short.
 LEAD_S, TRAIL_S = 0.5, 12.0
-ANSWER_TOKENS = 24  # the measured student's answers: short, done before the next question
+ANSWER_TOKENS = 8  # the measured student's answers: short, done before the next question
 # The other students ask again and again; their answers must leave the measured student room
 # in the engine's KV cells (--kv-tokens), or its question would wait in line.
 OTHER_ANSWER_TOKENS = 600
@@ -80,11 +80,14 @@ def question_file(folder: Path) -> tuple[Path, float, float]:
 
 def streaming(
     url: str, wav: Path, speech_end_s: float, length_s: float, repeats: int
-) -> list[float]:
-    """Seconds from the end of each spoken follow-up to its first answer token, hands-free.
+) -> tuple[list[float], int]:
+    """(seconds from the end of each spoken follow-up to its first answer token, hands-free;
+    loops whose question was not taken).
 
     The fake microphone loops the file: loop k's speech ends LENGTH_S × k + SPEECH_END_S after
-    the page showed the microphone listening; loop 0 asks, loops 1.. follow up.
+    the page showed the microphone listening. An answer belongs to the last loop whose speech
+    ended before it began: on a slow day an answer may still stream when the next loop's question
+    begins, and the app takes no question while it does, so a loop can pass unasked.
     """
     driver = chromium(DESKTOP, wav)
     try:
@@ -92,7 +95,7 @@ def streaming(
         wait(lambda: driver.find_elements(BY, "#hands-free input"))[0].click()
         wait(lambda: driver.find_elements(BY, "#live button.stop-button"), every=0.005)
         listening_since = time.monotonic()
-        latencies = []
+        latencies, loops = [], []
         for k in range(repeats + 1):
 
             def answered(k=k) -> bool:
@@ -100,10 +103,11 @@ def streaming(
                 return len(bots) > k and len(bots[k].text.strip()) > len(_mode_tag(bots[k]))
 
             wait(answered, every=0.01)
-            first_token = time.monotonic()
-            if k:
-                latencies.append(first_token - listening_since - k * length_s - speech_end_s)
-        return latencies
+            since_first_speech_end = time.monotonic() - listening_since - speech_end_s
+            loops.append(int(since_first_speech_end // length_s))
+            if k:  # the first answer is a first question: the others follow up
+                latencies.append(since_first_speech_end - loops[-1] * length_s)
+        return latencies, loops[-1] + 1 - len(loops)
     finally:
         driver.quit()
 
@@ -240,7 +244,9 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float, log: Pa
                 ):
                     api = app.voice_to_first_token(served.url, clip, repeats)["follow_up_each_s"]
                     one_shot = one_shot_in_page(served.url, clip, folder, repeats)
-                    hands_free = streaming(served.url, wav, speech_end_s, length_s, repeats)
+                    hands_free, unasked = streaming(
+                        served.url, wav, speech_end_s, length_s, repeats
+                    )
                 waits, read = _text_waits(log, read)
                 after_silence = [t - end_of_speech_s for t in hands_free]
                 result[load] = {
@@ -248,6 +254,7 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float, log: Pa
                     "one_shot_api_median_s": statistics.median(api),
                     "one_shot_s": one_shot,
                     "streaming_s": hands_free,
+                    "loops_unasked": unasked,
                     "streaming_after_silence_s": after_silence,
                     "text_waited_s": waits,
                     "one_shot_median_s": statistics.median(one_shot),
@@ -300,6 +307,8 @@ def markdown(r: dict) -> str:
             f"{r['from_speech_end_vs_one_shot']:.2f}×). Hands-free with {others} / alone: "
             f"**{r['streaming_busy_vs_alone']:.2f}×** (goal ≤ 1.5×).",
             "",
+            f"Loops whose question was not taken (an answer still streaming): "
+            f"{r['alone']['loops_unasked']} alone, {r[others]['loops_unasked']} with {others}. "
             f"The app's CPU while one student listens hands-free to silence: "
             f"{r['listening']['listening_cores']:.3f} cores (idle: "
             f"{r['listening']['idle_cores']:.3f}).",
