@@ -40,7 +40,7 @@ from tutor.live import END_OF_QUESTION_S
 # answer, even with other students' answers streaming: the app takes no speech for a question
 # while this student's answer streams, so a shorter loop cut the next question short.
 LEAD_S, TRAIL_S = 0.5, 12.0
-ANSWER_TOKENS = 8  # the measured student's answers: short, done before the next question
+ANSWER_TOKENS = 16  # the measured student's answers: short (a mode allows no fewer), done soon
 # The other students ask again and again; their answers must leave the measured student room
 # in the engine's KV cells (--kv-tokens), or its question would wait in line.
 OTHER_ANSWER_TOKENS = 600
