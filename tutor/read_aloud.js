@@ -69,7 +69,7 @@ function sentences(text) {
 
 /** Speaks the last answer of the chat as it streams; one per page. */
 class ReadAloud {
-  constructor() { this.answer = -1; this.spoken = 0; }
+  constructor() { this.answer = -1; this.spoken = 0; this.silenced = false; }
 
   static text(message) {
     const c = message && message.content;
@@ -88,16 +88,22 @@ class ReadAloud {
     const last = index >= 0 ? chat[index] : null;
     if (!last || last.role !== "assistant") return;
     const text = ReadAloud.text(last);
-    if (index !== this.answer || text.length < this.spoken) { this.answer = index; this.spoken = 0; }
+    if (index !== this.answer || text.length < this.spoken) {  // a new answer
+      this.answer = index; this.spoken = 0; this.silenced = false;
+    }
     const fresh = text.slice(this.spoken);
-    if (!on) { this.spoken = text.length; return; }  // switched on later: from the next sentence
+    // Off (switched on later: from the next sentence), or silenced: the updates that were on
+    // their way when Stop was pressed must not be read.
+    if (!on || this.silenced) { this.spoken = text.length; return; }
     const {done, rest} = sentences(fresh);
     for (const sentence of done) this.say(sentence);
     if (flush && rest < fresh.length) this.say(fresh.slice(rest));  // the answer's last words
     this.spoken += flush ? fresh.length : rest;
   }
 
+  /** Silence the answer being read, and the rest of it. */
   stop() {
+    this.silenced = true;
     window.speechSynthesis.cancel();
   }
 }
