@@ -97,7 +97,7 @@ class Listener:
         self.on_words: Callable[[str, threading.Event], None] | None = None
         self._dropped = 0  # guesses dropped in the question in progress
         self._question_id = 0  # which question the transcriptions in flight belong to
-        self._outdated: threading.Event | None = None  # set when the last words heard are
+        self._outdated: threading.Event | None = None  # set once the words heard are outdated
         self._outdated_lock = threading.Lock()
         self._start_listening()
 
@@ -111,7 +111,7 @@ class Listener:
             if segments is None:
                 return None
             ended = time.perf_counter()
-            text = " ".join(t for t in (f.result() for f in segments) if t).strip()
+            text = _text_of(segments)
             timing = QuestionTiming(len(segments), self._dropped, time.perf_counter() - ended)
             self.last_question, self._dropped = timing, 0
             log.info(
@@ -233,7 +233,7 @@ class Listener:
             or not all(f.done() and not f.cancelled() for f in words)
         ):
             return
-        text = " ".join(t for t in (f.result() for f in words) if t).strip()
+        text = _text_of(words)
         if not text:
             return
         outdated = threading.Event()
@@ -279,3 +279,8 @@ class Listener:
         segments = self._segments
         self._start_question()
         return segments
+
+
+def _text_of(pieces: list[Future]) -> str:
+    """The text of transcribed PIECES, in order (a piece with no words adds nothing)."""
+    return " ".join(t for t in (f.result() for f in pieces) if t).strip()
