@@ -1,14 +1,22 @@
 """The Whisper transcriber: int8 weights everywhere (vocabulary projection included), same
-decoding."""
+decoding; the fitted window (the encoder's cost follows the audio's length)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import whisper
 from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
-from tutor.transcribe import Transcriber, load_whisper, quantize_int8
+from tutor.transcribe import (
+    FittedWhisper,
+    Transcriber,
+    TranscriberLoadError,
+    load_whisper,
+    quantize_int8,
+    transcribe_window,
+)
 
 
 def test_every_linear_layer_and_the_vocabulary_projection_are_int8(tiny_whisper_path):
@@ -42,3 +50,65 @@ def test_transcriber_precisions(tiny_whisper_path):
             samples, "en", sample_len=8
         )
         assert isinstance(text, str) and text
+
+
+# Transcriber's own options for whisper's transcribe().
+OPTIONS = {
+    "language": "en",
+    "fp16": False,
+    "temperature": 0.0,
+    "condition_on_previous_text": False,
+    "without_timestamps": True,
+    "verbose": None,
+    "sample_len": 8,
+}
+
+
+def _tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(16000 * seconds)) / 16000
+    return (np.sin(t * 2 * np.pi * 220) * 0.3).astype(np.float32)
+
+
+def test_one_window_decodes_as_whisper_transcribe_does(tiny_whisper_path):
+    """On Whisper's own 30 s window, one window's text is transcribe()'s, silence rule included:
+    the fitted window changes the window's length and nothing else."""
+    model = whisper.load_model(str(tiny_whisper_path), device="cpu")
+    audio = _tone(3.0)
+    # As configured; then with every window judged silence (transcribe() drops its text).
+    for extra in ({}, {"no_speech_threshold": 0.0, "logprob_threshold": None}):
+        options = OPTIONS | extra
+        with torch.inference_mode():
+            expected = model.transcribe(audio, **options)["text"].strip()
+            got = transcribe_window(model, audio, options).strip()
+        assert got == expected
+        assert bool(expected) == (extra == {})
+
+
+def test_fitted_window_encodes_only_the_audio_and_its_margin(tiny_whisper_path):
+    transcriber = Transcriber(load_whisper(str(tiny_whisper_path)), threads=1, window="fit")
+    positions = []
+    transcriber.model.encoder.blocks[0].register_forward_hook(
+        lambda module, args, out: positions.append(out.shape[1])
+    )
+    for seconds in (1.0, 4.0, 12.0, 29.0):
+        transcriber.transcribe(_tone(seconds), "en", sample_len=4, no_speech_threshold=None)
+    # 50 positions a second; the audio and 2.56 s of silence, rounded up to 5 s; 30 s at most.
+    assert positions == [250, 500, 750, 1500]
+
+
+def test_fitted_window_shares_the_models_weights(tiny_whisper_path):
+    model = load_whisper(str(tiny_whisper_path))
+    fitted = FittedWhisper(model, 250)
+    assert fitted.dims.n_audio_ctx == 250 and model.dims.n_audio_ctx == 1500
+    assert fitted.decoder is model.decoder and fitted.encoder.blocks is model.encoder.blocks
+    assert fitted.encoder.positional_embedding.data_ptr() == (
+        model.encoder.positional_embedding.data_ptr()
+    )
+    assert sum(p.numel() for p in fitted.parameters()) == sum(
+        p.numel() for p in model.parameters()
+    )
+
+
+def test_an_unknown_window_is_refused_by_name(tiny_whisper_path):
+    with pytest.raises(TranscriberLoadError, match="full or fit"):
+        Transcriber(load_whisper(str(tiny_whisper_path)), window="half")

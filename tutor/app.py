@@ -164,6 +164,7 @@ def _local_transcriber(
         settings.whisper_precision,
         thread=native,
         detect_speech=settings.vad,
+        window=settings.whisper_window,
     )
     del whisper_model
     release_freed_memory()

@@ -5,29 +5,51 @@ into the vocabulary projection (a product with the token embedding, not a Linear
 precision (the default) stores every linear layer's weights, that projection included, as int8
 and quantizes activations on the fly (PyTorch dynamic quantization), which keeps openai-whisper's
 decoding exactly as it is.
+
+The encoder's window is 30 s whatever the audio's length (`full`, how Whisper was trained). The
+`fit` window encodes only the audio and FIT_MARGIN_S of silence after it, in steps of
+FIT_STEP_S: the encoder's cost follows the audio's length (about 6× less for a 5 s question),
+as whisper.cpp's `audio_ctx` does. Its accuracy was not measured here (no real weights can be
+fetched); users of whisper.cpp report little loss with such a margin, and repetitions or
+truncated text without one (ggml-org/whisper.cpp#1855, #137).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import whisper
 from torch import Tensor, nn
-from whisper.model import TextDecoder
+from whisper.audio import N_FRAMES, N_SAMPLES
+from whisper.model import AudioEncoder, TextDecoder, Whisper
 
 from tutor.audio import SAMPLE_RATE, AudioError
 from tutor.errors import TranscriberLoadError, first_line
 from tutor.threads import DedicatedThread
 from tutor.vad import SpeechDetector
 
+WINDOWS = ("full", "fit")  # the encoder's window: 30 s always, or fitted to the audio
+FIT_MARGIN_S = 2.56  # silence kept after the audio in a fitted window (128 encoder positions)
+FIT_STEP_S = 5.0  # fitted windows are 5, 10, 15, 20 or 25 s long: few shapes to build
+POSITIONS_PER_S = 50  # encoder positions per second of audio (1500 in 30 s; 2 mel frames each)
+# transcribe()'s defaults: a window whose text is this unlikely and whose <|nospeech|> is this
+# likely is silence (its text is dropped).
+LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD = -1.0, 0.6
+# DecodingOptions' fields: the fitted window decodes with whisper.decode, which takes only these.
+DECODING_FIELDS = {f.name for f in dataclasses.fields(whisper.DecodingOptions)}
+
 __all__ = [
+    "FittedWhisper",
     "Int8VocabDecoder",
     "Transcriber",
     "TranscriberLoadError",
     "load_whisper",
     "quantize_int8",
+    "transcribe_window",
 ]
 
 
@@ -85,6 +107,63 @@ def quantize_int8(model: whisper.Whisper) -> whisper.Whisper:
     )
 
 
+class FittedEncoder(AudioEncoder):
+    """Whisper's audio encoder over N_CTX positions (N_CTX / 50 s of audio) instead of 1500,
+    sharing ENCODER's weights: `forward` takes mel of shape (batch, n_mels, 2 × N_CTX)."""
+
+    def __init__(self, encoder: AudioEncoder, n_ctx: int) -> None:
+        nn.Module.__init__(self)  # not AudioEncoder's: its weights are ENCODER's
+        self.conv1, self.conv2 = encoder.conv1, encoder.conv2
+        self.blocks, self.ln_post = encoder.blocks, encoder.ln_post
+        self.register_buffer(
+            "positional_embedding", encoder.positional_embedding[:n_ctx], persistent=False
+        )
+
+
+class FittedWhisper(Whisper):
+    """MODEL with an encoder window of N_CTX positions, sharing all of MODEL's weights, for
+    `whisper.decode` on mel of 2 × N_CTX frames (`transcribe` pads to 30 s: not for this)."""
+
+    def __init__(self, model: Whisper, n_ctx: int) -> None:
+        nn.Module.__init__(self)  # not Whisper's: its weights are MODEL's
+        self.dims = dataclasses.replace(model.dims, n_audio_ctx=n_ctx)
+        self.encoder = FittedEncoder(model.encoder, n_ctx)
+        self.decoder = model.decoder
+        self.register_buffer("alignment_heads", model.alignment_heads, persistent=False)
+
+
+def fitted_positions(n_samples: int) -> int | None:
+    """Encoder positions of the fitted window for N_SAMPLES of 16 kHz audio, or None when it
+    would not be shorter than Whisper's 30 s."""
+    seconds = math.ceil((n_samples / SAMPLE_RATE + FIT_MARGIN_S) / FIT_STEP_S) * FIT_STEP_S
+    n_ctx = int(seconds * POSITIONS_PER_S)
+    return n_ctx if n_ctx < N_FRAMES // 2 else None
+
+
+def transcribe_window(model: Whisper, audio: np.ndarray, options: dict) -> str:
+    """AUDIO's text (float32, 16 kHz, shorter than MODEL's window) from one window of MODEL's
+    n_audio_ctx positions: what `model.transcribe(audio, **OPTIONS)` does with one window and
+    one temperature, but with no padding beyond that window."""
+    # The window as transcribe() builds it: the audio's frames of the log-mel of the audio
+    # padded with 30 s of silence, then zeros up to the window's length.
+    mel = whisper.log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
+    content = mel[:, : mel.shape[-1] - N_FRAMES]
+    result = whisper.decode(
+        model,
+        whisper.pad_or_trim(content, 2 * model.dims.n_audio_ctx),
+        whisper.DecodingOptions(**{k: v for k, v in options.items() if k in DECODING_FIELDS}),
+    )
+    no_speech = options.get("no_speech_threshold", NO_SPEECH_THRESHOLD)
+    unlikely = options.get("logprob_threshold", LOGPROB_THRESHOLD)
+    if (
+        no_speech is not None
+        and result.no_speech_prob > no_speech
+        and (unlikely is None or result.avg_logprob <= unlikely)
+    ):
+        return ""  # transcribe() drops such a window as silence
+    return result.text
+
+
 class Transcriber:
     """Whisper on CPU; `language` is a code such as "en", or "auto" to detect it."""
 
@@ -96,11 +175,15 @@ class Transcriber:
         precision: str = "int8",
         thread: DedicatedThread | None = None,
         detect_speech: bool = False,
+        window: str = "full",
     ) -> None:
         """THREAD runs every torch call (the app shares it with llama.cpp; see tutor.threads).
-        DETECT_SPEECH: refuse recordings without speech (tutor.vad) before Whisper runs."""
+        DETECT_SPEECH: refuse recordings without speech (tutor.vad) before Whisper runs.
+        WINDOW: the encoder's, `full` (30 s) or `fit` (the audio's length; see above)."""
         if precision not in ("int8", "fp32"):
             raise TranscriberLoadError(f"unknown Whisper precision {precision!r} (int8 or fp32)")
+        if window not in WINDOWS:
+            raise TranscriberLoadError(f"unknown Whisper window {window!r} (full or fit)")
         # One transcription at a time, always on the same thread (see tutor.threads).
         self.thread = thread or DedicatedThread("whisper")
         if threads:
@@ -110,6 +193,8 @@ class Transcriber:
         )
         self.language = language
         self.detector = SpeechDetector() if detect_speech else None
+        self.window = window
+        self._fitted: dict[int, FittedWhisper] = {}  # by positions: at most 5 (FIT_STEP_S)
 
     def transcribe(
         self,
@@ -140,16 +225,22 @@ class Transcriber:
         return text
 
     def _transcribe(self, audio: np.ndarray, language: str, decode_options: dict) -> dict:
+        audio = audio.astype(np.float32, copy=False)
+        options = {
+            "language": None if language == "auto" else language,
+            "fp16": False,
+            "temperature": 0.0,
+            "condition_on_previous_text": False,
+            "without_timestamps": True,
+            "verbose": None,
+            **decode_options,
+        }
+        n_ctx = fitted_positions(len(audio)) if self.window == "fit" else None
         with torch.inference_mode():
-            return self.model.transcribe(
-                audio.astype(np.float32, copy=False),
-                language=None if language == "auto" else language,
-                **{
-                    "fp16": False,
-                    "temperature": 0.0,
-                    "condition_on_previous_text": False,
-                    "without_timestamps": True,
-                    "verbose": None,
-                    **decode_options,
-                },
-            )
+            if n_ctx is None:
+                return self.model.transcribe(audio, **options)
+            model = self._fitted.get(n_ctx)
+            if model is None:
+                model = self._fitted[n_ctx] = FittedWhisper(self.model, n_ctx)
+            return {"text": transcribe_window(model, audio, options)}
+
