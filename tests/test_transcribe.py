@@ -104,9 +104,7 @@ def test_fitted_window_shares_the_models_weights(tiny_whisper_path):
     assert fitted.encoder.positional_embedding.data_ptr() == (
         model.encoder.positional_embedding.data_ptr()
     )
-    assert sum(p.numel() for p in fitted.parameters()) == sum(
-        p.numel() for p in model.parameters()
-    )
+    assert sum(p.numel() for p in fitted.parameters()) == sum(p.numel() for p in model.parameters())
 
 
 def test_an_unknown_window_is_refused_by_name(tiny_whisper_path):

@@ -243,4 +243,3 @@ class Transcriber:
             if model is None:
                 model = self._fitted[n_ctx] = FittedWhisper(self.model, n_ctx)
             return {"text": transcribe_window(model, audio, options)}
-
