@@ -4,6 +4,7 @@ at pauses go to Whisper while the student speaks; a trailing silence ends the qu
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -183,6 +184,28 @@ def test_the_words_heard_are_handed_on_while_the_trailing_silence_runs(transcrib
     questions = _stream(listener, recorder, _silence(2.0))
     assert [text for _, text in questions] == [heard[0][0]]  # the question is those words
     assert not heard[0][1].is_set()  # still the question's words
+
+
+def test_words_transcribed_after_the_trailing_silence_are_still_handed_on(transcriber, speech):
+    """A slow machine: the question's last piece is transcribed only once its trailing silence
+    has ended. Its words still go to on_words (the prefill then runs while the page sends the
+    question back), as soon as they are ready."""
+    recorder = Recorder(transcriber)
+    question_end_s = 0.5 + len(speech[1]) / BROWSER_RATE + END_OF_QUESTION_S
+    slow = recorder.__call__
+
+    def after_the_silence(audio, language, max_tokens):
+        while recorder.fed_s < question_end_s:  # the feed that ends the question has begun
+            time.sleep(0.005)
+        return slow(audio, language, max_tokens)
+
+    listener = Listener(after_the_silence, recorder.handover, "en", END_OF_QUESTION_S)
+    heard: list[str] = []
+    listener.on_words = lambda words, outdated: heard.append(words)
+    questions = _stream(listener, recorder, np.concatenate([_silence(0.5), speech[1], _silence(2)]))
+    assert len(questions) == 1
+    recorder.handover.submit(lambda: None).result()  # its callbacks have run
+    assert heard == [questions[0][1]]
 
 
 def test_words_a_student_goes_on_from_are_marked_outdated(transcriber, speech):

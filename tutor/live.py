@@ -97,6 +97,9 @@ class Listener:
         self.on_words: Callable[[str, threading.Event], None] | None = None
         self._dropped = 0  # guesses dropped in the question in progress
         self._question_id = 0  # which question the transcriptions in flight belong to
+        # The question that ended last: its words, once transcribed, still go to `on_words`
+        # (the prefill then runs while the page sends the question back).
+        self._ended_id = 0
         self._outdated: threading.Event | None = None  # set once the words heard are outdated
         self._outdated_lock = threading.Lock()
         self._start_listening()
@@ -229,7 +232,7 @@ class Listener:
         on_words = self.on_words
         if (
             on_words is None
-            or question != self._question_id  # that question is over
+            or question not in (self._question_id, self._ended_id)  # long over
             or not all(f.done() and not f.cancelled() for f in words)
         ):
             return
@@ -277,6 +280,7 @@ class Listener:
         elif self._last_end - self._offset > self._cut:  # the speech since the last cut
             self._segment(self._last_end)
         segments = self._segments
+        self._ended_id = self._question_id
         self._start_question()
         return segments
 
