@@ -261,6 +261,32 @@ def test_a_question_takes_the_slot_of_a_prefill_at_once(tiny_gguf):
     assert llm.activity().prefills_ended == {"superseded": 1}
 
 
+def test_a_prefill_of_a_question_already_asked_is_dropped(tiny_gguf):
+    """The hands-free page's words can reach the engine just after their question (a slow
+    transcription): the prefill must not evaluate the question's prompt a second time."""
+    llm = TutorLLM(tiny_gguf, n_ctx=1024, n_threads=2, parallel=2)
+    question = _conversation("You are a tutor.", "What is 7 times 8?")
+    expected = llm.answer(question, GREEDY)
+    llm.forget()
+    hold = threading.Event()
+    llm.thread.submit(hold.wait)  # both arrive before the next step
+    answers: list[str] = []
+    asking = threading.Thread(target=lambda: answers.append(llm.answer(question, GREEDY)))
+    asking.start()
+    while llm._scheduler.inbox.empty():  # the question is in
+        time.sleep(0.001)
+    llm.prefill(question)
+    hold.set()
+    asking.join()
+    assert answers == [expected]
+    deadline = time.monotonic() + 300  # only a hang reaches it
+    while not llm.activity().prefills_ended:  # a prefill returns before it ends
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert llm.activity().prefills_ended == {"asked": 1}
+    assert llm.stats.evaluated_tokens == llm.stats.prompt_tokens - llm.stats.reused_tokens
+
+
 def test_a_prefill_never_waits_in_line(tiny_gguf):
     llm = TutorLLM(tiny_gguf, n_ctx=1024, n_threads=2, parallel=1)
     busy = llm.stream(_conversation("You are a tutor.", "Count to ten."), GREEDY)

@@ -313,8 +313,14 @@ class Scheduler:
             self._start(slot, request, plan)
 
     def _admit_prefills(self) -> None:
-        """Each new prefill into a free slot with room, while no one waits; else it is dropped."""
+        """Each new prefill into a free slot with room, while no one waits; else it is dropped.
+        So is one whose prompt a real request already holds (its question was asked first: a
+        prefill then would only evaluate the same tokens twice)."""
+        asked = [slot.request.prompt for slot in self.slots if slot.request]
         for request in self.prefills:
+            if any(prompt.startswith(request.prompt) for prompt in asked):
+                self._end(request, "asked", DONE)
+                continue
             free = [slot for slot in self.slots if not slot.request]
             if self.waiting or not free or request.cancelled():
                 self._end(request, "skipped", DONE)

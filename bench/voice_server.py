@@ -1,0 +1,329 @@
+"""End of speech → first answer token of a spoken follow-up on the server: hands-free streaming
+(tutor.live, fed the microphone in real time, as the page sends it) against today's one-shot
+path (the whole recording to Whisper, then the question), side by side on the app's own
+components in one process; alone, then with other students' answers streaming; for each of
+Whisper's windows (tutor.transcribe: `full`, `fit`).
+
+    python -m bench.voice_server [--out runs/voice-server] [--repeats 5] [--others 4]
+
+No browser and no HTTP: both paths start where the server has the audio (one-shot: the student
+presses Stop as the speech ends; hands-free: chunks of LISTEN_CHUNK_S arrive as they are
+spoken) and end at the first answer token. What the page adds to each path is measured by
+bench.voice, where Chromium shares these 2 cores; here the cores are the server's, as on a
+Space, where each student's browser runs on their own device. Whisper base's and Llama 3.2 1B
+Q4_K_M's shapes with synthetic weights (bench.models); the measured student's answers are 16
+tokens, the others' 600 (bench.voice.prompts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from bench import hardware, models, speech, voice
+from bench.llm import QUESTIONS
+from tutor.live import END_OF_QUESTION_S
+from tutor.llm import InLine
+from tutor.settings import Settings
+
+BROWSER_RATE = 48000  # Hz: what the page's microphone streams, and its recordings hold
+LEAD_S, TRAIL_S = 0.5, 3.0  # silence before the question and after it (hands-free)
+MODE = "hint"  # the measured student's mode (16-token answers)
+WINDOWS = ("full", "fit")
+EVALUATED = re.compile(r"answer: \d+ prompt tokens \(.*?(\d+) evaluated\)")
+
+
+class AnswerLog(logging.Handler):
+    """The prompt tokens each answer evaluated, from tutor.service's log line."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.evaluated: list[int] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if m := EVALUATED.search(record.getMessage()):
+            self.evaluated.append(int(m.group(1)))
+
+
+def _first_token(stream: Iterator[str | InLine]) -> tuple[float, str]:
+    """(when the answer's first text came, the whole answer): the stream is read to its end."""
+    first, answer = None, ""
+    for piece in stream:
+        if isinstance(piece, InLine) or not piece:
+            continue
+        if first is None:
+            first = time.perf_counter()
+        answer = piece
+    if first is None:
+        raise RuntimeError("the answer was empty")
+    return first, answer
+
+
+class Student:
+    """One student's spoken follow-ups, on one path; the conversation grows with each."""
+
+    def __init__(self, tutor, question_pcm: np.ndarray) -> None:
+        self.tutor = tutor
+        self.question_pcm = question_pcm  # int16 at BROWSER_RATE: the speech alone
+        self.history: list[dict] = []
+
+    def _answered(self, question: str, answer: str) -> None:
+        self.history = self.history + [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ]
+
+    def one_shot(self) -> float:
+        """Seconds from Stop (pressed as the speech ends) to the first answer token."""
+        recording = np.concatenate([_silence(LEAD_S), self.question_pcm])
+        stop = time.perf_counter()
+        question = self.tutor.transcribe((BROWSER_RATE, recording))
+        first, answer = _first_token(self.tutor.ask(question, MODE, self.history))
+        self._answered(question, answer)
+        return first - stop
+
+    def hands_free(self, listener) -> tuple[float, float]:
+        """(seconds from the end of the speech to the first answer token, the text's wait after
+        the trailing silence as the listener logged it)."""
+        from tutor.page import LISTEN_CHUNK_S
+
+        history = self.history
+        listener.reset()
+        listener.on_words = lambda words, outdated: self.tutor.prefill(
+            words, MODE, history, outdated
+        )
+        stream = np.concatenate([_silence(LEAD_S), self.question_pcm, _silence(TRAIL_S)])
+        speech_end_s = (LEAD_S * BROWSER_RATE + len(self.question_pcm)) / BROWSER_RATE
+        step = int(LISTEN_CHUNK_S * BROWSER_RATE)
+        start = time.perf_counter()
+        for begin in range(0, len(stream), step):
+            # A chunk arrives once it has been spoken.
+            time.sleep(max(0.0, start + (begin + step) / BROWSER_RATE - time.perf_counter()))
+            question = listener.feed(BROWSER_RATE, stream[begin : begin + step])
+            if question is not None:
+                break
+        else:
+            raise RuntimeError("the listener heard no question")
+        first, answer = _first_token(self.tutor.ask(question, MODE, history))
+        self._answered(question, answer)
+        return first - (start + speech_end_s), listener.last_question.waited_s
+
+
+def _silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * BROWSER_RATE), np.int16)
+
+
+class OtherStudents:
+    """N students whose long answers stream while the measurement runs."""
+
+    def __init__(self, tutor, n: int) -> None:
+        self.tutor, self.stopping = tutor, threading.Event()
+        self.threads = [
+            threading.Thread(target=self._ask, args=(i,), daemon=True) for i in range(n)
+        ]
+
+    def __enter__(self) -> OtherStudents:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join()
+
+    def _ask(self, i: int) -> None:
+        while not self.stopping.is_set():
+            question = QUESTIONS[i % len(QUESTIONS)] + f" ({i})"
+            for _ in self.tutor.ask(question, "explain", [], cancel=self.stopping):
+                pass
+
+
+def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict:
+    """The figures: for each load and window, each path's follow-ups, alternating."""
+    from tutor import app
+    from tutor.page import Listeners
+
+    llama, whisper_ckpt = models.llama_1b_q4(), models.whisper_base()
+    result: dict = {
+        "ceiling": hardware.ceiling(llama, threads),
+        "repeats": repeats,
+        "others": others,
+        "end_of_speech_s": end_of_speech_s,
+    }
+    clip, _ = speech.clip_near(5.0)
+    question_pcm = _pcm(clip)
+    answers = AnswerLog()
+    logging.getLogger("tutor.service").addHandler(answers)
+    logging.getLogger("tutor.service").setLevel(logging.INFO)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = replace(
+            Settings(),
+            model=str(llama),
+            whisper=str(whisper_ckpt),
+            threads=threads,
+            prompts=str(voice.prompts(Path(tmp) / "p")),
+            parallel=others + 2,  # a slot for each: the measured conversations never wait
+            end_of_speech_s=end_of_speech_s,
+        )
+        tutor = app.load(settings).tutor
+        listener = Listeners(tutor, settings).of("bench", "en")
+        for load in ("alone", f"{others} others"):
+            with OtherStudents(tutor, others if load != "alone" else 0):
+                for window in WINDOWS:
+                    print(f"voice on the server, {load}, Whisper window {window} …", flush=True)
+                    tutor.transcriber.window = window
+                    result.setdefault(load, {})[window] = _paths(
+                        tutor, listener, question_pcm, repeats, answers, end_of_speech_s
+                    )
+    logging.getLogger("tutor.service").removeHandler(answers)
+    for window in WINDOWS:
+        alone, busy = result["alone"][window], result[f"{others} others"][window]
+        result[f"{window}_streaming_vs_one_shot"] = (
+            alone["after_silence_median_s"] / alone["one_shot_median_s"]
+        )
+        result[f"{window}_streaming_busy_vs_alone"] = (
+            busy["after_silence_median_s"] / alone["after_silence_median_s"]
+        )
+    result["fit_streaming_vs_full_one_shot"] = (
+        result["alone"]["fit"]["after_silence_median_s"]
+        / result["alone"]["full"]["one_shot_median_s"]
+    )
+    return result
+
+
+def _paths(
+    tutor,
+    listener,
+    question_pcm: np.ndarray,
+    repeats: int,
+    answers: AnswerLog,
+    end_of_speech_s: float,
+) -> dict:
+    """Both paths' follow-ups 1..REPEATS after a first question each, taking turns."""
+    one_shot, hands_free = Student(tutor, question_pcm), Student(tutor, question_pcm)
+    times: dict[str, list[float]] = {"one_shot": [], "from_speech_end": [], "text_waited": []}
+    evaluated: dict[str, list[int]] = {"one_shot": [], "hands_free": []}
+    for k in range(repeats + 1):
+        seconds = one_shot.one_shot()
+        one_shot_evaluated = answers.evaluated[-1]
+        from_speech_end, waited = hands_free.hands_free(listener)
+        if k:  # the first is a first question: the others follow up
+            times["one_shot"].append(seconds)
+            times["from_speech_end"].append(from_speech_end)
+            times["text_waited"].append(waited)
+            evaluated["one_shot"].append(one_shot_evaluated)
+            evaluated["hands_free"].append(answers.evaluated[-1])
+    after_silence = [t - end_of_speech_s for t in times["from_speech_end"]]
+    return {
+        "one_shot_s": times["one_shot"],
+        "from_speech_end_s": times["from_speech_end"],
+        "after_silence_s": after_silence,
+        "text_waited_s": times["text_waited"],
+        "evaluated_after_sent": evaluated,
+        "one_shot_median_s": statistics.median(times["one_shot"]),
+        "after_silence_median_s": statistics.median(after_silence),
+        "from_speech_end_median_s": statistics.median(times["from_speech_end"]),
+        "text_waited_median_s": statistics.median(times["text_waited"]),
+    }
+
+
+def _pcm(clip: Path) -> np.ndarray:
+    """CLIP as the browser's microphone would send it: int16, mono, BROWSER_RATE."""
+    import soundfile
+    import soxr
+
+    samples, rate = soundfile.read(clip, dtype="float32", always_2d=True)
+    mono = soxr.resample(samples.mean(axis=1), rate, BROWSER_RATE)
+    return (np.clip(mono, -1, 1) * 32767).astype(np.int16)
+
+
+def markdown(r: dict) -> str:
+    others = f"{r['others']} others"
+    silence = r["end_of_speech_s"]
+    rows = []
+    for window in WINDOWS:
+
+        def row(label: str, key: str, window: str = window) -> str:
+            alone, busy = r["alone"][window][key], r[others][window][key]
+            return f"| {window} | {label} | {alone:.2f} | {busy:.2f} |"
+
+        rows += [
+            row("one-shot: Stop → first token", "one_shot_median_s"),
+            row(
+                f"hands-free: end of the {silence} s trailing silence → first token",
+                "after_silence_median_s",
+            ),
+            row("hands-free: end of the speech → first token", "from_speech_end_median_s"),
+            row("hands-free: its text ready after the trailing silence", "text_waited_median_s"),
+        ]
+    evaluated = {
+        window: {
+            path: statistics.median(n)
+            for path, n in r["alone"][window]["evaluated_after_sent"].items()
+        }
+        for window in WINDOWS
+    }
+    return "\n".join(
+        [
+            f"Memory bandwidth in this run: {r['ceiling']['read_bandwidth_gb_s']:.1f} GB/s. "
+            f"A spoken follow-up → its first answer token on the server (no browser), median "
+            f"of {r['repeats']}:",
+            "",
+            f"| Whisper window | path | alone (s) | with {others} answering (s) |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+            "Hands-free / one-shot, alone (goal ≤ 0.45×): "
+            + ", ".join(f"{w} window **{r[f'{w}_streaming_vs_one_shot']:.2f}×**" for w in WINDOWS)
+            + f"; hands-free with the fit window / today's one-shot (full): "
+            f"**{r['fit_streaming_vs_full_one_shot']:.2f}×**. Hands-free with {others} / alone "
+            "(goal ≤ 1.5×): "
+            + ", ".join(f"{w} window **{r[f'{w}_streaming_busy_vs_alone']:.2f}×**" for w in WINDOWS)
+            + ".",
+            "",
+            "Prompt tokens evaluated once the question was sent (median, alone; the prefill "
+            "evaluates the rest while the student is silent): "
+            + ", ".join(
+                f"{w}: one-shot {evaluated[w]['one_shot']:.0f}, hands-free "
+                f"{evaluated[w]['hands_free']:.0f}"
+                for w in WINDOWS
+            )
+            + ".",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.voice_server", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("runs/voice-server"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--others", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--end-of-speech-s",
+        type=float,
+        default=END_OF_QUESTION_S,
+        help="the trailing silence that sends a hands-free question",
+    )
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = run(args.repeats, args.others, args.threads, args.end_of_speech_s)
+    (args.out / "voice-server.json").write_text(json.dumps(result, indent=1))
+    (args.out / "voice-server.md").write_text(markdown(result) + "\n")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
