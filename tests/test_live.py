@@ -220,6 +220,41 @@ def test_words_a_student_goes_on_from_are_marked_outdated(transcriber, speech):
     assert heard[0][1].is_set()
 
 
+def _listen_with_partials(transcriber, audio, partials):
+    """(handovers to Whisper before the speech ended, words handed on, questions) for AUDIO
+    (speech[0] between silences) streamed to a listener with PARTIALS."""
+    recorder = Recorder(transcriber)
+    listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S, partials)
+    heard: list[str] = []
+    listener.on_words = lambda words, outdated: heard.append(words)
+    questions = _stream(listener, recorder, audio)
+    recorder.handover.submit(lambda: None).result()  # every callback has run
+    speech_end_s = (len(audio) - len(_silence(2.0))) / BROWSER_RATE
+    return sum(at < speech_end_s for at in recorder.handed_over_s), heard, questions
+
+
+def test_while_the_student_speaks_the_words_so_far_are_handed_on(transcriber, speech):
+    """Partials (the fitted window's): the piece still being spoken is transcribed now and then
+    for the prefill; the transcript is made of the whole pieces, as without them."""
+    audio = np.concatenate([_silence(0.5), speech[0], _silence(2.0)])
+    early, heard, questions = _listen_with_partials(transcriber, audio, threading.Semaphore(1))
+    early_without, heard_without, questions_without = _listen_with_partials(
+        transcriber, audio, None
+    )
+    assert early > early_without  # more of the speech went to Whisper while it was spoken
+    assert len(heard) > len(heard_without)
+    assert [q for _, q in questions] == [q for _, q in questions_without]  # the same transcript
+
+
+def test_a_partial_is_skipped_while_another_is_in_flight(transcriber, speech):
+    audio = np.concatenate([_silence(0.5), speech[0], _silence(2.0)])
+    elsewhere = threading.Semaphore(1)
+    elsewhere.acquire()  # another student's partial is being transcribed all along
+    early, heard, _ = _listen_with_partials(transcriber, audio, elsewhere)
+    early_without, heard_without, _ = _listen_with_partials(transcriber, audio, None)
+    assert (early, heard) == (early_without, heard_without)
+
+
 def test_students_beyond_the_listening_limit_hear_busy():
     from types import SimpleNamespace
 
@@ -227,7 +262,10 @@ def test_students_beyond_the_listening_limit_hear_busy():
     from tutor.page import Listeners
 
     tutor = SimpleNamespace(transcriber=SimpleNamespace(transcribe=lambda *_: ""))
-    listeners = Listeners(tutor, SimpleNamespace(max_listeners=2, end_of_speech_s=0.8))
+    listeners = Listeners(
+        tutor,
+        SimpleNamespace(max_listeners=2, end_of_speech_s=0.8, whisper_window="full", stt_url=""),
+    )
     first = listeners.of("a", "en")
     listeners.of("b", "en")
     assert listeners.of("a", "en") is first  # a student's next chunk: the same listener

@@ -9,14 +9,20 @@ to be the end of the question, the guess is the rest of the transcript, computed
 trailing silence; if the student goes on, it is dropped (or never started) and the piece joins
 the next one. Whenever the words so far are all transcribed, `on_words` hears them: the app
 prefills the model with the question they make (tutor.batching), so that the answer's prompt is
-mostly evaluated by the time the trailing silence sends it.
+mostly evaluated by the time the trailing silence sends it. With partials on (Whisper's `fit`
+window, whose cost follows the audio's length), the words of the piece still being spoken are
+transcribed every PARTIAL_EVERY_S as well, for the prefill only, so that when the question ends
+only its last words remain to be evaluated.
 
 How they share the cores: the VAD (Silero's ONNX model, ~6 ms of one core per second of audio)
 runs on the thread that receives the chunk; Whisper runs one piece at a time, on the one native
 thread that llama.cpp's answer steps also use (tutor.threads), so a piece's transcription holds
 the other students' answers for its duration, as an uploaded recording's does, and no more.
 A guess dropped before it starts never runs (one already running finishes, unused), so each
-pause costs at most one transcription. A prefill is prompt evaluation in the engine's steps: it
+pause costs at most one transcription. Partials are bounded app-wide: one in flight at a time
+(a student whose turn it would be skips it rather than queue), each at most PARTIAL_EVERY_S
+apart per student, each the speech so far in a window fitted to it (~0.1 s of encoder for 5 s
+of speech, plus its words' decoding). A prefill is prompt evaluation in the engine's steps: it
 takes a slot only while one is free and no one waits, gives it up to any real question at the
 next step, and is cancelled once its words are outdated, so it delays other students' tokens by
 at most its share of the steps it runs in, as a newcomer's prompt does (chunked prefill).
@@ -49,6 +55,9 @@ MAX_QUESTION_S = 60.0  # speech beyond this in one question ends it
 # and a cap bounds what noise mistaken for speech can cost.
 TOKENS_PER_S, MIN_TOKENS = 10, 16
 PREROLL_S = 1.0  # audio kept from before a question's first speech (Silero's start is padded)
+# While a student speaks, the words so far are transcribed this often (when partials are on),
+# for `on_words` only: the transcript itself is made of whole pieces cut at pauses.
+PARTIAL_EVERY_S = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +86,11 @@ class Listener:
         executor: ThreadPoolExecutor,
         language: str | None,
         end_of_question_s: float = END_OF_QUESTION_S,
+        partials: threading.Semaphore | None = None,
     ) -> None:
-        """TRANSCRIBE(audio at 16 kHz, language, max_tokens) → text runs on EXECUTOR."""
+        """TRANSCRIBE(audio at 16 kHz, language, max_tokens) → text runs on EXECUTOR.
+        PARTIALS, when given (one semaphore for all listeners: partial transcriptions in flight
+        app-wide), turns on partial transcriptions while the student speaks (PARTIAL_EVERY_S)."""
         from silero_vad import VADIterator
 
         self.transcribe = transcribe
@@ -102,6 +114,7 @@ class Listener:
         self._ended_id = 0
         self._outdated: threading.Event | None = None  # set once the words heard are outdated
         self._outdated_lock = threading.Lock()
+        self.partials = partials
         self._start_listening()
 
     def feed(self, rate: int, samples: np.ndarray) -> str | None:
@@ -112,6 +125,7 @@ class Listener:
             windows, self._pending = self._pending[:n], self._pending[n:]
             segments = self._listen(windows)
             if segments is None:
+                self._maybe_partial()
                 return None
             ended = time.perf_counter()
             text = _text_of(segments)
@@ -152,6 +166,7 @@ class Listener:
         self._last_end: int | None = None  # VAD sample of the last segment's end
         self._segments: list[Future] = []  # transcriptions of the question's finished segments
         self._guess: tuple[int, Future] | None = None  # (VAD sample it ends at, its transcript)
+        self._partial_end = 0  # where in _audio the last partial transcription ended
 
     def _to_16k(self, rate: int, samples: np.ndarray) -> np.ndarray:
         x = samples.astype(np.float32) / (32768.0 if samples.dtype == np.int16 else 1.0)
@@ -209,6 +224,24 @@ class Listener:
         if self._speech_start is not None:
             return False  # still speaking
         return self._heard - self._last_end >= self.end_of_question
+
+    def _maybe_partial(self) -> None:
+        """While the student speaks, every PARTIAL_EVERY_S: the open piece so far goes to
+        Whisper, and its words with the pieces' before it to `on_words` (the prefill then follows
+        the student). Never part of the transcript: a partial may end in the middle of a word."""
+        if self.partials is None or self.on_words is None or self._speech_start is None:
+            return
+        end = len(self._audio)
+        if end - max(self._cut, self._partial_end) < PARTIAL_EVERY_S * SAMPLE_RATE:
+            return
+        if not self.partials.acquire(blocking=False):
+            return  # another student's partial is in flight: this one is skipped, not queued
+        self._partial_end = end
+        future = self.executor.submit(self._transcribe_quietly, self._audio[self._cut : end].copy())
+        future.add_done_callback(lambda _: self.partials.release())
+        words = [*self._segments, future]
+        question = self._question_id
+        future.add_done_callback(lambda _: self._words_ready(question, words))
 
     def _segment(self, end: int) -> None:
         """Send the speech from the last cut to END to Whisper, in the background."""

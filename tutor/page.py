@@ -527,6 +527,10 @@ class Listeners:
         self._by_session: dict[str, Listener] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        # Partial transcriptions while students speak (tutor.live), one in flight app-wide: on
+        # only where a piece's cost follows its length (the local Whisper's fitted window).
+        fitted = settings.whisper_window == "fit" and not settings.stt_url
+        self._partials = threading.Semaphore(1) if fitted else None
 
     def of(self, session: str, language: str) -> Listener:
         """SESSION's listener (a new one on its first chunk); BusyError when too many listen."""
@@ -544,6 +548,7 @@ class Listeners:
                     self._executor,
                     language,
                     self.settings.end_of_speech_s,
+                    self._partials,
                 )
                 self._by_session[session] = listener
         listener.language = language
