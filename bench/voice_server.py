@@ -92,7 +92,7 @@ class Student:
         """Seconds from Stop (pressed as the speech ends) to the first answer token."""
         recording = np.concatenate([_silence(LEAD_S), self.question_pcm])
         stop = time.perf_counter()
-        question = self.tutor.transcribe((BROWSER_RATE, recording))
+        question = marked(self.tutor.transcribe((BROWSER_RATE, recording)), self.question_pcm)
         first, answer = _first_token(self.tutor.ask(question, MODE, self.history))
         self._answered(question, answer)
         return first - stop
@@ -122,6 +122,24 @@ class Student:
         first, answer = _first_token(self.tutor.ask(question, MODE, history))
         self._answered(question, answer)
         return first - (start + speech_end_s), listener.last_question.waited_s
+
+
+def marked(text: str, audio: np.ndarray, rate: int = BROWSER_RATE) -> str:
+    """TEXT with its AUDIO's length: the synthetic Whisper's text does not follow the audio (a
+    partial transcript is the final one), where a real partial lacks the last words spoken;
+    the mark makes a partial and the final text differ in their last words as real ones do."""
+    return f"{text} ({len(audio) / rate:.1f} seconds)"
+
+
+def listener_for(tutor, settings: Settings):
+    """A hands-free listener as the app's (partials with the fit window), transcripts marked."""
+    from tutor.audio import SAMPLE_RATE
+    from tutor.page import Listeners
+
+    def transcribe(audio: np.ndarray, language: str | None, max_tokens: int) -> str:
+        return marked(tutor.transcriber.transcribe(audio, language, max_tokens), audio, SAMPLE_RATE)
+
+    return Listeners(tutor, settings, transcribe).of("bench", "en")
 
 
 def _silence(seconds: float) -> np.ndarray:
@@ -157,7 +175,6 @@ class OtherStudents:
 def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict:
     """The figures: for each load and window, each path's follow-ups, alternating."""
     from tutor import app
-    from tutor.page import Listeners
 
     llama, whisper_ckpt = models.llama_1b_q4(), models.whisper_base()
     result: dict = {
@@ -188,8 +205,7 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict
                     print(f"voice on the server, {load}, Whisper window {window} …", flush=True)
                     tutor.transcriber.window = window
                     # As the app would listen with this window (partials with `fit`).
-                    windowed = replace(settings, whisper_window=window)
-                    listener = Listeners(tutor, windowed).of("bench", "en")
+                    listener = listener_for(tutor, replace(settings, whisper_window=window))
                     result.setdefault(load, {})[window] = _paths(
                         tutor, listener, question_pcm, repeats, answers, end_of_speech_s
                     )

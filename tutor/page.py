@@ -521,9 +521,16 @@ class Listeners:
     """Hands-free listeners (tutor.live), one per session listening, at most --max-listeners;
     a session's goes when its microphone stops or its page closes."""
 
-    def __init__(self, tutor: Tutor, settings: Settings) -> None:
+    def __init__(
+        self,
+        tutor: Tutor,
+        settings: Settings,
+        transcribe: Callable[..., str] | None = None,
+    ) -> None:
+        """TRANSCRIBE: a piece's text (tutor.live.Listener's); the tutor's transcriber's."""
         self.tutor = tutor
         self.settings = settings
+        self.transcribe = transcribe or tutor.transcriber.transcribe
         self._by_session: dict[str, Listener] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -544,7 +551,7 @@ class Listeners:
                     # native thread, which answers share: tutor.live says how).
                     self._executor = ThreadPoolExecutor(1, thread_name_prefix="live-whisper")
                 listener = Listener(
-                    self.tutor.transcriber.transcribe,
+                    self.transcribe,
                     self._executor,
                     language,
                     self.settings.end_of_speech_s,
