@@ -18,7 +18,18 @@ import tempfile
 from pathlib import Path
 
 from bench.harness import running_app
-from bench import app, concurrency, hardware, llm, models, remote, report, speech, voice
+from bench import (
+    app,
+    concurrency,
+    hardware,
+    llm,
+    models,
+    remote,
+    report,
+    speech,
+    voice,
+    voice_server,
+)
 from tutor.defaults import DEFAULT_PARALLEL
 from tutor.live import END_OF_QUESTION_S
 
@@ -47,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         "--voice-repeats",
         type=int,
         default=3,
-        help="spoken follow-ups per path and load in the hands-free part (bench.voice)",
+        help="spoken follow-ups per path and load in the hands-free part (bench.voice_server, "
+        "bench.voice)",
     )
     parser.add_argument(
         "--remote-rounds",
@@ -101,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             llama, whisper_ckpt, args.threads, args.remote_rounds, args.repeats, args.new_tokens
         )
     if "hands-free" in args.parts:
+        print("a spoken follow-up, hands-free and one-shot, on the server …", flush=True)
+        results["hands_free_server"] = voice_server.run(
+            args.voice_repeats, 4, args.threads, END_OF_QUESTION_S
+        )
         print("a spoken follow-up, hands-free and one-shot, through the page …", flush=True)
         results["hands_free"] = voice.run(
             args.voice_repeats, 4, args.threads, END_OF_QUESTION_S, args.out / "voice-app.log"

@@ -9,6 +9,7 @@ from bench.concurrency import GOALS as CONCURRENCY_GOALS
 from bench.goals import at_least, at_most
 from bench.remote import markdown as remote_markdown
 from bench.voice import markdown as voice_markdown
+from bench.voice_server import markdown as voice_server_markdown
 from train.plots import plot_bars, plot_lines
 from tutor.files import atomic_output
 
@@ -51,8 +52,20 @@ def markdown(results: dict) -> str:
         lines += _concurrency_markdown(results)
     if "remote" in results:
         lines += ["", *remote_markdown(results["remote"])]
+    if "hands_free_server" in results:
+        lines += [
+            "",
+            "Hands-free on the server (bench.voice_server):",
+            "",
+            voice_server_markdown(results["hands_free_server"]),
+        ]
     if "hands_free" in results:
-        lines += ["", "Hands-free (bench.voice):", "", voice_markdown(results["hands_free"])]
+        lines += [
+            "",
+            "Hands-free through the page (bench.voice):",
+            "",
+            voice_markdown(results["hands_free"]),
+        ]
     return "\n".join(lines) + "\n"
 
 

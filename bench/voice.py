@@ -4,6 +4,7 @@ transcribed into the box, then Send), side by side against one app; alone, then 
 students' answers streaming.
 
     python -m bench.voice [--out runs/voice] [--repeats 3] [--others 4] [--end-of-speech-s 0.8]
+                          [--whisper-window full|fit]
 
 Both paths go through the page in Chromium, which here shares the app's 2 cores (on a Space it
 runs on the student's device): one-shot is timed from the recording's upload (a student who
@@ -209,7 +210,14 @@ def _text_waits(log: Path, skip: int) -> tuple[list[float], int]:
     return waits, len(lines)
 
 
-def run(repeats: int, others: int, threads: int, end_of_speech_s: float, log: Path) -> dict:
+def run(
+    repeats: int,
+    others: int,
+    threads: int,
+    end_of_speech_s: float,
+    log: Path,
+    whisper_window: str = "full",
+) -> dict:
     """The figures; the app's log (each hands-free question's timing) goes to LOG."""
     llama, whisper_ckpt = models.llama_1b_q4(), models.whisper_base()
     result: dict = {
@@ -217,6 +225,7 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float, log: Pa
         "repeats": repeats,
         "others": others,
         "end_of_speech_s": end_of_speech_s,
+        "whisper_window": whisper_window,
     }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -230,6 +239,7 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float, log: Pa
             prompts=prompts(folder / "p"),
             parallel=others + 1,
             end_of_speech_s=end_of_speech_s,
+            whisper_window=whisper_window,
             log=log,
         ) as served:
             print("voice: the app's CPU while a student listens to silence …", flush=True)
@@ -282,6 +292,7 @@ def markdown(r: dict) -> str:
     return "\n".join(
         [
             f"Memory bandwidth in this run: {r['ceiling']['read_bandwidth_gb_s']:.1f} GB/s. "
+            f"Whisper's window: {r.get('whisper_window', 'full')}. "
             f"A spoken follow-up → its first answer token, median of {r['repeats']}:",
             "",
             "| path | alone (s) | with " + others + " answering (s) |",
@@ -328,10 +339,18 @@ def main(argv: list[str] | None = None) -> None:
         default=END_OF_QUESTION_S,
         help="the trailing silence that sends a hands-free question",
     )
+    parser.add_argument(
+        "--whisper-window", choices=["full", "fit"], default="full", help="the app's"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     result = run(
-        args.repeats, args.others, args.threads, args.end_of_speech_s, args.out / "app.log"
+        args.repeats,
+        args.others,
+        args.threads,
+        args.end_of_speech_s,
+        args.out / "app.log",
+        args.whisper_window,
     )
     (args.out / "voice.json").write_text(json.dumps(result, indent=1))
     (args.out / "voice.md").write_text(markdown(result) + "\n")

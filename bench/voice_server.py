@@ -34,7 +34,6 @@ import numpy as np
 from bench import hardware, models, speech, voice
 from bench.llm import QUESTIONS
 from tutor.live import END_OF_QUESTION_S
-from tutor.llm import InLine
 from tutor.settings import Settings
 
 BROWSER_RATE = 48000  # Hz: what the page's microphone streams, and its recordings hold
@@ -56,11 +55,12 @@ class AnswerLog(logging.Handler):
             self.evaluated.append(int(m.group(1)))
 
 
-def _first_token(stream: Iterator[str | InLine]) -> tuple[float, str]:
-    """(when the answer's first text came, the whole answer): the stream is read to its end."""
+def _first_token(stream: Iterator) -> tuple[float, str]:
+    """(when the answer's first text came, the whole answer): the stream (text, and places in
+    line) is read to its end."""
     first, answer = None, ""
     for piece in stream:
-        if isinstance(piece, InLine) or not piece:
+        if not isinstance(piece, str) or not piece:
             continue
         if first is None:
             first = time.perf_counter()
