@@ -17,7 +17,8 @@ step (`Scheduler.step`, always on the llama.cpp thread):
 A prefill request (`Request.prefill_only`) evaluates a prompt that is likely to come, and stops
 there: the question a hands-free student has just spoken, while the trailing silence that will
 send it runs. It takes only a slot that is free while no one waits, and gives the slot up to any
-real request; a real request for the same prompt then finds all but its last token cached.
+real request; a real request for the same prompt then finds all but its last token cached. A
+prefill whose prompt a real request already holds (its question came first) is dropped.
 
 Sequence ids: 0..N-1 are the slots, N.. the pinned prefixes (mode prompts).
 """

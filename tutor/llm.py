@@ -101,7 +101,8 @@ class Activity:
     saved_conversations: int  # conversation KV caches kept outside the context
     saved_bytes: int
     ended: dict[str, int]  # answers so far, by how they ended: eot, max_tokens, cancelled, ...
-    # prefills so far (tutor.batching), by how they ended: done, superseded, skipped, cancelled
+    # prefills so far (tutor.batching), by how they ended: done, superseded, skipped, asked,
+    # cancelled
     prefills_ended: dict[str, int] = field(default_factory=dict)
 
 
