@@ -18,13 +18,14 @@ with synthetic weights (bench.models).
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import json
 import re
 import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -168,13 +169,13 @@ def _mode_tag(bot) -> str:
 
 
 class OtherStudents:
-    """N clients whose long answers stream while the measurement runs."""
+    """N students asking again and again while the measurement runs: ASK(i, stopping) asks
+    student i's question until STOPPING is set (their answers are long)."""
 
-    def __init__(self, url: str, n: int) -> None:
-        self.url, self.n = url, n
+    def __init__(self, n: int, ask: Callable[[int, threading.Event], None]) -> None:
         self.stopping = threading.Event()
         self.threads = [
-            threading.Thread(target=self._ask, args=(i,), daemon=True) for i in range(n)
+            threading.Thread(target=ask, args=(i, self.stopping), daemon=True) for i in range(n)
         ]
 
     def __enter__(self) -> OtherStudents:
@@ -184,22 +185,28 @@ class OtherStudents:
 
     def __exit__(self, *_) -> None:
         self.stopping.set()
+        for t in self.threads:
+            t.join(timeout=60)  # an answer stops at its next token
 
-    def _ask(self, i: int) -> None:
-        from gradio_client import Client  # here: `--help` need not wait for it
 
-        client = Client(self.url, verbose=False)
-        while not self.stopping.is_set():
-            job = client.submit(
-                QUESTIONS[i % len(QUESTIONS)] + f" ({i})", "explain", [], api_name="/ask"
-            )
-            try:
-                for _ in job:
-                    if self.stopping.is_set():
-                        job.cancel()
-                        break
-            except Exception:  # the app went away at the end of the run
-                return
+def other_question(i: int) -> str:
+    return QUESTIONS[i % len(QUESTIONS)] + f" ({i})"
+
+
+def _ask_the_app(url: str, i: int, stopping: threading.Event) -> None:
+    """Student I asks the app at URL through its API until STOPPING."""
+    from gradio_client import Client  # here: `--help` need not wait for it
+
+    client = Client(url, verbose=False)
+    while not stopping.is_set():
+        job = client.submit(other_question(i), "explain", [], api_name="/ask")
+        try:
+            for _ in job:
+                if stopping.is_set():
+                    job.cancel()
+                    break
+        except Exception:  # the app went away at the end of the run
+            return
 
 
 def _text_waits(log: Path, skip: int) -> tuple[list[float], int]:
@@ -247,10 +254,8 @@ def run(
             read = 0
             for load in ("alone", f"{others} others"):
                 print(f"voice, {load}: one-shot, then hands-free …", flush=True)
-                with (
-                    OtherStudents(served.url, others)
-                    if load != "alone"
-                    else contextlib.nullcontext()
+                with OtherStudents(
+                    others if load != "alone" else 0, functools.partial(_ask_the_app, served.url)
                 ):
                     api = app.voice_to_first_token(served.url, clip, repeats)["follow_up_each_s"]
                     one_shot = one_shot_in_page(served.url, clip, folder, repeats)

@@ -18,6 +18,7 @@ tokens, the others' 600 (bench.voice.prompts).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import re
@@ -32,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 from bench import hardware, models, speech, voice
-from bench.llm import QUESTIONS
 from tutor.live import END_OF_QUESTION_S
 from tutor.settings import Settings
 
@@ -146,30 +146,11 @@ def _silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * BROWSER_RATE), np.int16)
 
 
-class OtherStudents:
-    """N students whose long answers stream while the measurement runs."""
-
-    def __init__(self, tutor, n: int) -> None:
-        self.tutor, self.stopping = tutor, threading.Event()
-        self.threads = [
-            threading.Thread(target=self._ask, args=(i,), daemon=True) for i in range(n)
-        ]
-
-    def __enter__(self) -> OtherStudents:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.stopping.set()
-        for t in self.threads:
-            t.join()
-
-    def _ask(self, i: int) -> None:
-        while not self.stopping.is_set():
-            question = QUESTIONS[i % len(QUESTIONS)] + f" ({i})"
-            for _ in self.tutor.ask(question, "explain", [], cancel=self.stopping):
-                pass
+def _ask_the_tutor(tutor, i: int, stopping: threading.Event) -> None:
+    """Student I asks TUTOR until STOPPING (the answer in flight stops at its next token)."""
+    while not stopping.is_set():
+        for _ in tutor.ask(voice.other_question(i), "explain", [], cancel=stopping):
+            pass
 
 
 def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict:
@@ -200,7 +181,8 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict
         )
         tutor = app.load(settings).tutor
         for load in ("alone", f"{others} others"):
-            with OtherStudents(tutor, others if load != "alone" else 0):
+            others_now = others if load != "alone" else 0
+            with voice.OtherStudents(others_now, functools.partial(_ask_the_tutor, tutor)):
                 for window in WINDOWS:
                     print(f"voice on the server, {load}, Whisper window {window} …", flush=True)
                     tutor.transcriber.window = window

@@ -273,3 +273,19 @@ def test_students_beyond_the_listening_limit_hear_busy():
         listeners.of("c", "en")
     listeners.close("a")  # a page closed, or its microphone stopped
     listeners.of("c", "en")
+
+
+def test_partials_only_where_a_piece_costs_what_its_length_does():
+    """Partials with the local Whisper's fitted window; not with its 30 s window (each would
+    cost a whole window), nor with a speech server (its cost is not known here)."""
+    from types import SimpleNamespace
+
+    from tutor.page import Listeners
+
+    tutor = SimpleNamespace(transcriber=SimpleNamespace(transcribe=lambda *_: ""))
+    for window, stt_url, partials in (("fit", "", True), ("full", "", False), ("fit", "x", False)):
+        settings = SimpleNamespace(
+            max_listeners=2, end_of_speech_s=0.8, whisper_window=window, stt_url=stt_url
+        )
+        listener = Listeners(tutor, settings).of("a", "en")
+        assert (listener.partials is not None) == partials

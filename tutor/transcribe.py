@@ -8,7 +8,7 @@ decoding exactly as it is.
 
 The encoder's window is 30 s whatever the audio's length (`full`, how Whisper was trained). The
 `fit` window encodes only the audio and FIT_MARGIN_S of silence after it, in steps of
-FIT_STEP_S: the encoder's cost follows the audio's length (about 6× less for a 5 s question),
+FIT_STEP_S: the encoder's cost follows the audio's length (a 5 s question: a 10 s window),
 as whisper.cpp's `audio_ctx` does. Its accuracy was not measured here (no real weights can be
 fetched); users of whisper.cpp report little loss with such a margin, and repetitions or
 truncated text without one (ggml-org/whisper.cpp#1855, #137).
