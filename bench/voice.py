@@ -332,10 +332,10 @@ def markdown(r: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.voice", description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("runs/voice"))
-    parser.add_argument("--repeats", type=int, default=3)
+def add_voice_arguments(parser: argparse.ArgumentParser, out: str, repeats: int) -> None:
+    """The options both voice benches take (this one and bench.voice_server)."""
+    parser.add_argument("--out", type=Path, default=Path(out))
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--others", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -344,6 +344,11 @@ def main(argv: list[str] | None = None) -> None:
         default=END_OF_QUESTION_S,
         help="the trailing silence that sends a hands-free question",
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.voice", description=__doc__)
+    add_voice_arguments(parser, "runs/voice", 3)
     parser.add_argument(
         "--whisper-window", choices=["full", "fit"], default="full", help="the app's"
     )

@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 from bench import hardware, models, speech, voice
-from tutor.live import END_OF_QUESTION_S
 from tutor.settings import Settings
 
 BROWSER_RATE = 48000  # Hz: what the page's microphone streams, and its recordings hold
@@ -309,16 +308,7 @@ def markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.voice_server", description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("runs/voice-server"))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--others", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--end-of-speech-s",
-        type=float,
-        default=END_OF_QUESTION_S,
-        help="the trailing silence that sends a hands-free question",
-    )
+    voice.add_voice_arguments(parser, "runs/voice-server", 5)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     result = run(args.repeats, args.others, args.threads, args.end_of_speech_s)
