@@ -13,6 +13,7 @@ import soundfile
 import soxr
 
 from bench.vad import non_speech
+from tutor import audio
 from tutor.audio import SAMPLE_RATE
 from tutor.live import MIN_SEGMENT_S, PAUSE_S, Listener
 from tutor.transcribe import Transcriber, load_whisper
@@ -137,6 +138,54 @@ def test_a_guess_at_a_pause_is_dropped_when_the_student_goes_on(transcriber, spe
     assert listener.last_question.pieces == 1
     # The one piece kept holds both utterances: the first was not lost with its guess.
     assert recorder.lengths_s[-1] > 2 * len(short) / BROWSER_RATE - 0.5
+
+
+LOUD = 10 ** (-30 / 20)  # a sample this loud (-30 dBFS) is speech, not the room
+
+
+def _covered(recording: np.ndarray, pieces: list[np.ndarray]) -> np.ndarray:
+    """Which samples of RECORDING (16 kHz) the PIECES handed to the transcriber hold."""
+    covered = np.zeros(len(recording), bool)
+    for piece in pieces:
+        k = int(np.argmax(np.abs(piece)))  # a distinctive sample, then the whole piece
+        starts = [i - k for i in np.flatnonzero(recording == piece[k]) if i >= k]
+        start = next(a for a in starts if np.array_equal(recording[a : a + len(piece)], piece))
+        covered[start : start + len(piece)] = True
+    return covered
+
+
+@pytest.mark.parametrize(
+    "clips, gap_s, chunk_s",
+    [
+        (["LJ001-0009"], 0.0, CHUNK_S),  # Silero's start comes 0.1 s after "Printing" begins
+        (["LJ001-0025"], 0.0, CHUNK_S),  # ... and 0.35 s after this one's first sound
+        (["LJ001-0001", "LJ001-0002"], 0.5, CHUNK_S),  # one question, cut at its pause
+        # Two questions, the second begun in the chunk that ended the first (chunks bunched up
+        # on a slow link): the rest of that chunk is the next question's start.
+        (["LJ001-0002", "LJ001-0009"], END_OF_QUESTION_S + 0.1, 1.0),
+    ],
+    ids=["soft-onset", "late-start", "two-breaths", "two-questions"],
+)
+def test_every_loud_sample_of_the_speech_reaches_the_transcriber(assets, clips, gap_s, chunk_s):
+    pieces: list[np.ndarray] = []
+
+    def keep(audio: np.ndarray, language: str | None, max_tokens: int) -> str:
+        pieces.append(audio.copy())
+        return "words"
+
+    gap = np.zeros(int(gap_s * SAMPLE_RATE), np.float32)
+    speech = [audio.load(assets / f"speech/ljspeech/{name}.wav") for name in clips]
+    recording = np.concatenate(
+        [np.zeros(SAMPLE_RATE // 2, np.float32), *[x for s in speech for x in (s, gap)][:-1]]
+        + [np.zeros(2 * SAMPLE_RATE, np.float32)]
+    )
+    with ThreadPoolExecutor(1) as executor:
+        listener = Listener(keep, executor, "en", END_OF_QUESTION_S)
+        step = int(chunk_s * SAMPLE_RATE)
+        for start in range(0, len(recording), step):
+            listener.feed(SAMPLE_RATE, recording[start : start + step])
+    loud = np.abs(recording) > LOUD
+    assert loud.any() and not (loud & ~_covered(recording, pieces)).any()
 
 
 def test_noise_and_silence_are_not_questions(transcriber):

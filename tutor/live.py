@@ -55,6 +55,15 @@ MAX_QUESTION_S = 60.0  # speech beyond this in one question ends it
 # and a cap bounds what noise mistaken for speech can cost.
 TOKENS_PER_S, MIN_TOKENS = 10, 16
 PREROLL_S = 1.0  # audio kept from before a question's first speech (Silero's start is padded)
+# Silero's streaming events bound speech tightly (30 ms of padding at the start; none at the end),
+# and a soft onset or a word's fading end falls outside them: on the shared clips its start came
+# up to 0.35 s after the first loud sample (> -30 dBFS), and a recognizer trained on real speech
+# loses or changes a word cut there (bench.streaming_wer). So a question's first piece starts
+# PIECE_LEAD_S before its first speech (from the pre-roll), and each piece ends PIECE_TAIL_S into
+# the pause after its speech (half of PAUSE_S: audio already heard when the pause is noticed; the
+# next piece starts there, so nothing is lost or heard twice).
+PIECE_LEAD_S = 0.5
+PIECE_TAIL_S = PAUSE_S / 2
 # While a student speaks, the words so far are transcribed this often (when partials are on),
 # for `on_words` only: the transcript itself is made of whole pieces cut at pauses.
 PARTIAL_EVERY_S = 1.0
@@ -87,10 +96,13 @@ class Listener:
         language: str | None,
         end_of_question_s: float = END_OF_QUESTION_S,
         partials: threading.Semaphore | None = None,
+        margins_s: tuple[float, float] = (PIECE_LEAD_S, PIECE_TAIL_S),
     ) -> None:
         """TRANSCRIBE(audio at 16 kHz, language, max_tokens) → text runs on EXECUTOR.
         PARTIALS, when given (one semaphore for all listeners: partial transcriptions in flight
-        app-wide), turns on partial transcriptions while the student speaks (PARTIAL_EVERY_S)."""
+        app-wide), turns on partial transcriptions while the student speaks (PARTIAL_EVERY_S).
+        MARGINS_S: audio kept before a question's first speech and after each piece's speech
+        (PIECE_LEAD_S, PIECE_TAIL_S)."""
         from silero_vad import VADIterator
 
         self.transcribe = transcribe
@@ -115,6 +127,7 @@ class Listener:
         self._outdated: threading.Event | None = None  # set once the words heard are outdated
         self._outdated_lock = threading.Lock()
         self.partials = partials
+        self._lead, self._tail_after = (int(m * SAMPLE_RATE) for m in margins_s)  # samples
         self._start_listening()
 
     def feed(self, rate: int, samples: np.ndarray) -> str | None:
@@ -162,6 +175,7 @@ class Listener:
         self._audio = np.zeros(0, np.float32)  # the question so far, from its pre-roll
         self._offset = 0  # VAD sample at which _audio starts
         self._cut = 0  # where in _audio the next segment starts
+        self._spoken_from = 0  # where in _audio the next segment's speech starts (its length)
         self._speech_start: int | None = None  # VAD sample of the open segment's start
         self._last_end: int | None = None  # VAD sample of the last segment's end
         self._segments: list[Future] = []  # transcriptions of the question's finished segments
@@ -199,22 +213,32 @@ class Listener:
                     if not in_question:  # a question begins
                         self._audio, self._preroll = self._preroll, np.zeros(0, np.float32)
                         self._offset = self._heard - len(self._audio)
-                        self._cut = max(0, event["start"] - self._offset)
+                        self._spoken_from = max(0, event["start"] - self._offset)
+                        self._cut = max(0, self._spoken_from - self._lead)
                     self._drop_guess()  # the student goes on: the pause did not end it
                     self._speech_start = event["start"]
                 if "end" in event and self._speech_start is not None:
                     if event["end"] - self._speech_start >= MIN_SPEECH_S * SAMPLE_RATE:
                         self._last_end = event["end"]
-                        if event["end"] - self._offset - self._cut >= MIN_SEGMENT_S * SAMPLE_RATE:
-                            self._segment(event["end"])
+                        spoken = event["end"] - self._offset - self._spoken_from
+                        tail = self._tail(event["end"])
+                        if spoken >= MIN_SEGMENT_S * SAMPLE_RATE:
+                            self._segment(tail)
                         else:  # perhaps the question's end: its rest, transcribed meanwhile
-                            self._guess = (event["end"], self._transcription(event["end"]))
+                            self._guess = (event["end"], self._transcription(tail))
                     elif self._last_end is None:  # only a burst so far: no question began
                         self._start_question()
                     self._speech_start = None
                 if self._question_ended():
+                    # The chunk's rest is the next question's pre-roll (or its start).
+                    self._pending = np.concatenate([windows[i + VAD_WINDOW :], self._pending])
                     return self._finish()
         return None
+
+    def _tail(self, end: int) -> int:
+        """Where a piece whose speech ends at END (a VAD sample) is cut: PIECE_TAIL_S into the
+        pause, as far as it has been heard."""
+        return min(end + self._tail_after, self._heard)
 
     def _question_ended(self) -> bool:
         if self._speech_start is None and self._last_end is None:
@@ -246,7 +270,7 @@ class Listener:
     def _segment(self, end: int) -> None:
         """Send the speech from the last cut to END to Whisper, in the background."""
         self._segments.append(self._transcription(end))
-        self._cut = max(self._cut, end - self._offset)
+        self._cut = self._spoken_from = max(self._cut, end - self._offset)
 
     def _transcription(self, end: int) -> Future:
         """The speech from the last cut to END, sent to Whisper in the background; once it and
@@ -310,8 +334,8 @@ class Listener:
         elif self._guess is not None and self._guess[0] == self._last_end:
             self._segments.append(self._guess[1])  # the rest, sent at the last pause
             self._guess = None
-        elif self._last_end - self._offset > self._cut:  # the speech since the last cut
-            self._segment(self._last_end)
+        elif self._tail(self._last_end) - self._offset > self._cut:  # speech since the last cut
+            self._segment(self._tail(self._last_end))
         segments = self._segments
         self._ended_id = self._question_id
         self._start_question()
