@@ -1,0 +1,202 @@
+"""Hands-free transcripts (tutor.live: pieces cut at the VAD's pauses, transcribed one by one)
+against the one-shot transcript of the same recording, by word error rate, on the shared clips.
+
+    python -m bench.streaming_wer [--out runs/streaming-wer]
+
+The recognizer is CMU PocketSphinx (its US English model ships inside its PyPI wheel), not
+Whisper: Whisper's weights cannot be fetched here, and the synthetic ones' text does not follow
+the audio. A recognizer trained on real speech still shows what cutting at pauses costs: a word
+cut in half, or a piece too short to recognise, is an error of the hands-free transcript that the
+one-shot transcript of the same audio does not make. What it cannot show is Whisper's own
+behaviour across a cut (Whisper uses more context than PocketSphinx does).
+
+Questions: each clip alone (LEAD_S of silence before it, TRAIL_S after), and each two consecutive
+clips joined by a BREATH_S pause (a question said in two breaths: the listener cuts it there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import jiwer
+import numpy as np
+
+from train.assets import assets_dir
+from tutor import audio
+from tutor.audio import SAMPLE_RATE, AudioError
+from tutor.live import END_OF_QUESTION_S, PIECE_LEAD_S, PIECE_TAIL_S, Listener
+
+LEAD_S = 0.5  # silence before a question
+TRAIL_S = END_OF_QUESTION_S + 0.7  # after it: enough for the trailing silence to end it
+BREATH_S = 0.5  # the pause inside a two-breath question (shorter than the trailing silence)
+# How pieces are cut: the app's margins around speech (tutor.live) against none.
+MARGINS = {
+    f"{PIECE_LEAD_S:.2f} s before, {PIECE_TAIL_S:.2f} s after (the app)": (
+        PIECE_LEAD_S,
+        PIECE_TAIL_S,
+    ),
+    "at Silero's bounds": (0.0, 0.0),
+}
+CHUNK_S = 0.25  # what the page streams at a time (tutor.page.LISTEN_CHUNK_S)
+# Case and punctuation are not words: the references have them, PocketSphinx writes neither.
+WORDS = jiwer.Compose(
+    [
+        jiwer.ToLowerCase(),
+        jiwer.RemovePunctuation(),
+        jiwer.RemoveMultipleSpaces(),
+        jiwer.Strip(),
+        jiwer.ReduceToListOfListOfWords(),
+    ]
+)
+
+
+class PocketSphinx:
+    """Speech (float32 at 16 kHz) → lower-case words; one decoder, used by one thread at a time."""
+
+    def __init__(self) -> None:
+        from pocketsphinx import Decoder
+
+        self.decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
+
+    def __call__(self, samples: np.ndarray, language: str | None = None, _tokens: int = 0) -> str:
+        pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes()
+        self.decoder.start_utt()
+        self.decoder.process_raw(pcm, full_utt=True)
+        self.decoder.end_utt()
+        hypothesis = self.decoder.hyp()
+        return hypothesis.hypstr if hypothesis else ""
+
+
+@dataclass(frozen=True)
+class Question:
+    name: str
+    speech: list[np.ndarray]  # its breaths, at 16 kHz
+    reference: str
+
+    def recording(self) -> np.ndarray:
+        """Silence, the breaths with BREATH_S between them, silence: what the microphone hears."""
+        gap = np.zeros(int(BREATH_S * SAMPLE_RATE), np.float32)
+        parts = [np.zeros(int(LEAD_S * SAMPLE_RATE), np.float32)]
+        for i, breath in enumerate(self.speech):
+            parts += [gap, breath] if i else [breath]
+        parts.append(np.zeros(int(TRAIL_S * SAMPLE_RATE), np.float32))
+        return np.concatenate(parts)
+
+
+def questions(speech_dir: Path) -> dict[str, list[Question]]:
+    """The shared clips as one-breath questions, and consecutive pairs as two-breath ones."""
+    rows = [json.loads(line) for line in (speech_dir / "transcripts.jsonl").open()]
+    clips = [(Path(r["audio"]).stem, audio.load(speech_dir / r["audio"]), r["text"]) for r in rows]
+    single = [Question(name, [x], text) for name, x, text in clips]
+    pairs = [
+        Question(f"{a[0]}+{b[0]}", [a[1], b[1]], f"{a[2]} {b[2]}")
+        for a, b in zip(clips[::2], clips[1::2])
+    ]
+    return {"one breath": single, "two breaths": pairs}
+
+
+def hands_free(listener: Listener, recording: np.ndarray) -> tuple[str, int]:
+    """(the text of the questions heard in RECORDING, their pieces), RECORDING fed to LISTENER
+    as the page streams it. A pause longer than the trailing silence (JFK's) ends a question:
+    the speech after it is the next one."""
+    step = int(CHUNK_S * SAMPLE_RATE)
+    listener.reset()
+    texts, pieces = [], 0
+    for begin in range(0, len(recording), step):
+        try:
+            text = listener.feed(SAMPLE_RATE, recording[begin : begin + step])
+        except AudioError:  # a question with no words recognised
+            text = ""
+        if text is not None:
+            texts.append(text)
+            pieces += listener.last_question.pieces
+    if not texts:
+        raise RuntimeError("the listener heard no question")
+    return " ".join(texts), pieces
+
+
+def wer(reference: list[str], hypothesis: list[str]) -> float:
+    """Word error rate of HYPOTHESIS against REFERENCE, over all their sentences together."""
+    return jiwer.wer(reference, hypothesis, reference_transform=WORDS, hypothesis_transform=WORDS)
+
+
+def run() -> dict:
+    """Both sets of questions, cut with the app's margins and with none (Silero's own bounds)."""
+    recognise, one_shot = PocketSphinx(), PocketSphinx()
+    result: dict = {"recognizer": "pocketsphinx (en-us)", "margins": {}}
+    sets = questions(assets_dir() / "speech")
+    shots = {kind: [one_shot(q.recording()) for q in asked] for kind, asked in sets.items()}
+    with ThreadPoolExecutor(1, thread_name_prefix="live") as executor:
+        for margins, margins_s in MARGINS.items():
+            listener = Listener(recognise, executor, "en", margins_s=margins_s)
+            for kind, asked in sets.items():
+                print(f"{kind}, {margins} …", flush=True)
+                rows = []
+                for q, shot in zip(asked, shots[kind]):
+                    streamed, pieces = hands_free(listener, q.recording())
+                    rows.append(
+                        {
+                            "question": q.name,
+                            "pieces": pieces,
+                            "reference": q.reference,
+                            "one_shot": shot,
+                            "hands_free": streamed,
+                        }
+                    )
+                result["margins"].setdefault(margins, {})[kind] = _scores(asked, rows)
+    return result
+
+
+def _scores(asked: list[Question], rows: list[dict]) -> dict:
+    refs, shots, frees = ([r[key] for r in rows] for key in ("reference", "one_shot", "hands_free"))
+    return {
+        "questions": len(rows),
+        "speech_s": sum(sum(len(b) for b in q.speech) for q in asked) / SAMPLE_RATE,
+        "pieces_mean": statistics.mean(r["pieces"] for r in rows),
+        "wer_hands_free_vs_one_shot": wer(shots, frees),
+        "wer_one_shot_vs_reference": wer(refs, shots),
+        "wer_hands_free_vs_reference": wer(refs, frees),
+        "rows": rows,
+    }
+
+
+def markdown(r: dict) -> str:
+    rows = [
+        f"| {margins} | {kind} | {s['questions']} | {s['speech_s']:.0f} | {s['pieces_mean']:.2f} "
+        f"| **{s['wer_hands_free_vs_one_shot']:.1%}** | {s['wer_one_shot_vs_reference']:.1%} "
+        f"| {s['wer_hands_free_vs_reference']:.1%} |"
+        for margins, sets in r["margins"].items()
+        for kind, s in sets.items()
+    ]
+    return "\n".join(
+        [
+            f"Hands-free transcripts (cut at pauses) vs one-shot, recognizer: {r['recognizer']} "
+            "(Whisper's weights cannot be fetched here):",
+            "",
+            "| pieces cut | questions | n | speech (s) | pieces per question "
+            "| WER hands-free vs one-shot | WER one-shot vs reference "
+            "| WER hands-free vs reference |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.streaming_wer", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("runs/streaming-wer"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = run()
+    (args.out / "streaming-wer.json").write_text(json.dumps(result, indent=1))
+    (args.out / "streaming-wer.md").write_text(markdown(result) + "\n")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
