@@ -111,15 +111,25 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def slow_app_url(slow_gguf, tiny_whisper_path, tmp_path_factory):
+def slow_app_log(tmp_path_factory) -> Path:
+    """Where the app at slow_app_url logs (one line per answer: its prompt tokens evaluated)."""
+    return tmp_path_factory.mktemp("logs") / "app.log"
+
+
+@pytest.fixture(scope="session")
+def slow_app_url(slow_gguf, tiny_whisper_path, slow_app_log, tmp_path_factory):
     """The app on the slow model (long, greedy answers) and the tiny Whisper, for the browser
     tests; shared by them (each browser is its own session)."""
     from bench.app import greedy_prompts
     from bench.harness import running_app
 
     prompts = greedy_prompts(tmp_path_factory.mktemp("prompts"), 160)  # long, reproducible
-    log = tmp_path_factory.mktemp("logs") / "app.log"
     with running_app(
-        model=slow_gguf, whisper=tiny_whisper_path, prompts=prompts, threads=2, n_ctx=2048, log=log
+        model=slow_gguf,
+        whisper=tiny_whisper_path,
+        prompts=prompts,
+        threads=2,
+        n_ctx=2048,
+        log=slow_app_log,
     ) as app:
         yield app.url

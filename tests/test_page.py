@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 
 import numpy as np
@@ -23,6 +24,8 @@ pytestmark = [pytest.mark.slow, needs_chromium]
 
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 QUESTION = "How do I solve 3x + 5 = 20?"
+# tutor.service's line per answer: its prompt tokens, and how many of them were reused.
+ANSWER_LOGGED = re.compile(r"answer: (\d+) prompt tokens \((\d+) reused")
 NEW_CONVERSATION_ROUNDS = 20
 # Records a 3-second clip from the (fake) microphone with the browser's own MediaRecorder, as
 # a phone or a browser records a question; returns it base64-encoded.
@@ -122,6 +125,29 @@ def test_a_reload_brings_the_conversation_back_and_new_conversation_empties_it(p
     page.driver.refresh()
     page.open()
     assert not page.bots() and not page.users()
+
+
+def test_a_follow_up_after_a_reload_reuses_the_whole_conversation_so_far(desktop, slow_app_log):
+    # The chat shows "$x^2$" as "\(x^2\)": a prompt rebuilt from the screen would leave the
+    # KV cache inside the first question, and evaluate it and the whole answer again.
+    def answers_logged_since(offset: int) -> list[tuple[int, int]]:
+        text = slow_app_log.read_bytes()[offset:].decode(errors="replace")
+        return [(int(a), int(b)) for a, b in ANSWER_LOGGED.findall(text)]
+
+    logged = slow_app_log.stat().st_size
+    desktop.ask("What is $x^2$ when x = 3?")
+    desktop.answered()
+    (first_prompt, _), *_ = wait(lambda: answers_logged_since(logged))
+    desktop.driver.refresh()
+    desktop.open()
+    wait(desktop.bots)
+    logged = slow_app_log.stat().st_size
+    desktop.ask("And when x = 4?")
+    desktop.answered()
+    (_, reused), *_ = wait(lambda: answers_logged_since(logged))
+    # Reused: the first question's whole prompt, and the answer up to where its text stops
+    # matching the model's tokens (this random model writes bytes that are not UTF-8).
+    assert reused >= first_prompt
 
 
 def test_the_downloaded_markdown_equals_the_conversation(page, slow_app_url, tmp_path):
@@ -266,8 +292,11 @@ def test_answers_are_read_aloud_sentence_by_sentence_and_stop_silences_them(desk
     before = len(desktop.driver.execute_script("return window.__spoken"))
     desktop.find("#stop").click()
     wait(desktop.idle)
+    stopped = desktop.answer_text()
     spoken = desktop.driver.execute_script("return window.__spoken")[before:]
     assert "<cancel>" in spoken and spoken[-1] == "<cancel>"  # silenced, and nothing after
+    time.sleep(1.0)  # ~100 tokens' time: the answer stopped, and no error shows
+    assert desktop.answer_text() == stopped and desktop.idle() and not desktop.status()
 
 
 def test_switching_read_aloud_off_silences_it(desktop):

@@ -68,13 +68,18 @@ AUDIO_FILE_TYPES = [
 LISTEN_CHUNK_S = 0.25  # the browser sends the microphone this often in hands-free mode
 MAX_LISTEN_S = 1800  # one hands-free stream's longest run; pressing the microphone again renews it
 STORAGE_KEY = "voice-tutor-conversation"  # localStorage key: one conversation per device
+# ... and the model's own words of it (model_history), so that a follow-up after a reload
+# still finds the conversation in the KV cache.
+SAID_STORAGE_KEY = "voice-tutor-model-words"
 # BrowserState encrypts with this; it is sent to the page, so it hides nothing from the
 # student's own device. It is fixed so that a conversation outlives a restart of the app.
 STORAGE_SECRET = "voice-tutor"
 ANSWER_END_WAIT_S = 600.0  # only a hang reaches it: a cancelled answer ends at its next token
 NEW_CONVERSATION_STARTED = "New conversation started."  # said once the old answer has ended
+STOPPED_BEFORE_IT_BEGAN = "Stopped before the tutor began; your question is back in the box."
 MODE_TAG = '<span class="mode-tag">{title}</span>\n\n'
 MODE_TAG_RE = re.compile(r'^<span class="mode-tag">([^<]*)</span>\n\n')
+_WHITESPACE = re.compile(r"\s+")
 
 CHAT_HEIGHT = "max(16rem, calc(100dvh - 21rem))"  # the rest: title, input row, modes
 CSS = """
@@ -210,50 +215,77 @@ def without_mode_tags(history: list[Message]) -> list[Message]:
 
 def model_history(shown: object, said: object) -> list[Message]:
     """The conversation as the model saw it, for the next prompt: SAID (the page's record of the
-    model's own text, kept beside the chat) while it matches the chat SHOWN turn for turn, else
-    the chat's text without mode tags. The chat shows answers rewritten for the screen (maths
-    delimiters, Gradio's clean-up), and a prompt with rewritten text would miss the KV cache from
-    the first change on: the whole last answer would be evaluated again."""
+    model's own text, kept beside the chat and in the browser) while it matches the chat SHOWN
+    turn for turn (the student's turns word for word), else the chat's text without mode tags.
+    The chat shows answers rewritten for the screen (maths delimiters, Gradio's clean-up), and a
+    prompt with rewritten text would miss the KV cache from the first change on: the whole last
+    answer would be evaluated again."""
     chat = without_mode_tags(normalize_history(shown))
-    if (
-        isinstance(said, list)
-        and len(said) == len(chat)
-        and all(isinstance(m, dict) and m.get("role") == c["role"] for m, c in zip(said, chat))
+    try:
+        record = normalize_history(said)  # it may come back from the browser after a reload
+    except TutorError:
+        return chat
+    if len(record) == len(chat) and all(
+        m["role"] == c["role"] and (m["role"] == "assistant" or _same_question(m, c))
+        for m, c in zip(record, chat)
     ):
-        return said
+        return record
     return chat
 
 
+def _same_question(said: Message, shown: Message) -> bool:
+    """Whether the chat's turn SHOWN is the student's turn SAID, rewritten for the screen (maths
+    delimiters; Gradio's clean-up changes only whitespace)."""
+    return _WHITESPACE.sub("", dollars_to_parens(said["content"])) == _WHITESPACE.sub(
+        "", shown["content"]
+    )
+
+
 class RunningAnswers:
-    """Which sessions have an answer streaming, so that "New conversation" can wait for it to end
-    before it empties the chat (a cancelled answer's last update would otherwise land after)."""
+    """Which sessions have an answer streaming, and how to stop one.
+
+    *Stop answer* and *New conversation* end a session's answer here, on the server, rather than
+    with Gradio's `cancels`: the answer's stream then ends at its next token and its event
+    completes as any other does. (Cancelled by the page, the event's last message could race the
+    page's own clean-up, and the chat then showed "Error" until the next question: seen once in
+    about a dozen runs of the read-aloud browser test.) "New conversation" waits for the answer
+    to end before it empties the chat, so that no last update lands after."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ended: dict[str, threading.Event] = {}  # one entry per answer streaming
+        # One entry per answer streaming (one per session: tutor.fairness): (ended, stop).
+        self._answers: dict[str, tuple[threading.Event, threading.Event]] = {}
 
     @contextmanager
-    def running(self, session: str) -> Iterator[None]:
-        ended = threading.Event()
+    def running(self, session: str) -> Iterator[threading.Event]:
+        """Registers SESSION's answer while it streams; yields the Event that stops it."""
+        ended, stop = threading.Event(), threading.Event()
         with self._lock:
-            self._ended[session] = ended
+            self._answers[session] = (ended, stop)
         try:
-            yield
+            yield stop
         finally:
             ended.set()
             with self._lock:
-                if self._ended.get(session) is ended:
-                    del self._ended[session]
+                if self._answers.get(session, (None,))[0] is ended:
+                    del self._answers[session]
 
     def is_running(self, session: str) -> bool:
         with self._lock:
-            return session in self._ended
+            return session in self._answers
+
+    def stop(self, session: str) -> None:
+        """End SESSION's streaming answer at its next token (nothing if none streams)."""
+        with self._lock:
+            answer = self._answers.get(session)
+        if answer is not None:
+            answer[1].set()
 
     def wait_until_ended(self, session: str, timeout_s: float = ANSWER_END_WAIT_S) -> None:
         with self._lock:
-            ended = self._ended.get(session)
-        if ended is not None:
-            ended.wait(timeout_s)
+            answer = self._answers.get(session)
+        if answer is not None:
+            answer[0].wait(timeout_s)
 
 
 def add_page(
@@ -278,6 +310,7 @@ def add_page(
     if notice:
         gr.Markdown(notice, elem_id="standin-notice")
     saved = gr.BrowserState([], storage_key=STORAGE_KEY, secret=STORAGE_SECRET)
+    said_saved = gr.BrowserState([], storage_key=SAID_STORAGE_KEY, secret=STORAGE_SECRET)
     # The chat takes the screen above the input row and the modes, on a phone as on a desktop.
     chat = gr.Chatbot(
         label="Conversation",
@@ -345,7 +378,9 @@ def add_page(
     with gr.Accordion("What the modes do", open=False, elem_id="modes-help"):
         gr.Markdown("\n".join(f"- **{m.title}**: {m.description}" for m in tutor.modes.values()))
     pending = gr.State("")  # the question sent, once the box is cleared
-    said = gr.State([])  # the conversation as the model saw it (model_history)
+    # The conversation as the model saw it (model_history), on the server for the hands-free
+    # stream (a BrowserState input would travel with every chunk) and saved in the browser.
+    said = gr.State([])
     heard = gr.Number(0, visible=False)  # counts hands-free questions; each change sends one
 
     def transcribe_into_box(recording_path: str | None, language_code: str):
@@ -354,13 +389,13 @@ def add_page(
         except Exception as e:
             return gr.skip(), _note(user_message(e))
 
-    def restore(kept: object) -> tuple[list[Message], list[Message]]:
+    def restore(kept: object, kept_said: object) -> tuple[list[Message], list[Message]]:
         # What the page saved is the chat as the browser holds it; anything else starts afresh.
         try:
             shown = normalize_history(kept)
         except TutorError:
             return [], []
-        return shown, without_mode_tags(shown)
+        return shown, model_history(shown, kept_said)
 
     def use_example(chosen: gr.SelectData) -> str:
         return chosen.value["text"]
@@ -368,15 +403,17 @@ def add_page(
     def take_question(text: str):
         return text, ""
 
+    unchanged = (gr.skip(),) * 5  # respond's outputs
+
     def respond(text: str, mode_name: str, shown: list[dict], kept: list, request: gr.Request):
         session, address = client_of(request)
         began = False
         try:
             # The session's limit first: a refused second question must not stand in for the
             # answer that is running (New conversation waits for that one).
-            with limits.hold(session, address), running.running(session):
-                history = model_history(shown, kept)
-                stream = tutor.ask(text, mode_name, history, places=True)
+            with limits.hold(session, address), running.running(session) as stop:
+                before = history = model_history(shown, kept)
+                stream = tutor.ask(text, mode_name, history, cancel=stop, places=True)
                 tag = MODE_TAG.format(title=html.escape(titles.get(mode_name, mode_name)))
                 turn = list(shown or []) + [
                     {"role": "user", "content": dollars_to_parens(text.strip())},
@@ -387,7 +424,7 @@ def add_page(
                     {"role": "assistant", "content": ""},
                 ]
                 began = True
-                yield turn, "", gr.skip(), history
+                yield turn, "", gr.skip(), history, history
                 for update in coalesce(stream, settings.update_interval):
                     if isinstance(update, InLine):
                         answer = waiting_message(update.place)
@@ -395,11 +432,19 @@ def add_page(
                         answer = dollars_to_parens(update)
                         history[-1] = {"role": "assistant", "content": update}
                     turn[-1] = {"role": "assistant", "content": tag + answer}
-                    yield turn, gr.skip(), gr.skip(), history
+                    yield turn, gr.skip(), gr.skip(), history, history
+                if stop.is_set() and not history[-1]["content"]:
+                    # Stopped while it waited in line: as if never asked; the question goes back.
+                    yield list(shown or []), _note(STOPPED_BEFORE_IT_BEGAN), text, before, before
+                # Gradio's message that ends the run repeats its last values: let them be none,
+                # or a "New conversation" that empties the chat as the answer ends could land
+                # first and be undone. Every update above was sent before this point.
+                yield unchanged
         except Exception as e:
             # Refused before it began (busy, a bad request): the question goes back in the box.
             # Failed mid-answer: the partial answer stays in the chat; the note says why.
-            yield gr.skip(), _note(user_message(e)), gr.skip() if began else text, gr.skip()
+            back = gr.skip() if began else text
+            yield gr.skip(), _note(user_message(e)), back, gr.skip(), gr.skip()
 
     def listen(
         chunk: tuple[int, np.ndarray] | None,
@@ -430,25 +475,30 @@ def add_page(
     def stop_listening(request: gr.Request) -> None:
         listeners.close(client_of(request)[0])
 
-    def new_conversation(request: gr.Request):
-        # The cancelled answer's last update must land before the chat is emptied.
-        running.wait_until_ended(client_of(request)[0])
-        return [], [], NEW_CONVERSATION_STARTED, []
+    def stop_answer(request: gr.Request) -> None:
+        running.stop(client_of(request)[0])
+
+    def end_answer(request: gr.Request) -> None:
+        session = client_of(request)[0]
+        running.stop(session)
+        running.wait_until_ended(session)
+
+    def new_conversation():
+        return [], [], NEW_CONVERSATION_STARTED, [], []
 
     def answers(trigger):
         """The answer to PENDING once TRIGGER fires; announced (and read aloud) when done."""
         answer = trigger(
             respond,
             [pending, mode, chat, said],
-            [chat, status, question, said],
+            [chat, status, question, said, said_saved],
             concurrency_limit=None,
             api_visibility="private",
             show_progress="minimal",
         )
         answer.success(None, [chat, read_aloud], js=ANNOUNCE_ANSWER)
-        return answer
 
-    answering = [
+    for trigger in (send.click, question.submit):
         answers(
             trigger(
                 take_question,
@@ -460,9 +510,7 @@ def add_page(
                 api_visibility="private",
             ).then
         )
-        for trigger in (send.click, question.submit)
-    ]
-    answering.append(answers(heard.change))  # a hands-free question
+    answers(heard.change)  # a hands-free question
     live.stream(
         listen,
         [live, language, heard, mode, said],
@@ -484,14 +532,21 @@ def add_page(
     )
     live.stop_recording(stop_listening, api_visibility="private", show_progress="hidden")
     app.unload(stop_listening)
-    stop.click(None, js=ANNOUNCE_STOPPED, cancels=answering)
+    stop.click(
+        stop_answer,
+        js=ANNOUNCE_STOPPED,
+        queue=False,  # at once, past any line
+        api_visibility="private",
+        show_progress="hidden",
+    )
     for clear in (new.click, chat.clear):
         clear(None, js=SILENCE)
-        clear(
+        # The answer streaming ends first, then the chat is emptied, in an event of its own: the
+        # page may apply the answer's last updates after another event's that came with them.
+        clear(end_answer, api_visibility="private", show_progress="hidden").then(
             new_conversation,
             None,
-            [chat, saved, status, said],
-            cancels=answering,
+            [chat, saved, status, said, said_saved],
             api_visibility="private",
             show_progress="hidden",
         )
@@ -514,7 +569,9 @@ def add_page(
     chat.change(None, [chat, saved], [saved], js=SAVE, show_progress="hidden")
     chat.change(None, [chat, read_aloud], None, js=READ_NEW_SENTENCES, show_progress="hidden")
     read_aloud.change(None, [read_aloud], None, js=SILENCE_WHEN_OFF)
-    app.load(restore, [saved], [chat, said], api_visibility="private", show_progress="hidden")
+    app.load(
+        restore, [saved, said_saved], [chat, said], api_visibility="private", show_progress="hidden"
+    )
 
 
 class Listeners:
