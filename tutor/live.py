@@ -3,8 +3,8 @@ and transcribed while the student is still speaking; a trailing silence ends the
 by then its transcript is (nearly) ready.
 
 One `Listener` per student who is listening. Its segments end at pauses (PAUSE_S), so no word is
-cut in half, once they hold MIN_SEGMENT_S of audio; each goes to Whisper at once, in the
-background. A shorter piece goes to Whisper at its pause too, as a guess: if the pause turns out
+cut in half, once they hold MIN_SEGMENT_S of speech; each goes to Whisper at once, in the
+background, with margins of silence around Silero's bounds (PIECE_LEAD_S, PIECE_TAIL_S). A shorter piece goes to Whisper at its pause too, as a guess: if the pause turns out
 to be the end of the question, the guess is the rest of the transcript, computed during the
 trailing silence; if the student goes on, it is dropped (or never started) and the piece joins
 the next one. Whenever the words so far are all transcribed, `on_words` hears them: the app
