@@ -4,13 +4,14 @@ by then its transcript is (nearly) ready.
 
 One `Listener` per student who is listening. Its segments end at pauses (PAUSE_S), so no word is
 cut in half, once they hold MIN_SEGMENT_S of speech; each goes to Whisper at once, in the
-background, with margins of silence around Silero's bounds (PIECE_LEAD_S, PIECE_TAIL_S). A shorter piece goes to Whisper at its pause too, as a guess: if the pause turns out
-to be the end of the question, the guess is the rest of the transcript, computed during the
-trailing silence; if the student goes on, it is dropped (or never started) and the piece joins
-the next one. Whenever the words so far are all transcribed, `on_words` hears them: the app
-prefills the model with the question they make (tutor.batching), so that the answer's prompt is
-mostly evaluated by the time the trailing silence sends it. With partials on (Whisper's `fit`
-window, whose cost follows the audio's length), the words of the piece still being spoken are
+background, with margins of silence around Silero's bounds (PIECE_LEAD_S, PIECE_TAIL_S). A
+shorter piece goes to Whisper at its pause too, as a guess: if the pause turns out to be the end
+of the question, the guess is the rest of the transcript, computed during the trailing silence;
+if the student goes on, it is dropped (or never started) and the piece joins the next one.
+Whenever the words so far are all transcribed, `on_words` hears them: the app prefills the
+model with the question they make (tutor.batching), so that the answer's prompt is mostly
+evaluated by the time the trailing silence sends it. With partials on (Whisper's `fit` window,
+whose cost follows the audio's length), the words of the piece still being spoken are
 transcribed every PARTIAL_EVERY_S as well, for the prefill only, so that when the question ends
 only its last words remain to be evaluated.
 
