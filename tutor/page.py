@@ -437,8 +437,8 @@ def add_page(
                     # Stopped while it waited in line: as if never asked; the question goes back.
                     yield list(shown or []), _note(STOPPED_BEFORE_IT_BEGAN), text, before, before
                 # Gradio's message that ends the run repeats its last values: let them be none,
-                # or a "New conversation" that empties the chat as the answer ends could land
-                # first and be undone. Every update above was sent before this point.
+                # so that nothing the page applies late can bring back an answer whose chat "New
+                # conversation" has emptied. Every update above was sent before this point.
                 yield unchanged
         except Exception as e:
             # Refused before it began (busy, a bad request): the question goes back in the box.
