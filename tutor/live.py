@@ -257,7 +257,7 @@ class Listener:
         if self.partials is None or self.on_words is None or self._speech_start is None:
             return
         end = len(self._audio)
-        if end - max(self._cut, self._partial_end) < PARTIAL_EVERY_S * SAMPLE_RATE:
+        if end - max(self._spoken_from, self._partial_end) < PARTIAL_EVERY_S * SAMPLE_RATE:
             return
         if not self.partials.acquire(blocking=False):
             return  # another student's partial is in flight: this one is skipped, not queued
