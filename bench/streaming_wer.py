@@ -3,12 +3,14 @@ against the one-shot transcript of the same recording, by word error rate, on th
 
     python -m bench.streaming_wer [--out runs/streaming-wer]
 
-The recognizer is CMU PocketSphinx (its US English model ships inside its PyPI wheel), not
-Whisper: Whisper's weights cannot be fetched here, and the synthetic ones' text does not follow
-the audio. A recognizer trained on real speech still shows what cutting at pauses costs: a word
-cut in half, or a piece too short to recognise, is an error of the hands-free transcript that the
-one-shot transcript of the same audio does not make. What it cannot show is Whisper's own
-behaviour across a cut (Whisper uses more context than PocketSphinx does).
+Recognizers trained on real speech, both from PyPI wheels (the Hub and Whisper's own download site
+cannot be reached here): Whisper tiny.en through the app's own transcriber (tutor.transcribe,
+int8), with each of its encoder windows (`full`, 30 s; `fit`, the audio's length), and CMU
+PocketSphinx. A word cut in half, or a piece too short to recognise, is an error of the hands-free
+transcript that the one-shot transcript of the same audio does not make; and the one-shot
+transcripts of the two windows, each against the reference, say what the fitted window costs.
+Words are compared after Whisper's English text normalizer (case, punctuation, spelling,
+numbers), as Whisper's own evaluations do.
 
 Questions: each clip alone (LEAD_S of silence before it, TRAIL_S after), and each two consecutive
 clips joined by a BREATH_S pause (a question said in two breaths: the listener cuts it there).
@@ -43,16 +45,15 @@ MARGINS = {
     "at Silero's bounds": (0.0, 0.0),
 }
 CHUNK_S = 0.25  # what the page streams at a time (tutor.page.LISTEN_CHUNK_S)
-# Case and punctuation are not words: the references have them, PocketSphinx writes neither.
-WORDS = jiwer.Compose(
-    [
-        jiwer.ToLowerCase(),
-        jiwer.RemovePunctuation(),
-        jiwer.RemoveMultipleSpaces(),
-        jiwer.Strip(),
-        jiwer.ReduceToListOfListOfWords(),
-    ]
-)
+RECOGNIZERS = ("whisper tiny.en, full window", "whisper tiny.en, fit window", "pocketsphinx en-us")
+
+
+def words(texts: list[str]) -> list[str]:
+    """TEXTS as Whisper's evaluations compare them (its English normalizer)."""
+    from whisper.normalizers import EnglishTextNormalizer
+
+    normalize = EnglishTextNormalizer()
+    return [normalize(t) for t in texts]
 
 
 class PocketSphinx:
@@ -122,33 +123,62 @@ def hands_free(listener: Listener, recording: np.ndarray) -> tuple[str, int]:
 
 def wer(reference: list[str], hypothesis: list[str]) -> float:
     """Word error rate of HYPOTHESIS against REFERENCE, over all their sentences together."""
-    return jiwer.wer(reference, hypothesis, reference_transform=WORDS, hypothesis_transform=WORDS)
+    return jiwer.wer(words(reference), words(hypothesis))
+
+
+def recognizers() -> dict:
+    """Each recognizer by name: (one for the listener, one for the one-shot transcripts)."""
+    from bench.real_whisper import tiny_en
+    from tutor.transcribe import Transcriber, load_whisper
+
+    whisper = {
+        window: Transcriber(load_whisper(str(tiny_en())), window=window)
+        for window in ("full", "fit")
+    }
+    return {
+        RECOGNIZERS[0]: (whisper["full"].transcribe, whisper["full"].transcribe),
+        RECOGNIZERS[1]: (whisper["fit"].transcribe, whisper["fit"].transcribe),
+        RECOGNIZERS[2]: (PocketSphinx(), PocketSphinx()),
+    }
+
+
+def one_shot(recognise, recording: np.ndarray) -> str:
+    try:
+        return recognise(recording, "en")
+    except AudioError:  # Whisper heard no speech
+        return ""
 
 
 def run() -> dict:
-    """Both sets of questions, cut with the app's margins and with none (Silero's own bounds)."""
-    recognise, one_shot = PocketSphinx(), PocketSphinx()
-    result: dict = {"recognizer": "pocketsphinx (en-us)", "margins": {}}
+    """Both sets of questions, for each recognizer: cut with the app's margins and with none
+    (Silero's own bounds), and whole."""
+    result: dict = {"recognizers": {}}
     sets = questions(assets_dir() / "speech")
-    shots = {kind: [one_shot(q.recording()) for q in asked] for kind, asked in sets.items()}
     with ThreadPoolExecutor(1, thread_name_prefix="live") as executor:
-        for margins, margins_s in MARGINS.items():
-            listener = Listener(recognise, executor, "en", margins_s=margins_s)
-            for kind, asked in sets.items():
-                print(f"{kind}, {margins} …", flush=True)
-                rows = []
-                for q, shot in zip(asked, shots[kind]):
-                    streamed, pieces = hands_free(listener, q.recording())
-                    rows.append(
-                        {
-                            "question": q.name,
-                            "pieces": pieces,
-                            "reference": q.reference,
-                            "one_shot": shot,
-                            "hands_free": streamed,
-                        }
+        for name, (recognise, whole) in recognizers().items():
+            shots = {
+                kind: [one_shot(whole, q.recording()) for q in asked]
+                for kind, asked in sets.items()
+            }
+            for margins, margins_s in MARGINS.items():
+                listener = Listener(recognise, executor, "en", margins_s=margins_s)
+                for kind, asked in sets.items():
+                    print(f"{name}: {kind}, {margins} …", flush=True)
+                    rows = []
+                    for q, shot in zip(asked, shots[kind]):
+                        streamed, pieces = hands_free(listener, q.recording())
+                        rows.append(
+                            {
+                                "question": q.name,
+                                "pieces": pieces,
+                                "reference": q.reference,
+                                "one_shot": shot,
+                                "hands_free": streamed,
+                            }
+                        )
+                    result["recognizers"].setdefault(name, {}).setdefault(margins, {})[kind] = (
+                        _scores(asked, rows)
                     )
-                result["margins"].setdefault(margins, {})[kind] = _scores(asked, rows)
     return result
 
 
@@ -167,21 +197,22 @@ def _scores(asked: list[Question], rows: list[dict]) -> dict:
 
 def markdown(r: dict) -> str:
     rows = [
-        f"| {margins} | {kind} | {s['questions']} | {s['speech_s']:.0f} | {s['pieces_mean']:.2f} "
-        f"| **{s['wer_hands_free_vs_one_shot']:.1%}** | {s['wer_one_shot_vs_reference']:.1%} "
-        f"| {s['wer_hands_free_vs_reference']:.1%} |"
-        for margins, sets in r["margins"].items()
+        f"| {name} | {margins} | {kind} | {s['questions']} | {s['speech_s']:.0f} "
+        f"| {s['pieces_mean']:.2f} | **{s['wer_hands_free_vs_one_shot']:.1%}** "
+        f"| {s['wer_one_shot_vs_reference']:.1%} | {s['wer_hands_free_vs_reference']:.1%} |"
+        for name, by_margins in r["recognizers"].items()
+        for margins, sets in by_margins.items()
         for kind, s in sets.items()
     ]
     return "\n".join(
         [
-            f"Hands-free transcripts (cut at pauses) vs one-shot, recognizer: {r['recognizer']} "
-            "(Whisper's weights cannot be fetched here):",
+            "Hands-free transcripts (cut at pauses) vs one-shot ones of the same recordings, "
+            "by word error rate (Whisper's English normalizer):",
             "",
-            "| pieces cut | questions | n | speech (s) | pieces per question "
+            "| recognizer | pieces cut | questions | n | speech (s) | pieces per question "
             "| WER hands-free vs one-shot | WER one-shot vs reference "
             "| WER hands-free vs reference |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|",
             *rows,
         ]
     )

@@ -74,7 +74,7 @@ SAID_STORAGE_KEY = "voice-tutor-model-words"
 # BrowserState encrypts with this; it is sent to the page, so it hides nothing from the
 # student's own device. It is fixed so that a conversation outlives a restart of the app.
 STORAGE_SECRET = "voice-tutor"
-ANSWER_END_WAIT_S = 600.0  # only a hang reaches it: a cancelled answer ends at its next token
+ANSWER_END_WAIT_S = 600.0  # only a hang reaches it: a stopped answer ends at its next token
 NEW_CONVERSATION_STARTED = "New conversation started."  # said once the old answer has ended
 STOPPED_BEFORE_IT_BEGAN = "Stopped before the tutor began; your question is back in the box."
 MODE_TAG = '<span class="mode-tag">{title}</span>\n\n'
