@@ -360,8 +360,8 @@ def test_hands_free_sends_the_question_when_speech_ends_with_no_further_click(
         timings = {
             "speech_end_to_question_sent_s": sent - listening_since - speech_end_s,
             "speech_end_to_first_answer_token_s": first_token - listening_since - speech_end_s,
-            "note": "tiny stand-in models; the microphone's start is when the page "
-            "showed it listening",
+            "note": "real Whisper tiny.en, the slow stand-in Llama; the microphone's start is "
+            "when the page showed it listening",
         }
         (artifacts_dir / "hands-free-latency.json").write_text(json.dumps(timings, indent=1))
         print(timings)
