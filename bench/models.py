@@ -54,10 +54,11 @@ SPOKEN_QUESTION_TOKENS = 30  # what Whisper decodes for a ~5 s spoken question
 
 
 def whisper_base(cache: Path = BENCH_DIR) -> Path:
-    """Whisper-base-shaped checkpoint whose transcripts end after 30 tokens, like real ones."""
+    """Whisper-base-shaped checkpoint whose transcripts are 30 distinct tokens, like real ones
+    (a text that repeats would be taken for a failed decoding and decoded again)."""
     from synth import whisper as synth_whisper
 
-    path = cache / f"whisper-base-shape-ends-after-{SPOKEN_QUESTION_TOKENS}.pt"
+    path = cache / f"whisper-base-shape-{SPOKEN_QUESTION_TOKENS}-distinct-tokens.pt"
     if not path.is_file():
         cache.mkdir(parents=True, exist_ok=True)
         synth_whisper.build_checkpoint(path, synth_whisper.BASE, end_after=SPOKEN_QUESTION_TOKENS)

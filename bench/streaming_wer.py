@@ -53,7 +53,8 @@ def words(texts: list[str]) -> list[str]:
     from whisper.normalizers import EnglishTextNormalizer
 
     normalize = EnglishTextNormalizer()
-    return [normalize(t) for t in texts]
+    # It drops words in parentheses, as hesitations; a reference's parentheses hold words read.
+    return [normalize(t.replace("(", " ").replace(")", " ")) for t in texts]
 
 
 class PocketSphinx:
@@ -126,20 +127,30 @@ def wer(reference: list[str], hypothesis: list[str]) -> float:
     return jiwer.wer(words(reference), words(hypothesis))
 
 
-def recognizers() -> dict:
-    """Each recognizer by name: (one for the listener, one for the one-shot transcripts)."""
+def recognizers() -> tuple[dict, dict]:
+    """(each recognizer by name: one for the listener, one for the one-shot transcripts;
+    Whisper's transcribers by recognizer name: they count their fallbacks)."""
     from bench.real_whisper import tiny_en
     from tutor.transcribe import Transcriber, load_whisper
 
     whisper = {
-        window: Transcriber(load_whisper(str(tiny_en())), window=window)
-        for window in ("full", "fit")
+        name: Transcriber(load_whisper(str(tiny_en())), window=window)
+        for name, window in zip(RECOGNIZERS, ("full", "fit"))
     }
-    return {
-        RECOGNIZERS[0]: (whisper["full"].transcribe, whisper["full"].transcribe),
-        RECOGNIZERS[1]: (whisper["fit"].transcribe, whisper["fit"].transcribe),
-        RECOGNIZERS[2]: (PocketSphinx(), PocketSphinx()),
-    }
+    by_name = {name: (t.transcribe, t.transcribe) for name, t in whisper.items()}
+    by_name[RECOGNIZERS[2]] = (PocketSphinx(), PocketSphinx())
+    return by_name, whisper
+
+
+class Counted:
+    """FN, counting its calls."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
 
 
 def one_shot(recognise, recording: np.ndarray) -> str:
@@ -155,7 +166,9 @@ def run() -> dict:
     result: dict = {"recognizers": {}}
     sets = questions(assets_dir() / "speech")
     with ThreadPoolExecutor(1, thread_name_prefix="live") as executor:
-        for name, (recognise, whole) in recognizers().items():
+        by_name, whisper = recognizers()
+        for name, (recognise, whole) in by_name.items():
+            recognise, whole = Counted(recognise), Counted(whole)
             shots = {
                 kind: [one_shot(whole, q.recording()) for q in asked]
                 for kind, asked in sets.items()
@@ -179,6 +192,11 @@ def run() -> dict:
                     result["recognizers"].setdefault(name, {}).setdefault(margins, {})[kind] = (
                         _scores(asked, rows)
                     )
+            if name in whisper:
+                result.setdefault("transcriptions", {})[name] = {
+                    "calls": recognise.calls + whole.calls,
+                    "decoded_again_in_full": whisper[name].fallbacks,
+                }
     return result
 
 
@@ -214,6 +232,13 @@ def markdown(r: dict) -> str:
             "| WER hands-free vs reference |",
             "|---|---|---|---|---|---|---|---|---|",
             *rows,
+            "",
+            "Whisper's fitted windows whose text looped and were decoded again in the 30 s window: "
+            + ", ".join(
+                f"{name}: {n['decoded_again_in_full']} of {n['calls']} transcriptions"
+                for name, n in r.get("transcriptions", {}).items()
+            )
+            + ".",
         ]
     )
 

@@ -39,15 +39,26 @@ BASE = ModelDimensions(
 )
 
 
+FIRST_WORD_ID = 1000  # ordinary BPE tokens from here on make up the synthetic text
+
+
+def _towards(model: Whisper, token: int) -> torch.Tensor:
+    """A residual-stream vector large enough that the decoder's next token is TOKEN."""
+    direction = model.decoder.ln.weight * model.decoder.token_embedding.weight[token]
+    return 100 * direction / direction.norm()
+
+
 def build_checkpoint(
     path: Path, dims: ModelDimensions = TINY_EN, seed: int = 0, end_after: int | None = None
 ) -> Path:
     """Write a seeded random Whisper checkpoint loadable by `whisper.load_model(path)`.
 
-    END_AFTER makes transcripts end after that many tokens, as a real model's do for a short
-    clip (random weights would otherwise run to the 224-token limit): from that position on, the
-    decoder's positional embedding dominates the residual stream in a direction that the final
-    layer norm's gains map onto the end-of-text token's embedding.
+    END_AFTER makes transcripts END_AFTER distinct tokens long, as a real model's are for a
+    short clip (random weights would otherwise run to the 224-token limit, repeating a few
+    tokens, which Whisper's own check takes for a failed decoding: tutor.transcribe): at each of
+    those positions, then from the next on, the decoder's positional embedding dominates the
+    residual stream in a direction that the final layer norm's gains map onto one token's
+    embedding: a different word's (FIRST_WORD_ID onwards), then the end of text.
     """
     torch.manual_seed(seed)
     model = Whisper(dims)
@@ -58,9 +69,11 @@ def build_checkpoint(
             eot = whisper.tokenizer.get_tokenizer(
                 model.is_multilingual, num_languages=model.num_languages
             ).eot
-            start = 4 + end_after  # after <|startoftranscript|><|lang|><|task|><|notimestamps|>
-            direction = model.decoder.ln.weight * model.decoder.token_embedding.weight[eot]
-            model.decoder.positional_embedding[start:] += 100 * direction / direction.norm()
+            first = 4  # after <|startoftranscript|><|lang|><|task|><|notimestamps|>
+            positions = model.decoder.positional_embedding
+            for i in range(end_after):
+                positions[first + i - 1] += _towards(model, FIRST_WORD_ID + i)
+            positions[first + end_after - 1 :] += _towards(model, eot)
     with atomic_output(Path(path)) as tmp:
         torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, tmp)
     return Path(path)

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 
 import jiwer
+import numpy as np
 import pytest
 import whisper
 from whisper.normalizers import EnglishTextNormalizer
 
 from bench.real_whisper import read_ctranslate2
 from tutor import audio
+from tutor.audio import SAMPLE_RATE
 from tutor.transcribe import Transcriber, load_whisper
 
 CLIPS = 3  # the first shared clips (2 to 10 s of read speech)
@@ -45,3 +47,22 @@ def test_an_unknown_ctranslate2_version_is_refused_by_number(tmp_path):
     old.write_bytes((5).to_bytes(4, "little") + bytes(16))
     with pytest.raises(ValueError, match="binary version 5"):
         read_ctranslate2(old)
+
+
+@pytest.mark.parametrize("clip", ["LJ002-0020", "LJ002-0035"])
+def test_short_speech_that_loops_in_a_fitted_window_is_decoded_again_in_full(
+    real_whisper_path, assets, clip
+):
+    """A hands-free piece (0.5 s before the speech, 0.15 s after) of ~1.5 s of speech: in a 5 s
+    window, tiny.en loops ("In 1813, in 1813, in 1813, …"); the 30 s window does not."""
+    transcriber = Transcriber(load_whisper(str(real_whisper_path)), threads=2, window="fit")
+    speech = audio.load(assets / f"speech/ljspeech/{clip}.wav")
+    piece = np.concatenate(
+        [np.zeros(int(0.5 * SAMPLE_RATE), np.float32), speech, np.zeros(int(0.15 * SAMPLE_RATE))]
+    ).astype(np.float32)
+    rows = [json.loads(line) for line in (assets / "speech/transcripts.jsonl").open()]
+    reference = next(r["text"] for r in rows if clip in r["audio"])
+    heard = transcriber.transcribe(piece, "en", 40)
+    normalize = EnglishTextNormalizer()
+    assert jiwer.wer(normalize(reference), normalize(heard)) < 0.2, heard
+    assert transcriber.fallbacks == 1

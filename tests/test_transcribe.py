@@ -110,3 +110,19 @@ def test_fitted_window_shares_the_models_weights(tiny_whisper_path):
 def test_an_unknown_window_is_refused_by_name(tiny_whisper_path):
     with pytest.raises(TranscriberLoadError, match="full or fit"):
         Transcriber(load_whisper(str(tiny_whisper_path)), window="half")
+
+
+def test_a_fitted_window_whose_text_repeats_is_decoded_again_in_the_full_window(
+    tiny_whisper_path,
+):
+    # Every text fails a compression-ratio threshold of 0, as a looping window's fails 2.4.
+    transcriber = Transcriber(load_whisper(str(tiny_whisper_path)), threads=1, window="fit")
+    positions = []
+    transcriber.model.encoder.blocks[0].register_forward_hook(
+        lambda module, args, out: positions.append(out.shape[1])
+    )
+    options = {"sample_len": 40, "no_speech_threshold": None}
+    transcriber.transcribe(_tone(3.0), "en", compression_ratio_threshold=0.0, **options)
+    assert positions == [500, 1500] and transcriber.fallbacks == 1
+    transcriber.transcribe(_tone(3.0), "en", compression_ratio_threshold=None, **options)
+    assert positions == [500, 1500, 500] and transcriber.fallbacks == 1  # the check is off

@@ -39,6 +39,10 @@ POSITIONS_PER_S = 50  # encoder positions per second of audio (1500 in 30 s; 2 m
 # transcribe()'s defaults: a window whose text is this unlikely and whose <|nospeech|> is this
 # likely is silence (its text is dropped).
 LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD = -1.0, 0.6
+# ... and a window whose text compresses better than this failed (transcribe() would decode it
+# again, warmer): in a fitted window, short speech sometimes loops on a phrase ("In 1813, in
+# 1813, in 1813, …" for "In eighteen thirteen"), which the 30 s window does not.
+COMPRESSION_RATIO_THRESHOLD = 2.4
 # DecodingOptions' fields: the fitted window decodes with whisper.decode, which takes only these.
 DECODING_FIELDS = {f.name for f in dataclasses.fields(whisper.DecodingOptions)}
 
@@ -140,10 +144,11 @@ def fitted_positions(n_samples: int) -> int | None:
     return n_ctx if n_ctx < N_FRAMES // 2 else None
 
 
-def transcribe_window(model: Whisper, audio: np.ndarray, options: dict) -> str:
+def transcribe_window(model: Whisper, audio: np.ndarray, options: dict) -> str | None:
     """AUDIO's text (float32, 16 kHz, shorter than MODEL's window) from one window of MODEL's
     n_audio_ctx positions: what `model.transcribe(audio, **OPTIONS)` does with one window and
-    one temperature, but with no padding beyond that window."""
+    one temperature, but with no padding beyond that window. None when the decoding failed by
+    transcribe()'s own rule (its text compresses too well: a phrase repeated over and over)."""
     # The window as transcribe() builds it: the audio's frames of the log-mel of the audio
     # padded with 30 s of silence, then zeros up to the window's length.
     mel = whisper.log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
@@ -153,6 +158,9 @@ def transcribe_window(model: Whisper, audio: np.ndarray, options: dict) -> str:
         whisper.pad_or_trim(content, 2 * model.dims.n_audio_ctx),
         whisper.DecodingOptions(**{k: v for k, v in options.items() if k in DECODING_FIELDS}),
     )
+    repetitive = options.get("compression_ratio_threshold", COMPRESSION_RATIO_THRESHOLD)
+    if repetitive is not None and result.compression_ratio > repetitive:
+        return None
     no_speech = options.get("no_speech_threshold", NO_SPEECH_THRESHOLD)
     unlikely = options.get("logprob_threshold", LOGPROB_THRESHOLD)
     if (
@@ -195,6 +203,7 @@ class Transcriber:
         self.detector = SpeechDetector() if detect_speech else None
         self.window = window
         self._fitted: dict[int, FittedWhisper] = {}  # by positions: at most 5 (FIT_STEP_S)
+        self.fallbacks = 0  # fitted windows that failed and were decoded again in full
 
     def transcribe(
         self,
@@ -242,4 +251,8 @@ class Transcriber:
             model = self._fitted.get(n_ctx)
             if model is None:
                 model = self._fitted[n_ctx] = FittedWhisper(self.model, n_ctx)
-            return {"text": transcribe_window(model, audio, options)}
+            text = transcribe_window(model, audio, options)
+            if text is None:  # a short window's repetition loop: the 30 s window instead
+                self.fallbacks += 1
+                return self.model.transcribe(audio, **options)
+            return {"text": text}
