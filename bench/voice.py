@@ -223,7 +223,7 @@ def run(
     threads: int,
     end_of_speech_s: float,
     log: Path,
-    whisper_window: str = "full",
+    whisper_window: str = "fit",
 ) -> dict:
     """The figures; the app's log (each hands-free question's timing) goes to LOG."""
     llama, whisper_ckpt = models.llama_1b_q4(), models.whisper_base()
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.voice", description=__doc__)
     add_voice_arguments(parser, "runs/voice", 3)
     parser.add_argument(
-        "--whisper-window", choices=["full", "fit"], default="full", help="the app's"
+        "--whisper-window", choices=["full", "fit"], default="fit", help="the app's"
     )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

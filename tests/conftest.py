@@ -24,6 +24,9 @@ LLAMA3_TINY_SHAPE = synth_llama.llama_3_2_1b_scaled(
     max_position_embeddings=8192,
     initializer_range=0.1,
 )
+# What the tiny Whisper writes for any audio: a real one writes ~15 tokens for a 5 s question;
+# a text of repeated tokens would be taken for a looping window and decoded twice.
+TINY_WHISPER_TOKENS = 12
 
 
 @pytest.fixture(scope="session")
@@ -64,10 +67,13 @@ def llama3_tiny_dir(tmp_path_factory, llama3_tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_whisper_path(tmp_path_factory) -> Path:
-    """Tiny English-only Whisper checkpoint, loadable by `whisper.load_model(path)`."""
+    """Tiny English-only Whisper checkpoint, loadable by `whisper.load_model(path)`; its
+    transcripts are TINY_WHISPER_TOKENS distinct tokens, as a short question's are."""
     from synth import whisper as synth_whisper
 
-    return synth_whisper.build_checkpoint(tmp_path_factory.mktemp("whisper") / "tiny.en.pt")
+    return synth_whisper.build_checkpoint(
+        tmp_path_factory.mktemp("whisper") / "tiny.en.pt", end_after=TINY_WHISPER_TOKENS
+    )
 
 
 @pytest.fixture(scope="session")
