@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.models import BENCH_DIR
+from tutor.audio import SAMPLE_RATE
 from tutor.files import atomic_output
 
 # CTranslate2's DataType ids (include/ctranslate2/types.h)
@@ -167,3 +168,38 @@ def tiny_en(cache: Path = BENCH_DIR) -> Path:
         with atomic_output(path) as tmp:
             torch.save(checkpoint, tmp)
     return path
+
+
+def tokens_per_second(window: str = "fit") -> float:
+    """Tokens Whisper tiny.en decodes per second of audio (its text's and the end of text), on
+    all the shared clips: what a synthetic model should decode to cost what a real one does."""
+    import json
+
+    import whisper
+
+    from train.assets import assets_dir
+    from tutor import audio
+    from tutor.transcribe import Transcriber, load_whisper
+
+    transcriber = Transcriber(load_whisper(str(tiny_en())), window=window)
+    tokenizer = whisper.tokenizer.get_tokenizer(multilingual=False)
+    speech = assets_dir() / "speech"
+    tokens = seconds = 0.0
+    for line in (speech / "transcripts.jsonl").open():
+        samples = audio.load(speech / json.loads(line)["audio"])
+        text = transcriber.transcribe(samples, "en")
+        tokens += len(tokenizer.encode(" " + text)) + 1
+        seconds += len(samples) / SAMPLE_RATE
+    return tokens / seconds
+
+
+class DecodesLikeRealWhisper:
+    """A synthetic Whisper's transcriber (text of a fixed length, whatever the audio) that
+    decodes as many tokens as real Whisper would for each audio: TOKENS_PER_S per second."""
+
+    def __init__(self, transcriber, tokens_per_s: float) -> None:
+        self.transcriber, self.tokens_per_s = transcriber, tokens_per_s
+
+    def transcribe(self, samples, language: str | None = None, max_tokens: int | None = None):
+        real = max(1, round(self.tokens_per_s * len(samples) / SAMPLE_RATE))
+        return self.transcriber.transcribe(samples, language, min(max_tokens or real, real))

@@ -11,8 +11,9 @@ presses Stop as the speech ends; hands-free: chunks of LISTEN_CHUNK_S arrive as 
 spoken) and end at the first answer token. What the page adds to each path is measured by
 bench.voice, where Chromium shares these 2 cores; here the cores are the server's, as on a
 Space, where each student's browser runs on their own device. Whisper base's and Llama 3.2 1B
-Q4_K_M's shapes with synthetic weights (bench.models); the measured student's answers are 16
-tokens, the others' 600 (bench.voice.prompts).
+Q4_K_M's shapes with synthetic weights (bench.models); every transcription decodes as many
+tokens as real Whisper (tiny.en, bench.real_whisper) writes for that much audio on the shared
+clips; the measured student's answers are 16 tokens, the others' 600 (bench.voice.prompts).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import hardware, models, speech, voice
+from bench import hardware, models, real_whisper, speech, voice
 from tutor.settings import Settings
 
 BROWSER_RATE = 48000  # Hz: what the page's microphone streams, and its recordings hold
@@ -179,12 +180,17 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict
             end_of_speech_s=end_of_speech_s,
         )
         tutor = app.load(settings).tutor
+        # The synthetic Whisper writes 30 tokens for any audio; real Whisper writes as many as
+        # were said: every transcription, on both paths, decodes what tiny.en would.
+        whisper = tutor.transcriber
+        result["tokens_per_s"] = real_whisper.tokens_per_second()
+        tutor.transcriber = real_whisper.DecodesLikeRealWhisper(whisper, result["tokens_per_s"])
         for load in ("alone", f"{others} others"):
             others_now = others if load != "alone" else 0
             with voice.OtherStudents(others_now, functools.partial(_ask_the_tutor, tutor)):
                 for window in WINDOWS:
                     print(f"voice on the server, {load}, Whisper window {window} …", flush=True)
-                    tutor.transcriber.window = window
+                    whisper.window = window
                     # As the app would listen with this window (partials with `fit`).
                     listener = listener_for(tutor, replace(settings, whisper_window=window))
                     result.setdefault(load, {})[window] = _paths(
@@ -280,7 +286,8 @@ def markdown(r: dict) -> str:
         [
             f"Memory bandwidth in this run: {r['ceiling']['read_bandwidth_gb_s']:.1f} GB/s. "
             f"A spoken follow-up → its first answer token on the server (no browser), median "
-            f"of {r['repeats']}:",
+            f"of {r['repeats']}; every transcription decodes {r['tokens_per_s']:.2f} tokens per "
+            "second of its audio, as real Whisper (tiny.en) does on the shared clips:",
             "",
             f"| Whisper window | path | alone (s) | with {others} answering (s) |",
             "|---|---|---|---|",

@@ -12,7 +12,7 @@ import pytest
 import whisper
 from whisper.normalizers import EnglishTextNormalizer
 
-from bench.real_whisper import read_ctranslate2
+from bench.real_whisper import DecodesLikeRealWhisper, read_ctranslate2
 from tutor import audio
 from tutor.audio import SAMPLE_RATE
 from tutor.transcribe import Transcriber, load_whisper
@@ -66,3 +66,13 @@ def test_short_speech_that_loops_in_a_fitted_window_is_decoded_again_in_full(
     normalize = EnglishTextNormalizer()
     assert jiwer.wer(normalize(reference), normalize(heard)) < 0.2, heard
     assert transcriber.fallbacks == 1
+
+
+def test_a_synthetic_whisper_decodes_as_many_tokens_as_real_whisper_would(tiny_whisper_path):
+    transcriber = Transcriber(load_whisper(str(tiny_whisper_path)), threads=2)
+    tokenizer = whisper.tokenizer.get_tokenizer(multilingual=False)
+    like_real = DecodesLikeRealWhisper(transcriber, tokens_per_s=3.0)
+    noise = np.random.default_rng(0).normal(0, 0.1, 2 * SAMPLE_RATE).astype(np.float32)
+    # 2 s of audio: 6 decoding steps (real Whisper: 5 tokens and the end of text); else 12.
+    assert len(tokenizer.encode(" " + like_real.transcribe(noise, "en"))) == 6
+    assert len(tokenizer.encode(" " + like_real.transcribe(noise, "en", max_tokens=4))) == 4
