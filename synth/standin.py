@@ -30,12 +30,17 @@ def standin_llm(cache_dir: Path = CACHE_DIR) -> Path:
     return path
 
 
+STANDIN_TOKENS = 12  # what the stand-in Whisper writes for any recording
+
+
 def standin_whisper(cache_dir: Path = CACHE_DIR) -> Path:
-    """Path of the stand-in Whisper checkpoint, built on first use."""
+    """Path of the stand-in Whisper checkpoint, built on first use: its text is STANDIN_TOKENS
+    distinct tokens (a random model's repeats a few to the 224-token limit, which the
+    transcriber takes for a looping window and decodes twice)."""
     from synth import whisper as synth_whisper
 
-    path = cache_dir / "standin-whisper-tiny-en.pt"
+    path = cache_dir / f"standin-whisper-tiny-en-{STANDIN_TOKENS}-tokens.pt"
     if not path.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        synth_whisper.build_checkpoint(path)
+        synth_whisper.build_checkpoint(path, end_after=STANDIN_TOKENS)
     return path
