@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -74,6 +75,7 @@ SAID_STORAGE_KEY = "voice-tutor-model-words"
 # BrowserState encrypts with this; it is sent to the page, so it hides nothing from the
 # student's own device. It is fixed so that a conversation outlives a restart of the app.
 STORAGE_SECRET = "voice-tutor"
+MAX_EXPECTED_ANSWERS = 4096  # sessions remembered between sending a question and its answer
 ANSWER_END_WAIT_S = 600.0  # only a hang reaches it: a stopped answer ends at its next token
 NEW_CONVERSATION_STARTED = "New conversation started."  # said once the old answer has ended
 STOPPED_BEFORE_IT_BEGAN = "Stopped before the tutor began; your question is back in the box."
@@ -255,12 +257,26 @@ class RunningAnswers:
         self._lock = threading.Lock()
         # One entry per answer streaming (one per session: tutor.fairness): (ended, stop).
         self._answers: dict[str, tuple[threading.Event, threading.Event]] = {}
+        # Questions sent whose answers have not begun yet: was Stop pressed meanwhile? (Send and
+        # the answer's start are two events: Stop can come between them.) Oldest out first.
+        self._expected: OrderedDict[str, bool] = OrderedDict()
+
+    def expect(self, session: str) -> None:
+        """SESSION has sent a question: a Stop before its answer begins stops that answer."""
+        with self._lock:
+            self._expected[session] = False
+            self._expected.move_to_end(session)
+            while len(self._expected) > MAX_EXPECTED_ANSWERS:
+                self._expected.popitem(last=False)
 
     @contextmanager
     def running(self, session: str) -> Iterator[threading.Event]:
-        """Registers SESSION's answer while it streams; yields the Event that stops it."""
+        """Registers SESSION's answer while it streams; yields the Event that stops it (already
+        set when Stop came after the question was sent and before this)."""
         ended, stop = threading.Event(), threading.Event()
         with self._lock:
+            if self._expected.pop(session, False):
+                stop.set()
             self._answers[session] = (ended, stop)
         try:
             yield stop
@@ -274,10 +290,13 @@ class RunningAnswers:
         with self._lock:
             return session in self._answers
 
-    def stop(self, session: str) -> None:
-        """End SESSION's streaming answer at its next token (nothing if none streams)."""
+    def stop(self, session: str, about_to_begin: bool = True) -> None:
+        """End SESSION's streaming answer at its next token; if none streams, the one about to
+        begin (unless not ABOUT_TO_BEGIN)."""
         with self._lock:
             answer = self._answers.get(session)
+            if answer is None and about_to_begin and session in self._expected:
+                self._expected[session] = True
         if answer is not None:
             answer[1].set()
 
@@ -400,7 +419,8 @@ def add_page(
     def use_example(chosen: gr.SelectData) -> str:
         return chosen.value["text"]
 
-    def take_question(text: str):
+    def take_question(text: str, request: gr.Request):
+        running.expect(client_of(request)[0])
         return text, ""
 
     unchanged = (gr.skip(),) * 5  # respond's outputs
@@ -468,7 +488,10 @@ def add_page(
                 mine.reset()
                 return nothing
             text = mine.feed(*chunk)
-            return nothing if text is None else (text, count + 1, "")
+            if text is None:
+                return nothing
+            running.expect(session)
+            return text, count + 1, ""
         except Exception as e:
             return gr.skip(), gr.skip(), _note(user_message(e))
 
@@ -480,7 +503,8 @@ def add_page(
 
     def end_answer(request: gr.Request) -> None:
         session = client_of(request)[0]
-        running.stop(session)
+        # Not one about to begin: stopped, it would put the question back in the old chat.
+        running.stop(session, about_to_begin=False)
         running.wait_until_ended(session)
 
     def new_conversation():
