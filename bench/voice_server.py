@@ -146,7 +146,7 @@ def _silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * BROWSER_RATE), np.int16)
 
 
-def _ask_the_tutor(tutor, i: int, stopping: threading.Event) -> None:
+def ask_the_tutor(tutor, i: int, stopping: threading.Event) -> None:
     """Student I asks TUTOR until STOPPING (the answer in flight stops at its next token)."""
     while not stopping.is_set():
         for _ in tutor.ask(voice.other_question(i), "explain", [], cancel=stopping):
@@ -165,7 +165,7 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict
         "end_of_speech_s": end_of_speech_s,
     }
     clip, _ = speech.clip_near(5.0)
-    question_pcm = _pcm(clip)
+    question_pcm = pcm_of(clip)
     answers = AnswerLog()
     logging.getLogger("tutor.service").addHandler(answers)
     logging.getLogger("tutor.service").setLevel(logging.INFO)
@@ -187,7 +187,7 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict
         tutor.transcriber = real_whisper.DecodesLikeRealWhisper(whisper, result["tokens_per_s"])
         for load in ("alone", f"{others} others"):
             others_now = others if load != "alone" else 0
-            with voice.OtherStudents(others_now, functools.partial(_ask_the_tutor, tutor)):
+            with voice.OtherStudents(others_now, functools.partial(ask_the_tutor, tutor)):
                 for window in WINDOWS:
                     print(f"voice on the server, {load}, Whisper window {window} …", flush=True)
                     whisper.window = window
@@ -246,7 +246,7 @@ def _paths(
     }
 
 
-def _pcm(clip: Path) -> np.ndarray:
+def pcm_of(clip: Path) -> np.ndarray:
     """CLIP as the browser's microphone would send it: int16, mono, BROWSER_RATE."""
     import soundfile
     import soxr
