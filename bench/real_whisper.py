@@ -61,8 +61,8 @@ def read_ctranslate2(path: Path) -> dict[str, np.ndarray]:
         shape = [take("I") for _ in range(take("B"))]
         dtype = CT2_TYPES[take("B")]
         n_bytes = take("I")
-        variables[name] = np.frombuffer(data, dtype, n_bytes // np.dtype(dtype).itemsize, offset)
-        variables[name] = variables[name].reshape(shape)
+        count = n_bytes // np.dtype(dtype).itemsize
+        variables[name] = np.frombuffer(data, dtype, count, offset).reshape(shape)
         offset += n_bytes
     for _ in range(take("I")):
         alias, target = text(), text()
@@ -173,20 +173,17 @@ def tiny_en(cache: Path = BENCH_DIR) -> Path:
 def tokens_per_second(window: str = "fit") -> float:
     """Tokens Whisper tiny.en decodes per second of audio (its text's and the end of text), on
     all the shared clips: what a synthetic model should decode to cost what a real one does."""
-    import json
-
     import whisper
 
-    from train.assets import assets_dir
+    from bench import speech
     from tutor import audio
     from tutor.transcribe import Transcriber, load_whisper
 
     transcriber = Transcriber(load_whisper(str(tiny_en())), window=window)
     tokenizer = whisper.tokenizer.get_tokenizer(multilingual=False)
-    speech = assets_dir() / "speech"
     tokens = seconds = 0.0
-    for line in (speech / "transcripts.jsonl").open():
-        samples = audio.load(speech / json.loads(line)["audio"])
+    for clip in speech.clips():
+        samples = audio.load(clip["audio"])
         text = transcriber.transcribe(samples, "en")
         tokens += len(tokenizer.encode(" " + text)) + 1
         seconds += len(samples) / SAMPLE_RATE

@@ -17,12 +17,23 @@ if TYPE_CHECKING:  # whisper (and torch) are imported where used: `--help` need 
 DECODED_TOKENS = 30
 
 
-def clip_near(seconds: float) -> tuple[Path, float]:
-    """The shared speech clip whose duration is closest to SECONDS."""
+def clips() -> list[dict]:
+    """The shared speech clips, one row each (transcripts.jsonl): `audio` (its path), the
+    reference `text`, `duration_s`."""
     speech = assets_dir() / "speech"
     rows = [json.loads(line) for line in (speech / "transcripts.jsonl").open()]
-    row = min(rows, key=lambda r: abs(r["duration_s"] - seconds))
-    return speech / row["audio"], row["duration_s"]
+    return [row | {"audio": speech / row["audio"]} for row in rows]
+
+
+def reference(name: str) -> str:
+    """The reference transcript of the shared clip NAME (its file name without suffix)."""
+    return next(row["text"] for row in clips() if row["audio"].stem == name)
+
+
+def clip_near(seconds: float) -> tuple[Path, float]:
+    """The shared speech clip whose duration is closest to SECONDS."""
+    row = min(clips(), key=lambda r: abs(r["duration_s"] - seconds))
+    return row["audio"], row["duration_s"]
 
 
 def fixed_length_options(model: whisper.Whisper) -> dict:

@@ -28,7 +28,7 @@ from pathlib import Path
 import jiwer
 import numpy as np
 
-from train.assets import assets_dir
+from bench import speech
 from tutor import audio
 from tutor.audio import SAMPLE_RATE, AudioError
 from tutor.live import END_OF_QUESTION_S, PIECE_LEAD_S, PIECE_TAIL_S, Listener
@@ -90,10 +90,9 @@ class Question:
         return np.concatenate(parts)
 
 
-def questions(speech_dir: Path) -> dict[str, list[Question]]:
+def questions() -> dict[str, list[Question]]:
     """The shared clips as one-breath questions, and consecutive pairs as two-breath ones."""
-    rows = [json.loads(line) for line in (speech_dir / "transcripts.jsonl").open()]
-    clips = [(Path(r["audio"]).stem, audio.load(speech_dir / r["audio"]), r["text"]) for r in rows]
+    clips = [(r["audio"].stem, audio.load(r["audio"]), r["text"]) for r in speech.clips()]
     single = [Question(name, [x], text) for name, x, text in clips]
     pairs = [
         Question(f"{a[0]}+{b[0]}", [a[1], b[1]], f"{a[2]} {b[2]}")
@@ -164,7 +163,7 @@ def run() -> dict:
     """Both sets of questions, for each recognizer: cut with the app's margins and with none
     (Silero's own bounds), and whole."""
     result: dict = {"recognizers": {}}
-    sets = questions(assets_dir() / "speech")
+    sets = questions()
     with ThreadPoolExecutor(1, thread_name_prefix="live") as executor:
         by_name, whisper = recognizers()
         for name, (recognise, whole) in by_name.items():

@@ -8,16 +8,16 @@ import json
 import re
 import time
 
-import jiwer
 import numpy as np
 import pytest
 import soundfile
 from gradio_client import Client, handle_file
-from whisper.normalizers import EnglishTextNormalizer
 
 from audio_files import encode, write
 from bench.harness import ROOT
 from bench.browser import DESKTOP, PHONE, chromium, wait
+from bench.speech import reference
+from bench.streaming_wer import wer
 from page_driver import BY, Page, needs_chromium
 from tutor.math_text import dollars_to_parens
 from tutor.page import AUDIO_FILE_TYPES, MODE_TAG, MODE_TAG_RE, NEW_CONVERSATION_STARTED
@@ -62,17 +62,6 @@ def desktop(slow_app_url, assets, tmp_path):
     driver = chromium(DESKTOP, assets / "speech/ljspeech/LJ001-0001.wav", tmp_path)
     yield Page(driver, slow_app_url).open()
     driver.quit()
-
-
-def _reference(assets, clip: str) -> str:
-    """The shared clip CLIP's reference transcript."""
-    rows = [json.loads(line) for line in (assets / "speech/transcripts.jsonl").open()]
-    return next(r["text"] for r in rows if r["audio"].endswith(f"/{clip}.wav"))
-
-
-def _word_error_rate(reference: str, heard: str) -> float:
-    normalize = EnglishTextNormalizer()
-    return jiwer.wer(normalize(reference), normalize(heard))
 
 
 def _prefills(url: str) -> int:
@@ -246,8 +235,7 @@ def test_browser_and_phone_recordings_transcribe_through_the_page_and_the_api(
         assert desktop.question.get_attribute("value") == through_api, recording.name
         assert not desktop.status()
         if recording is m4a:  # the whole clip, as a phone's voice memo: its words came out
-            said = _reference(assets, "LJ001-0001")
-            assert _word_error_rate(said, through_api) < 0.1, through_api
+            assert wer([reference("LJ001-0001")], [through_api]) < 0.1, through_api
 
 
 @pytest.mark.skipif(not AXE.is_file(), reason="axe-core is not installed (make test runs npm ci)")
@@ -351,8 +339,8 @@ def test_hands_free_sends_the_question_when_speech_ends_with_no_further_click(
         wait(page.answer_text, every=0.01)
         first_token = time.monotonic()
         # Real Whisper heard the clip's own words: pieces cut at pauses, joined in order.
-        said = _reference(assets, "LJ001-0001")
-        assert _word_error_rate(said, page.users()[0].text) < 0.1, page.users()[0].text
+        heard = page.users()[0].text
+        assert wer([reference("LJ001-0001")], [heard]) < 0.1, heard
         wait(lambda: len(page.answer_text()) > 20)  # the answer streams
         # The words heard before the end went to the model ahead of the question (its prompt was
         # prefilled while the student spoke and paused).

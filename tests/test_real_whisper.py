@@ -4,15 +4,13 @@ the transcriber's windows."""
 
 from __future__ import annotations
 
-import json
-
-import jiwer
 import numpy as np
 import pytest
 import whisper
-from whisper.normalizers import EnglishTextNormalizer
 
+from bench import speech
 from bench.real_whisper import DecodesLikeRealWhisper, read_ctranslate2
+from bench.streaming_wer import wer
 from tutor import audio
 from tutor.audio import SAMPLE_RATE
 from tutor.transcribe import Transcriber, load_whisper
@@ -25,11 +23,10 @@ def test_converted_tiny_en_transcribes_real_speech_as_its_reference(
     real_whisper_path, assets, window
 ):
     transcriber = Transcriber(load_whisper(str(real_whisper_path)), threads=2, window=window)
-    rows = [json.loads(line) for line in (assets / "speech/transcripts.jsonl").open()][:CLIPS]
-    heard = [transcriber.transcribe(audio.load(assets / "speech" / r["audio"])) for r in rows]
-    normalize = EnglishTextNormalizer()
-    error = jiwer.wer([normalize(r["text"]) for r in rows], [normalize(t) for t in heard])
-    assert error < 0.1, heard  # a wrong tensor or transposition would give nonsense
+    clips = speech.clips()[:CLIPS]
+    heard = [transcriber.transcribe(audio.load(c["audio"])) for c in clips]
+    # A wrong tensor or transposition would give nonsense.
+    assert wer([c["text"] for c in clips], heard) < 0.1, heard
 
 
 def test_the_checkpoint_is_tiny_en_and_english_only(real_whisper_path):
@@ -56,15 +53,12 @@ def test_short_speech_that_loops_in_a_fitted_window_is_decoded_again_in_full(
     """A hands-free piece (0.5 s before the speech, 0.15 s after) of ~1.5 s of speech: in a 5 s
     window, tiny.en loops ("In 1813, in 1813, in 1813, …"); the 30 s window does not."""
     transcriber = Transcriber(load_whisper(str(real_whisper_path)), threads=2, window="fit")
-    speech = audio.load(assets / f"speech/ljspeech/{clip}.wav")
+    said = audio.load(assets / f"speech/ljspeech/{clip}.wav")
     piece = np.concatenate(
-        [np.zeros(int(0.5 * SAMPLE_RATE), np.float32), speech, np.zeros(int(0.15 * SAMPLE_RATE))]
+        [np.zeros(int(0.5 * SAMPLE_RATE), np.float32), said, np.zeros(int(0.15 * SAMPLE_RATE))]
     ).astype(np.float32)
-    rows = [json.loads(line) for line in (assets / "speech/transcripts.jsonl").open()]
-    reference = next(r["text"] for r in rows if clip in r["audio"])
     heard = transcriber.transcribe(piece, "en", 40)
-    normalize = EnglishTextNormalizer()
-    assert jiwer.wer(normalize(reference), normalize(heard)) < 0.2, heard
+    assert wer([speech.reference(clip)], [heard]) < 0.2, heard
     assert transcriber.fallbacks == 1
 
 
