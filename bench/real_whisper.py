@@ -197,6 +197,14 @@ class DecodesLikeRealWhisper:
     def __init__(self, transcriber, tokens_per_s: float) -> None:
         self.transcriber, self.tokens_per_s = transcriber, tokens_per_s
 
-    def transcribe(self, samples, language: str | None = None, max_tokens: int | None = None):
+    def transcribe(
+        self,
+        samples,
+        language: str | None = None,
+        max_tokens: int | None = None,
+        draft: str | None = None,
+    ):
         real = max(1, round(self.tokens_per_s * len(samples) / SAMPLE_RATE))
-        return self.transcriber.transcribe(samples, language, min(max_tokens or real, real))
+        return self.transcriber.transcribe(
+            samples, language, min(max_tokens or real, real), draft=draft
+        )

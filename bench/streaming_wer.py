@@ -65,7 +65,9 @@ class PocketSphinx:
 
         self.decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
 
-    def __call__(self, samples: np.ndarray, language: str | None = None, _tokens: int = 0) -> str:
+    def __call__(
+        self, samples: np.ndarray, language: str | None = None, _tokens: int = 0, draft=None
+    ) -> str:
         pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes()
         self.decoder.start_utt()
         self.decoder.process_raw(pcm, full_utt=True)

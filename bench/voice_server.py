@@ -92,7 +92,7 @@ class Student:
         """Seconds from Stop (pressed as the speech ends) to the first answer token."""
         recording = np.concatenate([_silence(LEAD_S), self.question_pcm])
         stop = time.perf_counter()
-        question = marked(self.tutor.transcribe((BROWSER_RATE, recording)), self.question_pcm)
+        question = self.tutor.transcribe((BROWSER_RATE, recording))
         first, answer = _first_token(self.tutor.ask(question, MODE, self.history))
         self._answered(question, answer)
         return first - stop
@@ -124,22 +124,15 @@ class Student:
         return first - (start + speech_end_s), listener.last_question.waited_s
 
 
-def marked(text: str, audio: np.ndarray, rate: int = BROWSER_RATE) -> str:
-    """TEXT with its AUDIO's length: the synthetic Whisper's text does not follow the audio (a
-    partial transcript is the final one), where a real partial lacks the last words spoken;
-    the mark makes a partial and the final text differ in their last words as real ones do."""
-    return f"{text} ({len(audio) / rate:.1f} seconds)"
-
-
-def listener_for(tutor, settings: Settings):
-    """A hands-free listener as the app's (partials with the fit window), transcripts marked."""
-    from tutor.audio import SAMPLE_RATE
+def listener_for(tutor, settings: Settings, drafts: bool = True):
+    """A hands-free listener as the app's (partials and drafts with the fit window); DRAFTS off:
+    every piece decoded from scratch."""
     from tutor.page import Listeners
 
-    def transcribe(audio: np.ndarray, language: str | None, max_tokens: int) -> str:
-        return marked(tutor.transcriber.transcribe(audio, language, max_tokens), audio, SAMPLE_RATE)
+    def from_scratch(audio, language, max_tokens, draft=None) -> str:
+        return tutor.transcriber.transcribe(audio, language, max_tokens)
 
-    return Listeners(tutor, settings, transcribe).of("bench", "en")
+    return Listeners(tutor, settings, None if drafts else from_scratch).of("bench", "en")
 
 
 def _silence(seconds: float) -> np.ndarray:
@@ -193,9 +186,15 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict
                     whisper.window = window
                     # As the app would listen with this window (partials with `fit`).
                     listener = listener_for(tutor, replace(settings, whisper_window=window))
-                    result.setdefault(load, {})[window] = _paths(
+                    drafted = (whisper.draft_right_tokens, whisper.drafted_tokens)
+                    figures = _paths(
                         tutor, listener, question_pcm, repeats, answers, end_of_speech_s
                     )
+                    figures["draft_tokens"] = {
+                        "right": whisper.draft_right_tokens - drafted[0],
+                        "written": whisper.drafted_tokens - drafted[1],
+                    }
+                    result.setdefault(load, {})[window] = figures
     logging.getLogger("tutor.service").removeHandler(answers)
     for window in WINDOWS:
         alone, busy = result["alone"][window], result[f"{others} others"][window]
@@ -309,6 +308,11 @@ def markdown(r: dict) -> str:
                 for w in WINDOWS
             )
             + ".",
+            "",
+            "Tokens of hands-free pieces decoded from a draft (fit, alone): "
+            f"{r['alone']['fit']['draft_tokens']['right']} of "
+            f"{r['alone']['fit']['draft_tokens']['written']} came from the draft (the synthetic "
+            "Whisper's partials are right as far as they go).",
         ]
     )
 

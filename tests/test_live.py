@@ -49,6 +49,7 @@ class Recorder:
         self.handed_over_s: list[float] = []  # audio streamed when each piece was handed over
         self.lengths_s: list[float] = []  # each transcribed piece's length
         self.texts: list[str] = []  # each transcribed piece's text
+        self.drafts: list[str | None] = []  # each piece's draft (its beginning's text)
         recorder = self
 
         class Handover(ThreadPoolExecutor):
@@ -58,14 +59,20 @@ class Recorder:
 
         self.handover = Handover(1)
 
-    def __call__(self, audio: np.ndarray, language: str | None, max_tokens: int) -> str:
+    def __call__(
+        self, audio: np.ndarray, language: str | None, max_tokens: int, draft: str | None = None
+    ) -> str:
         self.lengths_s.append(len(audio) / SAMPLE_RATE)
-        self.texts.append(self.transcriber.transcribe(audio, language, max_tokens))
+        self.drafts.append(draft)
+        self.texts.append(self.transcriber.transcribe(audio, language, max_tokens, draft=draft))
         return self.texts[-1]
 
 
-def _stream(listener: Listener, recorder: Recorder, audio: np.ndarray) -> list[tuple[float, str]]:
-    """Feed AUDIO as the browser does, in int16 chunks; (audio streamed, text) per question."""
+def _stream(
+    listener: Listener, recorder: Recorder, audio: np.ndarray, keep_up: bool = False
+) -> list[tuple[float, str]]:
+    """Feed AUDIO as the browser does, in int16 chunks; (audio streamed, text) per question.
+    KEEP_UP: each chunk's transcriptions end before the next chunk comes (a fast machine)."""
     pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
     step, questions = int(CHUNK_S * BROWSER_RATE), []
     for start in range(0, len(pcm), step):
@@ -73,6 +80,8 @@ def _stream(listener: Listener, recorder: Recorder, audio: np.ndarray) -> list[t
         text = listener.feed(BROWSER_RATE, pcm[start : start + step])
         if text is not None:
             questions.append((recorder.fed_s, text))
+        if keep_up:
+            recorder.handover.submit(lambda: None).result()
     return questions
 
 
@@ -169,7 +178,7 @@ def _covered(recording: np.ndarray, pieces: list[np.ndarray]) -> np.ndarray:
 def test_every_loud_sample_of_the_speech_reaches_the_transcriber(assets, clips, gap_s, chunk_s):
     pieces: list[np.ndarray] = []
 
-    def keep(audio: np.ndarray, language: str | None, max_tokens: int) -> str:
+    def keep(audio: np.ndarray, language: str | None, max_tokens: int, draft=None) -> str:
         pieces.append(audio.copy())
         return "words"
 
@@ -243,10 +252,10 @@ def test_words_transcribed_after_the_trailing_silence_are_still_handed_on(transc
     question_end_s = 0.5 + len(speech[1]) / BROWSER_RATE + END_OF_QUESTION_S
     slow = recorder.__call__
 
-    def after_the_silence(audio, language, max_tokens):
+    def after_the_silence(audio, language, max_tokens, draft=None):
         while recorder.fed_s < question_end_s:  # the feed that ends the question has begun
             time.sleep(0.005)
-        return slow(audio, language, max_tokens)
+        return slow(audio, language, max_tokens, draft)
 
     listener = Listener(after_the_silence, recorder.handover, "en", END_OF_QUESTION_S)
     heard: list[str] = []
@@ -310,7 +319,7 @@ def test_students_beyond_the_listening_limit_hear_busy():
     from tutor.errors import BusyError
     from tutor.page import Listeners
 
-    tutor = SimpleNamespace(transcriber=SimpleNamespace(transcribe=lambda *_: ""))
+    tutor = SimpleNamespace(transcriber=SimpleNamespace(transcribe=lambda *_, **__: ""))
     listeners = Listeners(
         tutor,
         SimpleNamespace(max_listeners=2, end_of_speech_s=0.8, whisper_window="full", stt_url=""),
@@ -331,10 +340,31 @@ def test_partials_only_where_a_piece_costs_what_its_length_does():
 
     from tutor.page import Listeners
 
-    tutor = SimpleNamespace(transcriber=SimpleNamespace(transcribe=lambda *_: ""))
+    tutor = SimpleNamespace(transcriber=SimpleNamespace(transcribe=lambda *_, **__: ""))
     for window, stt_url, partials in (("fit", "", True), ("full", "", False), ("fit", "x", False)):
         settings = SimpleNamespace(
             max_listeners=2, end_of_speech_s=0.8, whisper_window=window, stt_url=stt_url
         )
         listener = Listeners(tutor, settings).of("a", "en")
         assert (listener.partials is not None) == partials
+
+
+def test_a_piece_is_decoded_from_its_latest_partial(transcriber, speech):
+    """The question's last piece is transcribed from the words its latest partial already has
+    (tutor.draft_decoding); without partials there is no draft."""
+    audio = np.concatenate([_silence(0.5), speech[0], _silence(2.0)])
+    drafts = {}
+    for partials in (threading.Semaphore(1), None):
+        recorder = Recorder(transcriber)
+        listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S, partials)
+        listener.on_words = lambda words, outdated: None
+        _stream(listener, recorder, audio, keep_up=True)
+        drafts[partials is not None] = recorder
+    with_partials = drafts[True]
+    # Pieces (4.7 and 5.6 s long, cut at a pause), each after its partials (every second).
+    assert len(with_partials.lengths_s) > 2 + 2 * 2
+    for i, draft in enumerate(with_partials.drafts):
+        if i and with_partials.lengths_s[i - 1] < with_partials.lengths_s[i]:  # a piece goes on
+            assert draft == with_partials.texts[i - 1]
+    assert with_partials.drafts[-1] is not None
+    assert drafts[False].drafts == [None] * len(drafts[False].drafts)

@@ -16,6 +16,7 @@ from tutor.audio import SAMPLE_RATE
 from tutor.transcribe import Transcriber, load_whisper
 
 CLIPS = 3  # the first shared clips (2 to 10 s of read speech)
+DRAFT_CLIPS = 8
 
 
 @pytest.mark.parametrize("window", ["full", "fit"])
@@ -70,3 +71,21 @@ def test_a_synthetic_whisper_decodes_as_many_tokens_as_real_whisper_would(tiny_w
     # 2 s of audio: 6 decoding steps (real Whisper: 5 tokens and the end of text); else 12.
     assert len(tokenizer.encode(" " + like_real.transcribe(noise, "en"))) == 6
     assert len(tokenizer.encode(" " + like_real.transcribe(noise, "en", max_tokens=4))) == 4
+
+
+def test_decoding_from_a_partial_transcript_gives_the_same_words(real_whisper_path, assets):
+    """Each clip decoded from its partial transcript's words (the clip less its last second, as
+    a hands-free partial lags the speech) has the words it has decoded from scratch, near-ties
+    aside (tutor.draft_decoding), and most of its tokens came from the partial."""
+    transcriber = Transcriber(load_whisper(str(real_whisper_path)), threads=2, window="fit")
+    clips = speech.clips()[:DRAFT_CLIPS]
+    scratch, drafted = [], []
+    for c in clips:
+        samples = audio.load(c["audio"])
+        partial = transcriber.transcribe(samples[:-SAMPLE_RATE])
+        scratch.append(transcriber.transcribe(samples))
+        drafted.append(transcriber.transcribe(samples, draft=partial))
+    assert wer(scratch, drafted) < 0.05, list(zip(scratch, drafted))
+    references = [c["text"] for c in clips]
+    assert wer(references, drafted) <= wer(references, scratch) + 0.02
+    assert transcriber.draft_right_tokens > transcriber.drafted_tokens / 2

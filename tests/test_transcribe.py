@@ -79,7 +79,7 @@ def test_one_window_decodes_as_whisper_transcribe_does(tiny_whisper_path):
         options = OPTIONS | extra
         with torch.inference_mode():
             expected = model.transcribe(audio, **options)["text"].strip()
-            got = transcribe_window(model, audio, options).strip()
+            got = transcribe_window(model, audio, options).text.strip()
         assert got == expected
         assert bool(expected) == (extra == {})
 

@@ -13,7 +13,9 @@ model with the question they make (tutor.batching), so that the answer's prompt 
 evaluated by the time the trailing silence sends it. With partials on (Whisper's `fit` window,
 whose cost follows the audio's length), the words of the piece still being spoken are
 transcribed every PARTIAL_EVERY_S as well, for the prefill only, so that when the question ends
-only its last words remain to be evaluated.
+only its last words remain to be evaluated; and the piece's own transcription decodes from the
+latest partial's words (a draft: tutor.draft_decoding), so that mostly its last words cost a
+decoding step each.
 
 How they share the cores: the VAD (Silero's ONNX model, ~6 ms of one core per second of audio)
 runs on the thread that receives the chunk; Whisper runs one piece at a time, on the one native
@@ -34,6 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,6 +71,7 @@ PIECE_TAIL_S = PAUSE_S / 2
 # While a student speaks, the words so far are transcribed this often (when partials are on),
 # for `on_words` only: the transcript itself is made of whole pieces cut at pauses.
 PARTIAL_EVERY_S = 1.0
+DRAFTS_KEPT = 2  # transcriptions of the open piece's beginning kept as drafts (the latest wins)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,8 @@ class Listener:
         partials: threading.Semaphore | None = None,
         margins_s: tuple[float, float] = (PIECE_LEAD_S, PIECE_TAIL_S),
     ) -> None:
-        """TRANSCRIBE(audio at 16 kHz, language, max_tokens) → text runs on EXECUTOR.
+        """TRANSCRIBE(audio at 16 kHz, language, max_tokens, draft=text of the audio's beginning
+        or None) → text runs on EXECUTOR.
         PARTIALS, when given (one semaphore for all listeners: partial transcriptions in flight
         app-wide), turns on partial transcriptions while the student speaks (PARTIAL_EVERY_S).
         MARGINS_S: audio kept before a question's first speech and after each piece's speech
@@ -182,6 +187,9 @@ class Listener:
         self._segments: list[Future] = []  # transcriptions of the question's finished segments
         self._guess: tuple[int, Future] | None = None  # (VAD sample it ends at, its transcript)
         self._partial_end = 0  # where in _audio the last partial transcription ended
+        # Transcriptions of the open piece's beginning (partials, a dropped guess), latest last:
+        # the piece's own transcription decodes from the latest's words (tutor.draft_decoding).
+        self._drafts: deque[Future] = deque(maxlen=DRAFTS_KEPT)
 
     def _to_16k(self, rate: int, samples: np.ndarray) -> np.ndarray:
         x = samples.astype(np.float32) / (32768.0 if samples.dtype == np.int16 else 1.0)
@@ -262,7 +270,10 @@ class Listener:
         if not self.partials.acquire(blocking=False):
             return  # another student's partial is in flight: this one is skipped, not queued
         self._partial_end = end
-        future = self.executor.submit(self._transcribe_quietly, self._audio[self._cut : end].copy())
+        future = self.executor.submit(
+            self._transcribe_quietly, self._audio[self._cut : end].copy(), list(self._drafts)
+        )
+        self._drafts.append(future)
         future.add_done_callback(lambda _: self.partials.release())
         words = [*self._segments, future]
         question = self._question_id
@@ -272,14 +283,16 @@ class Listener:
         """Send the speech from the last cut to END to Whisper, in the background."""
         self._segments.append(self._transcription(end))
         self._cut = self._spoken_from = max(self._cut, end - self._offset)
+        self._drafts.clear()  # they began where this piece did
 
     def _transcription(self, end: int) -> Future:
         """The speech from the last cut to END, sent to Whisper in the background; once it and
         the question's pieces before it are transcribed, `on_words` hears them all."""
         stop = max(self._cut, end - self._offset)
         future = self.executor.submit(
-            self._transcribe_quietly, self._audio[self._cut : stop].copy()
+            self._transcribe_quietly, self._audio[self._cut : stop].copy(), list(self._drafts)
         )
+        self._drafts.append(future)  # a guess dropped, once transcribed, is a draft as well
         words = [*self._segments, future]
         question = self._question_id
         future.add_done_callback(lambda _: self._words_ready(question, words))
@@ -320,10 +333,13 @@ class Listener:
             self._dropped += 1
             self._words_outdated()
 
-    def _transcribe_quietly(self, audio: np.ndarray) -> str:
+    def _transcribe_quietly(self, audio: np.ndarray, drafts: list[Future]) -> str:
+        """AUDIO's text ("" if none), decoded from the latest of DRAFTS (transcriptions of its
+        beginning, oldest first) that has words."""
+        draft = next((t for t in map(_text_or_none, reversed(drafts)) if t), None)
         try:
             max_tokens = MIN_TOKENS + int(TOKENS_PER_S * len(audio) / SAMPLE_RATE)
-            return self.transcribe(audio, self.language, max_tokens)
+            return self.transcribe(audio, self.language, max_tokens, draft=draft)
         except AudioError:  # a cough, a breath: nothing was said in this piece
             return ""
 
@@ -341,6 +357,13 @@ class Listener:
         self._ended_id = self._question_id
         self._start_question()
         return segments
+
+
+def _text_or_none(transcription: Future) -> str | None:
+    """A transcription's text, if it has been made (not cancelled, not failed)."""
+    if not transcription.done() or transcription.cancelled() or transcription.exception():
+        return None
+    return transcription.result()
 
 
 def _text_of(pieces: list[Future]) -> str:

@@ -40,10 +40,15 @@ class RemoteTranscriber:
         log.info("speech model %r at %s", self.model, options.base_url)
 
     def transcribe(
-        self, audio: np.ndarray, language: str | None = None, max_tokens: int | None = None
+        self,
+        audio: np.ndarray,
+        language: str | None = None,
+        max_tokens: int | None = None,
+        draft: str | None = None,
     ) -> str:
         """Text of AUDIO (float32, 16 kHz, mono), or AudioError if the server heard no speech.
-        (MAX_TOKENS: OpenAI's transcription API has no such field; the server decides.)"""
+        (MAX_TOKENS, DRAFT: OpenAI's transcription API has no such fields; the server decodes
+        afresh, as it decides.)"""
         language = language or self.language
         try:
             result = self.client.audio.transcriptions.create(

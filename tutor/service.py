@@ -66,7 +66,11 @@ class SpeechToText(Protocol):
     `tutor.remote_stt.RemoteTranscriber`."""
 
     def transcribe(
-        self, audio: np.ndarray, language: str | None = None, max_tokens: int | None = None
+        self,
+        audio: np.ndarray,
+        language: str | None = None,
+        max_tokens: int | None = None,
+        draft: str | None = None,
     ) -> str: ...
 
 

@@ -18,7 +18,9 @@ report the same loops (ggml-org/whisper.cpp#1855, #137). The app's default is `f
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import math
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from whisper.audio import N_FRAMES, N_SAMPLES
 from whisper.model import AudioEncoder, TextDecoder, Whisper
 
 from tutor.audio import SAMPLE_RATE, AudioError
+from tutor.draft_decoding import DECODING_FIELDS, decode_with_draft
 from tutor.errors import TranscriberLoadError, first_line
 from tutor.threads import DedicatedThread
 from tutor.vad import SpeechDetector
@@ -44,8 +47,7 @@ LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD = -1.0, 0.6
 # again, warmer): in a fitted window, short speech sometimes loops on a phrase ("In 1813, in
 # 1813, in 1813, …" for "In eighteen thirteen"), which the 30 s window does not.
 COMPRESSION_RATIO_THRESHOLD = 2.4
-# DecodingOptions' fields: the fitted window decodes with whisper.decode, which takes only these.
-DECODING_FIELDS = {f.name for f in dataclasses.fields(whisper.DecodingOptions)}
+TEXTS_REMEMBERED = 64  # recent transcripts whose tokens are kept for drafts (a few per student)
 
 __all__ = [
     "FittedWhisper",
@@ -145,23 +147,40 @@ def fitted_positions(n_samples: int) -> int | None:
     return n_ctx if n_ctx < N_FRAMES // 2 else None
 
 
-def transcribe_window(model: Whisper, audio: np.ndarray, options: dict) -> str | None:
+@dataclass(frozen=True)
+class WindowText:
+    """One fitted window's transcript."""
+
+    text: str | None  # None: the decoding failed by transcribe()'s rule (see transcribe_window)
+    tokens: list[int]  # the text's tokens as written
+    from_draft: int  # ... of which a draft had right (tutor.draft_decoding)
+
+
+def transcribe_window(
+    model: Whisper, audio: np.ndarray, options: dict, draft: list[int] | None = None
+) -> WindowText:
     """AUDIO's text (float32, 16 kHz, shorter than MODEL's window) from one window of MODEL's
     n_audio_ctx positions: what `model.transcribe(audio, **OPTIONS)` does with one window and
-    one temperature, but with no padding beyond that window. None when the decoding failed by
-    transcribe()'s own rule (its text compresses too well: a phrase repeated over and over)."""
+    one temperature, but with no padding beyond that window; with DRAFT (text tokens: a partial
+    transcript of the same audio), decoded from its right tokens (tutor.draft_decoding). The
+    text is None when the decoding failed by transcribe()'s own rule (it compresses too well:
+    a phrase repeated over and over)."""
     # The window as transcribe() builds it: the audio's frames of the log-mel of the audio
     # padded with 30 s of silence, then zeros up to the window's length.
     mel = whisper.log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
     content = mel[:, : mel.shape[-1] - N_FRAMES]
-    result = whisper.decode(
-        model,
-        whisper.pad_or_trim(content, 2 * model.dims.n_audio_ctx),
-        whisper.DecodingOptions(**{k: v for k, v in options.items() if k in DECODING_FIELDS}),
-    )
+    window = whisper.pad_or_trim(content, 2 * model.dims.n_audio_ctx)
+    plain = whisper.DecodingOptions(**{k: v for k, v in options.items() if k in DECODING_FIELDS})
+    drafted = None
+    if draft:
+        features = model.embed_audio(window[None])  # (1, n_audio_ctx, n_audio_state)
+        drafted = decode_with_draft(model, features, options, draft)
+        window = features[0]  # whisper.decode takes encoded audio as it takes mel
+    result, from_draft = drafted or (whisper.decode(model, window, plain), 0)
+    written = list(result.tokens)
     repetitive = options.get("compression_ratio_threshold", COMPRESSION_RATIO_THRESHOLD)
     if repetitive is not None and result.compression_ratio > repetitive:
-        return None
+        return WindowText(None, written, from_draft)
     no_speech = options.get("no_speech_threshold", NO_SPEECH_THRESHOLD)
     unlikely = options.get("logprob_threshold", LOGPROB_THRESHOLD)
     if (
@@ -169,8 +188,8 @@ def transcribe_window(model: Whisper, audio: np.ndarray, options: dict) -> str |
         and result.no_speech_prob > no_speech
         and (unlikely is None or result.avg_logprob <= unlikely)
     ):
-        return ""  # transcribe() drops such a window as silence
-    return result.text
+        return WindowText("", written, from_draft)  # transcribe() drops such a window as silence
+    return WindowText(result.text, written, from_draft)
 
 
 class Transcriber:
@@ -205,17 +224,24 @@ class Transcriber:
         self.window = window
         self._fitted: dict[int, FittedWhisper] = {}  # by positions: at most 5 (FIT_STEP_S)
         self.fallbacks = 0  # fitted windows that failed and were decoded again in full
+        # Recent texts' tokens, as written: a draft is one of them (text re-encoded may split
+        # differently). Transcriptions given a draft: tokens written, how many the draft had right.
+        self._written: OrderedDict[str, list[int]] = OrderedDict()
+        self.drafted_tokens = self.draft_right_tokens = 0
 
     def transcribe(
         self,
         audio: np.ndarray,
         language: str | None = None,
         max_tokens: int | None = None,
+        draft: str | None = None,
         **decode_options,
     ) -> str:
         """Text of AUDIO (float32, 16 kHz, mono), or AudioError if Whisper heard no speech.
 
-        MAX_TOKENS caps the text decoded (a short piece of speech has few words); DECODE_OPTIONS
+        MAX_TOKENS caps the text decoded (a short piece of speech has few words). DRAFT: the
+        text of the same audio's beginning, as this transcriber wrote it (a partial transcript):
+        a fitted window decodes from the tokens it has right (tutor.draft_decoding). DECODE_OPTIONS
         go to whisper's transcribe (benchmarks fix the decoded length with them).
         """
         if max_tokens is not None:
@@ -225,7 +251,7 @@ class Transcriber:
             language = "en"
         if self.detector is not None:
             self.detector.require_speech(audio)
-        result = self.thread.run(self._transcribe, audio, language, decode_options)
+        result = self.thread.run(self._transcribe, audio, language, draft, decode_options)
         text = result["text"].strip()
         if not text:
             raise AudioError(
@@ -234,7 +260,9 @@ class Transcriber:
             )
         return text
 
-    def _transcribe(self, audio: np.ndarray, language: str, decode_options: dict) -> dict:
+    def _transcribe(
+        self, audio: np.ndarray, language: str, draft: str | None, decode_options: dict
+    ) -> dict:
         audio = audio.astype(np.float32, copy=False)
         options = {
             "language": None if language == "auto" else language,
@@ -252,8 +280,26 @@ class Transcriber:
             model = self._fitted.get(n_ctx)
             if model is None:
                 model = self._fitted[n_ctx] = FittedWhisper(self.model, n_ctx)
-            text = transcribe_window(model, audio, options)
-            if text is None:  # a short window's repetition loop: the 30 s window instead
+            draft_tokens = self._tokens_of(draft, options["language"]) if draft else None
+            window = transcribe_window(model, audio, options, draft_tokens)
+            if draft_tokens:
+                self.drafted_tokens += len(window.tokens)
+                self.draft_right_tokens += window.from_draft
+            if window.text:
+                self._written[window.text.strip()] = window.tokens
+                while len(self._written) > TEXTS_REMEMBERED:
+                    self._written.popitem(last=False)
+            if window.text is None:  # a short window's repetition loop: the 30 s window instead
                 self.fallbacks += 1
                 return self.model.transcribe(audio, **options)
-            return {"text": text}
+            return {"text": window.text}
+
+    def _tokens_of(self, text: str, language: str | None) -> list[int]:
+        """TEXT's tokens as this transcriber wrote them, or as Whisper would (after the start
+        of text, with a leading space)."""
+        if (tokens := self._written.get(text.strip())) is not None:
+            return tokens
+        tokenizer = whisper.tokenizer.get_tokenizer(
+            self.model.is_multilingual, num_languages=self.model.num_languages, language=language
+        )
+        return tokenizer.encode(" " + text.strip())
