@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -76,6 +77,7 @@ SAID_STORAGE_KEY = "voice-tutor-model-words"
 # student's own device. It is fixed so that a conversation outlives a restart of the app.
 STORAGE_SECRET = "voice-tutor"
 MAX_EXPECTED_ANSWERS = 4096  # sessions remembered between sending a question and its answer
+STOPPED, DROPPED = "stopped", "dropped"  # what became of an answer before it began
 ANSWER_END_WAIT_S = 600.0  # only a hang reaches it: a stopped answer ends at its next token
 NEW_CONVERSATION_STARTED = "New conversation started."  # said once the old answer has ended
 STOPPED_BEFORE_IT_BEGAN = "Stopped before the tutor began; your question is back in the box."
@@ -243,6 +245,15 @@ def _same_question(said: Message, shown: Message) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class Answer:
+    """An answer about to stream: the Event that stops it, and whether it is dropped (New
+    conversation came before it began: nothing of it may show)."""
+
+    stop: threading.Event
+    dropped: bool = False
+
+
 class RunningAnswers:
     """Which sessions have an answer streaming, and how to stop one.
 
@@ -251,35 +262,41 @@ class RunningAnswers:
     completes as any other does. (Cancelled by the page, the event's last message could race the
     page's own clean-up, and the chat then showed "Error" until the next question: seen once in
     about a dozen runs of the read-aloud browser test.) "New conversation" waits for the answer
-    to end before it empties the chat, so that no last update lands after."""
+    to end before it empties the chat, so that no last update lands after.
+
+    Send and the answer's start are two events on the page, and Stop or New conversation can
+    come between them: a sent question is remembered until its answer begins. Stopped, that
+    answer ends before its first token (its question goes back in the box); dropped by New
+    conversation, it does not begin (its turn would bring the old chat back)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # One entry per answer streaming (one per session: tutor.fairness): (ended, stop).
         self._answers: dict[str, tuple[threading.Event, threading.Event]] = {}
-        # Questions sent whose answers have not begun yet: was Stop pressed meanwhile? (Send and
-        # the answer's start are two events: Stop can come between them.) Oldest out first.
-        self._expected: OrderedDict[str, bool] = OrderedDict()
+        # Questions sent whose answers have not begun yet: "" (nothing pressed since), STOPPED
+        # or DROPPED. Oldest out first.
+        self._expected: OrderedDict[str, str] = OrderedDict()
 
     def expect(self, session: str) -> None:
         """SESSION has sent a question: a Stop before its answer begins stops that answer."""
         with self._lock:
-            self._expected[session] = False
+            self._expected[session] = ""
             self._expected.move_to_end(session)
             while len(self._expected) > MAX_EXPECTED_ANSWERS:
                 self._expected.popitem(last=False)
 
     @contextmanager
-    def running(self, session: str) -> Iterator[threading.Event]:
-        """Registers SESSION's answer while it streams; yields the Event that stops it (already
-        set when Stop came after the question was sent and before this)."""
+    def running(self, session: str) -> Iterator[Answer]:
+        """Registers SESSION's answer while it streams; yields it (stopped already when Stop
+        came after the question was sent and before this; dropped when New conversation did)."""
         ended, stop = threading.Event(), threading.Event()
         with self._lock:
-            if self._expected.pop(session, False):
+            pressed = self._expected.pop(session, "")
+            if pressed:
                 stop.set()
             self._answers[session] = (ended, stop)
         try:
-            yield stop
+            yield Answer(stop, dropped=pressed == DROPPED)
         finally:
             ended.set()
             with self._lock:
@@ -290,13 +307,13 @@ class RunningAnswers:
         with self._lock:
             return session in self._answers
 
-    def stop(self, session: str, about_to_begin: bool = True) -> None:
+    def stop(self, session: str, then: str = STOPPED) -> None:
         """End SESSION's streaming answer at its next token; if none streams, the one about to
-        begin (unless not ABOUT_TO_BEGIN)."""
+        begin is THEN: STOPPED (Stop answer) or DROPPED (New conversation)."""
         with self._lock:
             answer = self._answers.get(session)
-            if answer is None and about_to_begin and session in self._expected:
-                self._expected[session] = True
+            if answer is None and session in self._expected:
+                self._expected[session] = then
         if answer is not None:
             answer[1].set()
 
@@ -431,7 +448,12 @@ def add_page(
         try:
             # The session's limit first: a refused second question must not stand in for the
             # answer that is running (New conversation waits for that one).
-            with limits.hold(session, address), running.running(session) as stop:
+            with limits.hold(session, address), running.running(session) as answer:
+                if answer.dropped:  # New conversation came first: only the question stays
+                    yield gr.skip(), gr.skip(), text, gr.skip(), gr.skip()
+                    yield unchanged
+                    return
+                stop = answer.stop
                 before = history = model_history(shown, kept)
                 stream = tutor.ask(text, mode_name, history, cancel=stop, places=True)
                 tag = MODE_TAG.format(title=html.escape(titles.get(mode_name, mode_name)))
@@ -503,8 +525,7 @@ def add_page(
 
     def end_answer(request: gr.Request) -> None:
         session = client_of(request)[0]
-        # Not one about to begin: stopped, it would put the question back in the old chat.
-        running.stop(session, about_to_begin=False)
+        running.stop(session, then=DROPPED)
         running.wait_until_ended(session)
 
     def new_conversation():
