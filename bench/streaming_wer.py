@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,9 @@ MARGINS = {
 }
 CHUNK_S = 0.25  # what the page streams at a time (tutor.page.LISTEN_CHUNK_S)
 RECOGNIZERS = ("whisper tiny.en, full window", "whisper tiny.en, fit window", "pocketsphinx en-us")
+# The app's listener with the fitted window: partials every second of speech, and each piece
+# decoded from its latest partial's words (tutor.draft_decoding); with the app's margins only.
+AS_THE_APP = "whisper tiny.en, fit window, partials and drafts (the app)"
 
 
 def words(texts: list[str]) -> list[str]:
@@ -105,8 +109,9 @@ def questions() -> dict[str, list[Question]]:
 
 def hands_free(listener: Listener, recording: np.ndarray) -> tuple[str, int]:
     """(the text of the questions heard in RECORDING, their pieces), RECORDING fed to LISTENER
-    as the page streams it. A pause longer than the trailing silence (JFK's) ends a question:
-    the speech after it is the next one."""
+    as the page streams it, each chunk's transcriptions done before the next comes (a machine
+    that keeps up: partials every second of speech). A pause longer than the trailing silence
+    (JFK's) ends a question: the speech after it is the next one."""
     step = int(CHUNK_S * SAMPLE_RATE)
     listener.reset()
     texts, pieces = [], 0
@@ -115,6 +120,7 @@ def hands_free(listener: Listener, recording: np.ndarray) -> tuple[str, int]:
             text = listener.feed(SAMPLE_RATE, recording[begin : begin + step])
         except AudioError:  # a question with no words recognised
             text = ""
+        listener.executor.submit(lambda: None).result()
         if text is not None:
             texts.append(text)
             pieces += listener.last_question.pieces
@@ -140,6 +146,8 @@ def recognizers() -> tuple[dict, dict]:
     }
     by_name = {name: (t.transcribe, t.transcribe) for name, t in whisper.items()}
     by_name[RECOGNIZERS[2]] = (PocketSphinx(), PocketSphinx())
+    whisper[AS_THE_APP] = Transcriber(load_whisper(str(tiny_en())), window="fit")
+    by_name[AS_THE_APP] = (whisper[AS_THE_APP].transcribe, whisper[AS_THE_APP].transcribe)
     return by_name, whisper
 
 
@@ -175,7 +183,14 @@ def run() -> dict:
                 for kind, asked in sets.items()
             }
             for margins, margins_s in MARGINS.items():
-                listener = Listener(recognise, executor, "en", margins_s=margins_s)
+                app = name == AS_THE_APP
+                if app and margins_s != (PIECE_LEAD_S, PIECE_TAIL_S):
+                    continue
+                partials = threading.Semaphore(1) if app else None
+                listener = Listener(
+                    recognise, executor, "en", margins_s=margins_s, partials=partials
+                )
+                listener.on_words = lambda words, outdated: None  # partials are made for it
                 for kind, asked in sets.items():
                     print(f"{name}: {kind}, {margins} …", flush=True)
                     rows = []
@@ -197,6 +212,8 @@ def run() -> dict:
                 result.setdefault("transcriptions", {})[name] = {
                     "calls": recognise.calls + whole.calls,
                     "decoded_again_in_full": whisper[name].fallbacks,
+                    "drafted_tokens": whisper[name].drafted_tokens,
+                    "draft_right_tokens": whisper[name].draft_right_tokens,
                 }
     return result
 
@@ -238,6 +255,12 @@ def markdown(r: dict) -> str:
             + ", ".join(
                 f"{name}: {n['decoded_again_in_full']} of {n['calls']} transcriptions"
                 for name, n in r.get("transcriptions", {}).items()
+            )
+            + ". Pieces decoded from a draft (their latest partial's words): "
+            + ", ".join(
+                f"{name}: {n['draft_right_tokens']} of {n['drafted_tokens']} tokens from the draft"
+                for name, n in r.get("transcriptions", {}).items()
+                if n.get("drafted_tokens")
             )
             + ".",
         ]

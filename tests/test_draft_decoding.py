@@ -45,7 +45,8 @@ def _decode(model, audio, draft=None, **options):
 
 
 @pytest.mark.parametrize(
-    "kind", ["beginning", "whole", "too long", "first token misheard", "unrelated"]
+    "kind",
+    ["beginning", "whole", "too long", "first token misheard", "last token misheard", "unrelated"],
 )
 def test_any_draft_gives_greedy_decodings_text(model, audio, kind):
     text, written, _, steps = _decode(model, audio)
@@ -56,6 +57,8 @@ def test_any_draft_gives_greedy_decodings_text(model, audio, kind):
         "whole": (written, len(written)),
         "too long": (written + other[:3], len(written)),
         "first token misheard": (other[:1] + written[1:], len(written) - 1),
+        # Then nothing of the draft is left to check, and the text ends after greedy's pick.
+        "last token misheard": (written[:-1] + other[-1:], len(written) - 1),
         "unrelated": (other, 0),
     }[kind]
     got, tokens, from_draft, calls = _decode(model, audio, draft)
@@ -102,3 +105,16 @@ def test_a_draft_is_read_as_the_transcriber_wrote_it(tiny_whisper_path, audio):
     partial = transcriber.transcribe(audio, "en", max_tokens=5)
     assert transcriber.transcribe(audio, "en", draft=partial) == whole
     assert transcriber.draft_right_tokens == 5 and transcriber.drafted_tokens > 5
+
+
+def test_a_draft_that_fails_to_decode_costs_no_words(model, audio, monkeypatch, caplog):
+    import tutor.transcribe
+
+    text, written, _, _ = _decode(model, audio)
+
+    def broken(*_):
+        raise RuntimeError("a bug in the shortcut")
+
+    monkeypatch.setattr(tutor.transcribe, "decode_with_draft", broken)
+    assert _decode(model, audio, written)[:3] == (text, written, 0)
+    assert "decoding from a draft failed" in caplog.text

@@ -89,9 +89,13 @@ def check_draft(
         tokens.append(picks[right])
         # The rest of the draft, as if the one token taken instead had been misheard.
         rest = rest[right + 1 :][: max_tokens - len(tokens)]
-        if len(tokens) >= max_tokens or len(rest) < MIN_DRAFT_TOKENS:
+        if len(tokens) >= max_tokens:
+            return Checked(tokens[:max_tokens], False, no_speech_prob, from_draft)
+        if len(rest) < MIN_DRAFT_TOKENS:
             break
-    return Checked(tokens[:max_tokens], False, no_speech_prob, from_draft)
+    # What follows the last pick is not known: whisper.decode writes that pick again, so that
+    # its first sample is not the end of text (an empty continuation, which it cannot rank).
+    return Checked(tokens[:-1], False, no_speech_prob, from_draft)
 
 
 def decode_with_draft(
@@ -131,7 +135,7 @@ def decode_with_draft(
             whisper.DecodingOptions(
                 **{k: v for k, v in options.items() if k in kept},
                 prefix=tokens,
-                suppress_blank=False,  # the first position was checked with it
+                suppress_blank=not tokens,  # with tokens, the first position was checked
                 sample_len=max_tokens - len(tokens),
             ),
         )

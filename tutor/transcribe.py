@@ -18,6 +18,7 @@ report the same loops (ggml-org/whisper.cpp#1855, #137). The app's default is `f
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 import math
 from collections import OrderedDict
@@ -36,6 +37,7 @@ from tutor.errors import TranscriberLoadError, first_line
 from tutor.threads import DedicatedThread
 from tutor.vad import SpeechDetector
 
+log = logging.getLogger(__name__)
 WINDOWS = ("full", "fit")  # the encoder's window: 30 s always, or fitted to the audio
 FIT_MARGIN_S = 2.56  # silence kept after the audio in a fitted window (128 encoder positions)
 FIT_STEP_S = 5.0  # fitted windows are 5, 10, 15, 20 or 25 s long: few shapes to build
@@ -174,7 +176,10 @@ def transcribe_window(
     drafted = None
     if draft:
         features = model.embed_audio(window[None])  # (1, n_audio_ctx, n_audio_state)
-        drafted = decode_with_draft(model, features, options, draft)
+        try:
+            drafted = decode_with_draft(model, features, options, draft)
+        except Exception:  # a shortcut must never cost the words: decode from scratch
+            log.exception("decoding from a draft failed; decoding from scratch")
         window = features[0]  # whisper.decode takes encoded audio as it takes mel
     result, from_draft = drafted or (whisper.decode(model, window, plain), 0)
     written = list(result.tokens)
