@@ -8,16 +8,15 @@ import pytest
 import torch
 
 from tutor.draft_decoding import decode_with_draft
-from tutor.transcribe import FittedWhisper, Transcriber, load_whisper, transcribe_window
+from tutor.transcribe import (
+    TRANSCRIBE_OPTIONS,
+    FittedWhisper,
+    Transcriber,
+    load_whisper,
+    transcribe_window,
+)
 
-OPTIONS = {  # the Transcriber's own, for one fitted window
-    "language": "en",
-    "fp16": False,
-    "temperature": 0.0,
-    "condition_on_previous_text": False,
-    "without_timestamps": True,
-    "verbose": None,
-}
+OPTIONS = {"language": "en", **TRANSCRIBE_OPTIONS}  # the Transcriber's own
 N_CTX = 250  # a 5 s window
 
 

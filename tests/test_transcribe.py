@@ -10,6 +10,7 @@ import whisper
 from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
 from tutor.transcribe import (
+    TRANSCRIBE_OPTIONS,
     FittedWhisper,
     Transcriber,
     TranscriberLoadError,
@@ -53,15 +54,7 @@ def test_transcriber_precisions(tiny_whisper_path):
 
 
 # Transcriber's own options for whisper's transcribe().
-OPTIONS = {
-    "language": "en",
-    "fp16": False,
-    "temperature": 0.0,
-    "condition_on_previous_text": False,
-    "without_timestamps": True,
-    "verbose": None,
-    "sample_len": 8,
-}
+OPTIONS = {"language": "en", **TRANSCRIBE_OPTIONS, "sample_len": 8}
 
 
 def _tone(seconds: float) -> np.ndarray:

@@ -49,12 +49,23 @@ LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD = -1.0, 0.6
 # again, warmer): in a fitted window, short speech sometimes loops on a phrase ("In 1813, in
 # 1813, in 1813, …" for "In eighteen thirteen"), which the 30 s window does not.
 COMPRESSION_RATIO_THRESHOLD = 2.4
+# The transcriber's options for whisper's transcribe() (besides the language): one greedy pass,
+# text only, each recording on its own.
+TRANSCRIBE_OPTIONS = {
+    "fp16": False,
+    "temperature": 0.0,
+    "condition_on_previous_text": False,
+    "without_timestamps": True,
+    "verbose": None,
+}
 TEXTS_REMEMBERED = 64  # recent transcripts whose tokens are kept for drafts (a few per student)
 
 __all__ = [
+    "TRANSCRIBE_OPTIONS",
     "FittedWhisper",
     "Int8VocabDecoder",
     "Transcriber",
+    "WindowText",
     "TranscriberLoadError",
     "load_whisper",
     "quantize_int8",
@@ -271,11 +282,7 @@ class Transcriber:
         audio = audio.astype(np.float32, copy=False)
         options = {
             "language": None if language == "auto" else language,
-            "fp16": False,
-            "temperature": 0.0,
-            "condition_on_previous_text": False,
-            "without_timestamps": True,
-            "verbose": None,
+            **TRANSCRIBE_OPTIONS,
             **decode_options,
         }
         n_ctx = fitted_positions(len(audio)) if self.window == "fit" else None
