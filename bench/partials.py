@@ -9,7 +9,7 @@ The same components and question as bench.voice_server (Whisper base's and the 1
 shapes, synthetic weights, real decoding lengths, the fitted window); three students follow up
 in turn, one whose listener makes partials and decodes from drafts, one whose listener makes
 partials only, one whose listener makes neither. (The synthetic Whisper's partials are always
-right as far as they go: real tiny.en's partials had 61% of the tokens right on the shared clips,
+right as far as they go: real tiny.en's partials had 60% of the tokens right on the shared clips,
 bench.streaming_wer.)
 """
 

@@ -85,6 +85,13 @@ def test_a_window_that_may_be_silence_is_decoded_without_the_draft(model, audio)
     assert _decode(model, audio, written, **silence)[0] == ""
 
 
+def test_with_the_silence_rule_off_a_draft_is_used(model, audio, caplog):
+    _, written, _, _ = _decode(model, audio)
+    got = _decode(model, audio, written, no_speech_threshold=None)
+    assert got[1:3] == (written, len(written))
+    assert "decoding from a draft failed" not in caplog.text
+
+
 @pytest.mark.parametrize(
     "options",
     [{"temperature": 0.4}, {"beam_size": 2}, {"language": None}, {"suppress_tokens": ""}],
@@ -93,7 +100,7 @@ def test_a_window_that_may_be_silence_is_decoded_without_the_draft(model, audio)
 def test_decoding_other_than_greedy_text_does_not_use_the_draft(model, audio, options):
     with torch.inference_mode():
         features = model.embed_audio(torch.zeros(1, model.dims.n_mels, 2 * N_CTX))
-        assert decode_with_draft(model, features, OPTIONS | options, [1000, 1001]) is None
+        assert decode_with_draft(model, features, OPTIONS | options, [1000, 1001], 0.6) is None
 
 
 def test_a_draft_is_read_as_the_transcriber_wrote_it(tiny_whisper_path, audio):

@@ -99,12 +99,16 @@ def check_draft(
 
 
 def decode_with_draft(
-    model: Whisper, features: torch.Tensor, options: dict, draft: list[int]
+    model: Whisper,
+    features: torch.Tensor,
+    options: dict,
+    draft: list[int],
+    no_speech_threshold: float | None,
 ) -> tuple[whisper.DecodingResult, int] | None:
     """(whisper.decode's result for audio FEATURES (1, n_audio_ctx, n_audio_state) with OPTIONS,
     found from DRAFT's tokens, how many of its tokens the draft had right), or None where the
     draft cannot be used: options other than greedy text with the default filters, language
-    detection, or a window that may be silence."""
+    detection, or a window that may be silence (its <|nospeech|> above NO_SPEECH_THRESHOLD)."""
     if (
         options.get("language") is None
         or options.get("temperature", 0.0) != 0.0
@@ -124,7 +128,7 @@ def decode_with_draft(
     )
     max_tokens = options.get("sample_len") or model.dims.n_text_ctx // 2
     checked = check_draft(model, features, tokenizer, draft, max_tokens)
-    if checked.no_speech_prob > options.get("no_speech_threshold", 0.6):
+    if no_speech_threshold is not None and checked.no_speech_prob > no_speech_threshold:
         return None  # transcribe()'s silence rule reads the text's log-probability: decode it all
     tokens = checked.tokens
     if not checked.ended and len(tokens) < max_tokens:

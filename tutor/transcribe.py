@@ -184,11 +184,12 @@ def transcribe_window(
     content = mel[:, : mel.shape[-1] - N_FRAMES]
     window = whisper.pad_or_trim(content, 2 * model.dims.n_audio_ctx)
     plain = whisper.DecodingOptions(**{k: v for k, v in options.items() if k in DECODING_FIELDS})
+    no_speech = options.get("no_speech_threshold", NO_SPEECH_THRESHOLD)
     drafted = None
     if draft:
         features = model.embed_audio(window[None])  # (1, n_audio_ctx, n_audio_state)
         try:
-            drafted = decode_with_draft(model, features, options, draft)
+            drafted = decode_with_draft(model, features, options, draft, no_speech)
         except Exception:  # a shortcut must never cost the words: decode from scratch
             log.exception("decoding from a draft failed; decoding from scratch")
         window = features[0]  # whisper.decode takes encoded audio as it takes mel
@@ -197,7 +198,6 @@ def transcribe_window(
     repetitive = options.get("compression_ratio_threshold", COMPRESSION_RATIO_THRESHOLD)
     if repetitive is not None and result.compression_ratio > repetitive:
         return WindowText(None, written, from_draft)
-    no_speech = options.get("no_speech_threshold", NO_SPEECH_THRESHOLD)
     unlikely = options.get("logprob_threshold", LOGPROB_THRESHOLD)
     if (
         no_speech is not None
