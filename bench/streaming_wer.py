@@ -190,7 +190,9 @@ def run() -> dict:
                 listener = Listener(
                     recognise, executor, "en", margins_s=margins_s, partials=partials
                 )
-                listener.on_words = lambda words, outdated: None  # partials are made for it
+                listener.on_words = lambda words, outdated, complete: (
+                    None
+                )  # partials are made for it
                 for kind, asked in sets.items():
                     print(f"{name}: {kind}, {margins} …", flush=True)
                     rows = []

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import hardware, models, real_whisper, speech, voice
+from tutor.service import BEGUN_EARLY
 from tutor.settings import Settings
 
 BROWSER_RATE = 48000  # Hz: what the page's microphone streams, and its recordings hold
@@ -44,15 +45,20 @@ EVALUATED = re.compile(r"answer: \d+ prompt tokens \(.*?(\d+) evaluated\)")
 
 
 class AnswerLog(logging.Handler):
-    """The prompt tokens each answer evaluated, from tutor.service's log line."""
+    """The prompt tokens each answer evaluated once asked (none for one begun before it was
+    asked, an early answer), from tutor.service's log line."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.evaluated: list[int] = []
+        self.begun_early: list[bool] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if m := EVALUATED.search(record.getMessage()):
-            self.evaluated.append(int(m.group(1)))
+        message = record.getMessage()
+        if m := EVALUATED.search(message):
+            early = BEGUN_EARLY in message
+            self.evaluated.append(0 if early else int(m.group(1)))
+            self.begun_early.append(early)
 
 
 def _first_token(stream: Iterator) -> tuple[float, str]:
@@ -97,18 +103,22 @@ class Student:
         self._answered(question, answer)
         return first - stop
 
-    def hands_free(self, listener) -> tuple[float, float]:
+    def hands_free(self, listener, phase: float = 0.0, early: bool = True) -> tuple[float, float]:
         """(seconds from the end of the speech to the first answer token, the text's wait after
-        the trailing silence as the listener logged it)."""
+        the trailing silence as the listener logged it). PHASE (0 to 1): where in a chunk the
+        speech ends, as a fraction of LISTEN_CHUNK_S (a question is heard a chunk at a time, so
+        that matters: vary it). EARLY: answers begun at pauses (the app's way), or prefills
+        only."""
         from tutor.page import LISTEN_CHUNK_S
 
         history = self.history
         listener.reset()
-        listener.on_words = lambda words, outdated: self.tutor.prefill(
-            words, MODE, history, outdated
+        listener.on_words = lambda words, outdated, complete: self.tutor.prefill(
+            words, MODE, history, outdated, begin_answer=early and complete
         )
-        stream = np.concatenate([_silence(LEAD_S), self.question_pcm, _silence(TRAIL_S)])
-        speech_end_s = (LEAD_S * BROWSER_RATE + len(self.question_pcm)) / BROWSER_RATE
+        lead_s = LEAD_S + phase * LISTEN_CHUNK_S
+        stream = np.concatenate([_silence(lead_s), self.question_pcm, _silence(TRAIL_S)])
+        speech_end_s = (len(stream) - len(_silence(TRAIL_S))) / BROWSER_RATE
         step = int(LISTEN_CHUNK_S * BROWSER_RATE)
         start = time.perf_counter()
         for begin in range(0, len(stream), step):
@@ -224,13 +234,15 @@ def _paths(
     hands_free = Student(tutor, question_pcm, "Grace")
     times: dict[str, list[float]] = {"one_shot": [], "from_speech_end": [], "text_waited": []}
     evaluated: dict[str, list[int]] = {"one_shot": [], "hands_free": []}
-    for _ in range(repeats):
+    begun_early = 0
+    for i in range(repeats):
         times["one_shot"].append(one_shot.one_shot())
         evaluated["one_shot"].append(answers.evaluated[-1])
-        from_speech_end, waited = hands_free.hands_free(listener)
+        from_speech_end, waited = hands_free.hands_free(listener, phase=i / repeats)
         times["from_speech_end"].append(from_speech_end)
         times["text_waited"].append(waited)
         evaluated["hands_free"].append(answers.evaluated[-1])
+        begun_early += answers.begun_early[-1]
     after_silence = [t - end_of_speech_s for t in times["from_speech_end"]]
     return {
         "one_shot_s": times["one_shot"],
@@ -238,6 +250,7 @@ def _paths(
         "after_silence_s": after_silence,
         "text_waited_s": times["text_waited"],
         "evaluated_after_sent": evaluated,
+        "begun_early": begun_early,  # hands-free answers begun before their question was sent
         "one_shot_median_s": statistics.median(times["one_shot"]),
         "after_silence_median_s": statistics.median(after_silence),
         "from_speech_end_median_s": statistics.median(times["from_speech_end"]),
@@ -301,10 +314,18 @@ def markdown(r: dict) -> str:
             + ".",
             "",
             "Prompt tokens evaluated once the question was sent (median, alone; the prefill "
-            "evaluates the rest while the student is silent): "
+            "evaluates the rest while the student is silent, and an answer begun early, all of "
+            "it): "
             + ", ".join(
                 f"{w}: one-shot {evaluated[w]['one_shot']:.0f}, hands-free "
                 f"{evaluated[w]['hands_free']:.0f}"
+                for w in WINDOWS
+            )
+            + ". Hands-free answers begun before their question was sent (early answers), of "
+            f"{r['repeats']}: "
+            + ", ".join(
+                f"{w} {r['alone'][w]['begun_early']} alone, {r[others][w]['begun_early']} with "
+                f"{others}"
                 for w in WINDOWS
             )
             + ".",

@@ -294,3 +294,97 @@ def test_a_prefill_never_waits_in_line(tiny_gguf):
     llm.prefill(_conversation("You are a tutor.", "What is 7 times 8?"))
     _wait_for_prefills(llm, "skipped")
     busy.close()
+
+
+def _until(condition, what: str) -> None:
+    deadline = time.monotonic() + 300  # only a hang reaches it
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_question_takes_over_its_early_answer_with_the_first_tokens_ready(tiny_gguf):
+    """A hands-free question's answer, begun at the pause that ended it: when the question is
+    asked, its first tokens are there without a single decode step."""
+    llm = TutorLLM(tiny_gguf, n_ctx=1024, n_threads=2, parallel=2)
+    question = _conversation("You are a tutor.", "What is 7 times 8?", "Seven eights.", "Is it 56?")
+    expected = llm.answer(question, GREEDY)  # from scratch
+    llm.forget()
+    llm.prefill(question, answer=GREEDY)
+    _until(lambda: llm.activity().early_answers_ready == 1, "the early answer's tokens")
+    stream = llm.stream(question, GREEDY)
+    hold = threading.Event()
+    llm.thread.submit(hold.wait)  # no step can run until the first piece is in
+    first: list[str] = []
+    try:
+        reader = threading.Thread(target=lambda: first.append(next(stream)))
+        reader.start()
+        reader.join(timeout=60)
+        assert first, "the first piece waited for a decode step"
+    finally:
+        hold.set()
+    assert first[0] + "".join(stream) == expected  # the same answer, the rest as it goes on
+    assert llm.stats.begun_early and llm.stats.time_to_first_token_s == 0.0
+    assert llm.activity().prefills_ended == {"claimed": 1}
+
+
+def test_an_early_answer_gives_its_slot_up_to_another_question(tiny_gguf):
+    llm = TutorLLM(tiny_gguf, n_ctx=1024, n_threads=2, parallel=1)
+    guess = _conversation("You are a tutor.", "What is 7 times 8?")
+    other = _conversation("You are a tutor.", "Name a prime number.")
+    expected = llm.answer(other, GREEDY)
+    llm.prefill(guess, answer=GREEDY)
+    _until(lambda: llm.activity().early_answers_ready == 1, "the early answer's tokens")
+    assert llm.answer(other, GREEDY) == expected  # the one slot was the early answer's
+    assert llm.activity().prefills_ended == {"superseded": 1}
+    llm.answer(guess, GREEDY)
+    assert not llm.stats.begun_early  # superseded: no longer there to take over
+
+
+def test_an_early_answer_is_not_taken_over_once_outdated_or_for_other_settings(tiny_gguf):
+    llm = TutorLLM(tiny_gguf, n_ctx=1024, n_threads=2, parallel=2)
+    question = _conversation("You are a tutor.", "What is 7 times 8?")
+    expected = llm.answer(question, GREEDY)
+    outdated = threading.Event()
+    llm.prefill(question, outdated, answer=GREEDY)
+    _until(lambda: llm.activity().early_answers_ready == 1, "the early answer's tokens")
+    outdated.set()  # the student went on speaking
+    assert llm.answer(question, GREEDY) == expected
+    assert not llm.stats.begun_early
+    shorter = Generation(temperature=0.0, max_tokens=16)  # e.g. another mode's
+    llm.prefill(question, answer=GREEDY)
+    _until(lambda: llm.activity().early_answers_ready == 1, "the early answer's tokens")
+    llm.answer(question, shorter)
+    assert not llm.stats.begun_early and llm.stats.generated_tokens <= 16
+    ended = llm.activity().prefills_ended
+    assert ended["cancelled"] == 1 and "claimed" not in ended
+
+
+def test_an_early_answer_no_question_claims_is_dropped(tiny_gguf, monkeypatch):
+    monkeypatch.setattr("tutor.batching.EARLY_KEPT_S", 0.0)  # bounded: kept no time at all
+    llm = TutorLLM(tiny_gguf, n_ctx=1024, n_threads=2, parallel=1)
+    question = _conversation("You are a tutor.", "What is 7 times 8?")
+    llm.prefill(question, answer=GREEDY)
+    _until(lambda: llm.activity().early_answers_ready == 1, "the early answer's tokens")
+    llm.answer(question, GREEDY)  # too late
+    assert not llm.stats.begun_early
+    assert llm.activity().prefills_ended == {"expired": 1}  # its slot went back first
+
+
+def test_a_spoken_question_asked_as_it_was_guessed_takes_over_its_early_answer(tutor):
+    """The app's way: words heard up to a pause begin their answer (Tutor.prefill), and the
+    question the trailing silence sends, in the same mode after the same conversation, gets it."""
+    history = [
+        {"role": "user", "content": "What is 7 times 8?"},
+        {"role": "assistant", "content": "56."},
+    ]
+    tutor.prefill("And 7 times 9?", "hint", history, begin_answer=True)
+    _until(lambda: tutor.llm.activity().early_answers_ready == 1, "the early answer's tokens")
+    for _ in tutor.ask("And 7 times 9?", "hint", history):
+        pass
+    assert tutor.llm.stats.begun_early
+    tutor.prefill("And 7 times 9?", "hint", history, begin_answer=True)
+    _until(lambda: tutor.llm.activity().early_answers_ready == 1, "the early answer's tokens")
+    for _ in tutor.ask("And 7 times 9?", "explain", history):  # another mode: not that answer
+        pass
+    assert not tutor.llm.stats.begun_early

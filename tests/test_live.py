@@ -233,12 +233,13 @@ def test_a_question_that_never_pauses_long_enough_ends_at_the_length_limit(
 def test_the_words_heard_are_handed_on_while_the_trailing_silence_runs(transcriber, speech):
     recorder = Recorder(transcriber)
     listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S)
-    heard: list[tuple[str, threading.Event]] = []
-    listener.on_words = lambda words, outdated: heard.append((words, outdated))
+    heard: list[tuple[str, threading.Event, bool]] = []
+    listener.on_words = lambda *words: heard.append(words)
     speech_end = np.concatenate([_silence(0.5), speech[1], _silence(PAUSE_S + 2 * CHUNK_S)])
     assert _stream(listener, recorder, speech_end) == []  # the pause is heard, not yet the end
     recorder.handover.submit(lambda: None).result()  # the guess's transcription is done
-    assert [words for words, _ in heard] == [recorder.texts[-1]]
+    assert [words for words, _, _ in heard] == [recorder.texts[-1]]
+    assert heard[0][2]  # they end at a pause: perhaps the whole question (its answer may begin)
     questions = _stream(listener, recorder, _silence(2.0))
     assert [text for _, text in questions] == [heard[0][0]]  # the question is those words
     assert not heard[0][1].is_set()  # still the question's words
@@ -259,7 +260,7 @@ def test_words_transcribed_after_the_trailing_silence_are_still_handed_on(transc
 
     listener = Listener(after_the_silence, recorder.handover, "en", END_OF_QUESTION_S)
     heard: list[str] = []
-    listener.on_words = lambda words, outdated: heard.append(words)
+    listener.on_words = lambda words, outdated, complete: heard.append(words)
     questions = _stream(listener, recorder, np.concatenate([_silence(0.5), speech[1], _silence(2)]))
     assert len(questions) == 1
     recorder.handover.submit(lambda: None).result()  # its callbacks have run
@@ -269,8 +270,8 @@ def test_words_transcribed_after_the_trailing_silence_are_still_handed_on(transc
 def test_words_a_student_goes_on_from_are_marked_outdated(transcriber, speech):
     recorder = Recorder(transcriber)
     listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S)
-    heard: list[tuple[str, threading.Event]] = []
-    listener.on_words = lambda words, outdated: heard.append((words, outdated))
+    heard: list[tuple[str, threading.Event, bool]] = []
+    listener.on_words = lambda *words: heard.append(words)
     _stream(listener, recorder, np.concatenate([_silence(0.5), speech[1], _silence(0.6)]))
     recorder.handover.submit(lambda: None).result()
     assert len(heard) == 1 and not heard[0][1].is_set()
@@ -279,12 +280,13 @@ def test_words_a_student_goes_on_from_are_marked_outdated(transcriber, speech):
 
 
 def _listen_with_partials(transcriber, audio, partials):
-    """(handovers to Whisper before the speech ended, words handed on, questions) for AUDIO
-    (speech[0] between silences) streamed to a listener with PARTIALS."""
+    """(handovers to Whisper before the speech ended, (words, whether they end at a pause)
+    handed on, questions) for AUDIO (speech[0] between silences) streamed to a listener with
+    PARTIALS."""
     recorder = Recorder(transcriber)
     listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S, partials)
-    heard: list[str] = []
-    listener.on_words = lambda words, outdated: heard.append(words)
+    heard: list[tuple[str, bool]] = []
+    listener.on_words = lambda words, outdated, complete: heard.append((words, complete))
     questions = _stream(listener, recorder, audio)
     recorder.handover.submit(lambda: None).result()  # every callback has run
     speech_end_s = (len(audio) - len(_silence(2.0))) / BROWSER_RATE
@@ -302,6 +304,9 @@ def test_while_the_student_speaks_the_words_so_far_are_handed_on(transcriber, sp
     assert early > early_without  # more of the speech went to Whisper while it was spoken
     assert len(heard) > len(heard_without)
     assert [q for _, q in questions] == [q for _, q in questions_without]  # the same transcript
+    # A partial may end in the middle of a word: never the whole question (no answer begins).
+    assert [words for words, complete in heard if complete] == [w for w, _ in heard_without]
+    assert all(complete for _, complete in heard_without)
 
 
 def test_a_partial_is_skipped_while_another_is_in_flight(transcriber, speech):
@@ -357,7 +362,7 @@ def test_a_piece_is_decoded_from_its_latest_partial(transcriber, speech):
     for partials in (threading.Semaphore(1), None):
         recorder = Recorder(transcriber)
         listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S, partials)
-        listener.on_words = lambda words, outdated: None
+        listener.on_words = lambda words, outdated, complete: None
         _stream(listener, recorder, audio, keep_up=True)
         drafts[partials is not None] = recorder
     with_partials = drafts[True]

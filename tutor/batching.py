@@ -20,6 +20,14 @@ send it runs. It takes only a slot that is free while no one waits, and gives th
 real request; a real request for the same prompt then finds all but its last token cached. A
 prefill whose prompt a real request already holds (its question came first) is dropped.
 
+An early answer (`Request.early`) goes one step further, as voice assistants do at a pause that
+may end the turn: it is the answer itself, begun before its question is asked; it samples its
+first EARLY_TOKENS and waits. The question, when it comes with the same prompt and settings,
+claims it (`Scheduler.claim`, on the asking thread, at once: no step to wait for) and reads the
+tokens already there; from then on it is that question's answer. Until claimed it is a guess
+like a prefill: it yields its slot to any real request, ends when its words are outdated, and is
+dropped EARLY_KEPT_S after its tokens were ready if no question came.
+
 Sequence ids: 0..N-1 are the slots, N.. the pinned prefixes (mode prompts).
 """
 
@@ -41,6 +49,10 @@ from tutor.modes import Generation
 
 log = logging.getLogger(__name__)
 DONE = object()  # the end of a stream of pieces
+# An early answer samples this many tokens (a few words), then waits for its question: enough to
+# show the answer's first words at once, few enough that a wrong guess costs the others little.
+EARLY_TOKENS = 8
+EARLY_KEPT_S = 5.0  # an early answer no question claimed this long after its tokens is dropped
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,7 @@ class GenerationStats:
     time_to_first_token_s: float = 0.0
     total_s: float = 0.0
     stopped: str = ""  # "eot", "max_tokens", "cancelled" or "error"
+    begun_early: bool = False  # begun before it was asked (an early answer its question claimed)
 
     @property
     def tokens_per_s(self) -> float:
@@ -85,9 +98,23 @@ class Request:
     submitted: float = field(default_factory=time.perf_counter)
     place: int = 0  # the place in line last reported (0: none yet, or being served)
     prefill_only: bool = False  # evaluate the prompt (all but its last token) and stop
+    early: bool = False  # an answer begun before its question is asked (EARLY_TOKENS, then wait)
+    claimed: bool = False  # an early answer its question has taken over
+    withdrawn: bool = False  # an early answer no question may claim any more
+    ready_since: float | None = None  # when an early answer's tokens were all there
 
     def cancelled(self) -> bool:
         return any(stop.is_set() for stop in self.stops)
+
+    @property
+    def guess(self) -> bool:
+        """Made for a question not asked (yet): it yields to any real request."""
+        return self.prefill_only or (self.early and not self.claimed)
+
+    @property
+    def waits_for_its_question(self) -> bool:
+        """An early answer with its first tokens sampled, not claimed: it takes no steps."""
+        return self.guess and self.early and self.stats.generated_tokens >= EARLY_TOKENS
 
 
 @dataclass
@@ -150,6 +177,9 @@ class Scheduler:
         self.inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self.waiting: deque[Request] = deque()
         self.prefills: list[Request] = []  # taken from the inbox, admitted in this step or never
+        # Early answers a question may claim, by prompt; shared with the asking threads.
+        self._early: dict[bytes, Request] = {}
+        self._early_lock = threading.Lock()
         self.most_sequences_in_a_step = 0  # since start-up: how far batching went
         self.ended: collections.Counter[str] = collections.Counter()  # requests, by how
         self.prefills_ended: collections.Counter[str] = collections.Counter()
@@ -157,8 +187,67 @@ class Scheduler:
     # -- state ------------------------------------------------------------------------------
     def has_work(self) -> bool:
         return (
-            not self.inbox.empty() or bool(self.waiting) or any(slot.request for slot in self.slots)
+            not self.inbox.empty()
+            or bool(self.waiting)
+            or any(slot.request and not slot.request.waits_for_its_question for slot in self.slots)
         )
+
+    def early_answers_ready(self) -> int:
+        """Early answers with their first tokens (or whole), waiting for their questions."""
+        with self._early_lock:
+            return sum(
+                1 for r in self._early.values() if r.ready_since is not None and not r.withdrawn
+            )
+
+    def offer(self, request: Request) -> None:
+        """Let a question claim the early answer REQUEST (to be submitted next)."""
+        with self._early_lock:
+            for prompt in [p for p, r in self._early.items() if r.withdrawn or _expired(r)]:
+                del self._early[prompt]
+            replaced = self._early.get(request.prompt)
+            if replaced is not None:
+                replaced.withdrawn = True
+            self._early[request.prompt] = request
+
+    def claim(self, request: Request) -> Request | None:
+        """The early answer begun for REQUEST's prompt and settings, now REQUEST's (its stops,
+        its clock, its place), or None. On the asking thread; the tokens it has sampled are in
+        its `pieces` already."""
+        with self._early_lock:
+            early = self._early.get(request.prompt)
+            if (
+                early is None
+                or early.withdrawn
+                or early.cancelled()  # its words are outdated
+                or _expired(early)
+                or (early.generation, early.max_tokens, early.seed)
+                != (request.generation, request.max_tokens, request.seed)
+            ):
+                return None
+            del self._early[request.prompt]
+            early.claimed = True
+            early.stops = request.stops
+            early.submitted = request.submitted
+            stats = early.stats
+            stats.begun_early, stats.queued_s = True, 0.0
+            if stats.generated_tokens:
+                stats.time_to_first_token_s = 0.0
+            self.prefills_ended["claimed"] += 1
+            return early
+
+    def _let_go(self, request: Request) -> bool:
+        """Whether REQUEST may be ended as a guess is (superseded, outdated, expired): any
+        request but an early answer its question has claimed. An early answer let go can no
+        longer be claimed."""
+        if not request.early:
+            return True
+        with self._early_lock:
+            if request.claimed:
+                return False
+            request.withdrawn = True
+            if self._early.get(request.prompt) is request:
+                del self._early[request.prompt]
+            return True
 
     def reset(self) -> None:
         """Forget every cached prefix and saved state (only while no request is served)."""
@@ -202,12 +291,22 @@ class Scheduler:
         return len(tokens)
 
     # -- the step -----------------------------------------------------------------------------
+    def await_request(self, timeout_s: float) -> None:
+        """Wait up to TIMEOUT_S for a request if none has come (it joins the next step)."""
+        if not self.inbox.empty():
+            return
+        try:
+            request = self.inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return
+        (self.prefills if request.guess else self.waiting).append(request)
+
     def step(self) -> None:
         """One round: admit, decode one batch, sample. Returns at once when there is nothing to
         do."""
         while not self.inbox.empty():
             request = self.inbox.get()
-            (self.prefills if request.prefill_only else self.waiting).append(request)
+            (self.prefills if request.guess else self.waiting).append(request)
         self._end_cancelled()
         self._admit()
         self._admit_prefills()
@@ -220,7 +319,7 @@ class Scheduler:
         outputs: list[tuple[Slot, int]] = []
         taken: list[tuple[Slot, int, bool]] = []  # (slot, tokens in the batch, sampled ones)
         for slot in active:
-            if slot.generating:
+            if slot.generating and not slot.request.waits_for_its_question:
                 outputs.append(
                     (slot, ctx.add(slot.pending[0], len(slot.context.tokens), slot.seq, True))
                 )
@@ -247,6 +346,8 @@ class Scheduler:
             taken.append((slot, len(chunk), False))
             slot.request.stats.evaluated_tokens += len(chunk)
             room -= len(chunk)
+        if not taken:
+            return  # only early answers waiting for their questions
         self.most_sequences_in_a_step = max(self.most_sequences_in_a_step, len(taken))
         status = ctx.decode()
         if status != 0:
@@ -267,6 +368,7 @@ class Scheduler:
         """After an unexpected error: end every request with it, and start from a clean cache."""
         for slot in self.slots:
             if slot.request:
+                self._let_go(slot.request)  # an early answer's question would only hear the error
                 self._finish(slot, "error", error)
         while self.waiting:
             self._end(self.waiting.popleft(), "error", error)
@@ -275,16 +377,22 @@ class Scheduler:
     # -- admission ------------------------------------------------------------------------------
     def _end_cancelled(self) -> None:
         for slot in self.slots:
-            if slot.request and slot.request.cancelled():
-                self._finish(slot, "cancelled")
+            request = slot.request
+            if request is None:
+                continue
+            if request.cancelled() or request.withdrawn:
+                if self._let_go(request):
+                    self._finish(slot, "cancelled")
+            elif request.waits_for_its_question and _expired(request) and self._let_go(request):
+                self._finish(slot, "expired")
         for request in [r for r in self.waiting if r.cancelled()]:
             self.waiting.remove(request)
             self._end(request, "cancelled", DONE)
 
     def _admit(self) -> None:
-        if self.waiting:  # a real request outranks a guess: prefills give their slots up
+        if self.waiting:  # a real request outranks a guess: guesses give their slots up
             for slot in self.slots:
-                if slot.request and slot.request.prefill_only:
+                if slot.request and slot.request.guess and self._let_go(slot.request):
                     self._finish(slot, "superseded")
         while self.waiting:
             free = [slot for slot in self.slots if not slot.request]
@@ -314,24 +422,27 @@ class Scheduler:
             self._start(slot, request, plan)
 
     def _admit_prefills(self) -> None:
-        """Each new prefill into a free slot with room, while no one waits; else it is dropped.
-        So is one whose prompt a real request already holds (its question was asked first: a
-        prefill then would only evaluate the same tokens twice)."""
+        """Each new guess (prefill, early answer) into a free slot with room, while no one
+        waits; else it is dropped. So is one whose prompt a real request already holds (its
+        question was asked first: a guess then would only evaluate the same tokens twice)."""
         asked = [slot.request.prompt for slot in self.slots if slot.request]
         for request in self.prefills:
-            if any(prompt.startswith(request.prompt) for prompt in asked):
-                self._end(request, "asked", DONE)
-                continue
             free = [slot for slot in self.slots if not slot.request]
-            if self.waiting or not free or request.cancelled():
-                self._end(request, "skipped", DONE)
-                continue
-            slot = self._slot_for(request, free)
-            plan = self._plan(request, slot)
-            if self._cells_in_use(slot) + plan.cells > self.context.kv_tokens:
-                self._end(request, "skipped", DONE)  # it would push others' out
-                continue
-            self._start(slot, request, plan)
+            if any(prompt.startswith(request.prompt) for prompt in asked):
+                reason = "asked"
+            elif self.waiting or not free or request.cancelled() or request.withdrawn:
+                reason = "skipped"
+            else:
+                slot = self._slot_for(request, free)
+                plan = self._plan(request, slot)
+                if self._cells_in_use(slot) + plan.cells <= self.context.kv_tokens:
+                    self._start(slot, request, plan)
+                    continue
+                reason = "skipped"  # it would push others' out
+            if self._let_go(request):
+                self._end(request, reason, DONE)
+            else:  # claimed since this step began: a question now, served from the next step
+                self.waiting.append(request)
         self.prefills.clear()
 
     @staticmethod
@@ -500,10 +611,12 @@ class Scheduler:
         # Spelled as the user saw it (a stray byte of a broken character shows as U+FFFD), so
         # that the next prompt, rendered from that text, still matches the cache.
         slot.pending, slot.pending_text = [token], [text.encode()]
-        if request.cancelled():
+        if request.cancelled() and self._let_go(request):
             self._finish(slot, "cancelled")
         elif stats.generated_tokens >= slot.budget:
             self._finish(slot, "max_tokens")
+        elif request.waits_for_its_question:
+            request.ready_since = time.perf_counter()
 
     def _finish(self, slot: Slot, reason: str, error: Exception | None = None) -> None:
         request = slot.request
@@ -523,5 +636,13 @@ class Scheduler:
         """The end of REQUEST, for REASON: LAST (DONE or an exception) closes its stream."""
         request.stats.stopped = reason
         request.stats.total_s = time.perf_counter() - request.submitted
-        (self.prefills_ended if request.prefill_only else self.ended)[reason] += 1
+        if request.early and request.ready_since is None:  # a whole answer, still claimable
+            request.ready_since = time.perf_counter()
+        (self.prefills_ended if request.guess else self.ended)[reason] += 1
         request.pieces.put(last)
+
+
+def _expired(early: Request) -> bool:
+    """Whether EARLY's tokens have waited for its question longer than EARLY_KEPT_S."""
+    ready = early.ready_since
+    return ready is not None and time.perf_counter() - ready > EARLY_KEPT_S

@@ -10,10 +10,12 @@ of the question, the guess is the rest of the transcript, computed during the tr
 if the student goes on, it is dropped (or never started) and the piece joins the next one.
 Whenever the words so far are all transcribed, `on_words` hears them: the app prefills the
 model with the question they make (tutor.batching), so that the answer's prompt is mostly
-evaluated by the time the trailing silence sends it. With partials on (Whisper's `fit` window,
-whose cost follows the audio's length), the words of the piece still being spoken are
-transcribed every PARTIAL_EVERY_S as well, for the prefill only, so that when the question ends
-only its last words remain to be evaluated; and the piece's own transcription decodes from the
+evaluated by the time the trailing silence sends it; when they end at a pause (they may be the
+whole question), it begins the answer itself, whose first tokens then wait for the question.
+With partials on (Whisper's `fit` window, whose cost follows the audio's length), the words of
+the piece still being spoken are transcribed every PARTIAL_EVERY_S as well, for the prefill
+only (a partial may end in the middle of a word: no answer begins), so that when the question
+ends only its last words remain to be evaluated; and the piece's own transcription decodes from the
 latest partial's words (a draft: tutor.draft_decoding), so that mostly its last words cost a
 decoding step each.
 
@@ -90,8 +92,9 @@ class Listener:
 
     `feed` takes each chunk the browser sends and returns a question's text when one has ended
     (or raises AudioError when nothing in it could be understood), else None. `on_words`, when
-    set, is called with the question's words so far, and an Event set once they are outdated,
-    whenever they are all transcribed (on the transcription thread: it must return quickly).
+    set, is called with the question's words so far, an Event set once they are outdated, and
+    whether they end at a pause (and so may be the whole question), whenever they are all
+    transcribed (on the transcription thread: it must return quickly).
     """
 
     def __init__(
@@ -124,7 +127,7 @@ class Listener:
         self._pending = np.zeros(0, np.float32)  # resampled, not yet seen by the VAD
         self._lock = threading.Lock()
         self.last_question: QuestionTiming | None = None
-        self.on_words: Callable[[str, threading.Event], None] | None = None
+        self.on_words: Callable[[str, threading.Event, bool], None] | None = None
         self._dropped = 0  # guesses dropped in the question in progress
         self._question_id = 0  # which question the transcriptions in flight belong to
         # The question that ended last: its words, once transcribed, still go to `on_words`
@@ -225,6 +228,8 @@ class Listener:
                         self._spoken_from = max(0, event["start"] - self._offset)
                         self._cut = max(0, self._spoken_from - self._lead)
                     self._drop_guess()  # the student goes on: the pause did not end it
+                    if in_question:
+                        self._words_outdated()  # an answer begun at the pause included
                     self._speech_start = event["start"]
                 if "end" in event and self._speech_start is not None:
                     if event["end"] - self._speech_start >= MIN_SPEECH_S * SAMPLE_RATE:
@@ -277,7 +282,7 @@ class Listener:
         future.add_done_callback(lambda _: self.partials.release())
         words = [*self._segments, future]
         question = self._question_id
-        future.add_done_callback(lambda _: self._words_ready(question, words))
+        future.add_done_callback(lambda _: self._words_ready(question, words, False))
 
     def _segment(self, end: int) -> None:
         """Send the speech from the last cut to END to Whisper, in the background."""
@@ -295,11 +300,12 @@ class Listener:
         self._drafts.append(future)  # a guess dropped, once transcribed, is a draft as well
         words = [*self._segments, future]
         question = self._question_id
-        future.add_done_callback(lambda _: self._words_ready(question, words))
+        future.add_done_callback(lambda _: self._words_ready(question, words, True))
         return future
 
-    def _words_ready(self, question: int, words: list[Future]) -> None:
-        """On the transcription thread: WORDS (this question's pieces so far) are transcribed."""
+    def _words_ready(self, question: int, words: list[Future], complete: bool) -> None:
+        """On the transcription thread: WORDS (this question's pieces so far; COMPLETE: the last
+        ends at a pause) are transcribed."""
         on_words = self.on_words
         if (
             on_words is None
@@ -310,13 +316,15 @@ class Listener:
         text = _text_of(words)
         if not text:
             return
+        # Not the whole question if the student has gone on meanwhile.
+        complete = complete and self._speech_start is None
         outdated = threading.Event()
         with self._outdated_lock:
             if self._outdated is not None:
                 self._outdated.set()
             self._outdated = outdated
         try:
-            on_words(text, outdated)
+            on_words(text, outdated, complete)
         except Exception:  # a guess's use must never break listening
             log.exception("on_words failed")
 

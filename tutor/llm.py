@@ -44,6 +44,10 @@ __all__ = [
 
 MAX_PINNED_PREFIXES = 8  # mode prompts kept evaluated in the KV cache
 DEFAULT_PREFILL_CHUNK = 64  # prompt tokens per step while other answers stream
+# A transcription's words reach the engine a few milliseconds after it (a hands-free question's
+# prefill, early answer or question): the step after one waits this long for them, rather than
+# leave them for the step after (~0.15 s later with 4 others answering on 2 cores).
+FOLLOW_UP_WAIT_S = 0.02
 
 
 class ModelLoadError(RuntimeError):
@@ -101,9 +105,10 @@ class Activity:
     saved_conversations: int  # conversation KV caches kept outside the context
     saved_bytes: int
     ended: dict[str, int]  # answers so far, by how they ended: eot, max_tokens, cancelled, ...
-    # prefills so far (tutor.batching), by how they ended: done, superseded, skipped, asked,
-    # cancelled
+    # guesses so far (tutor.batching: prefills, early answers), by how they ended: done,
+    # superseded, skipped, asked, cancelled, expired; and "claimed": early answers taken over
     prefills_ended: dict[str, int] = field(default_factory=dict)
+    early_answers_ready: int = 0  # early answers with their first tokens, waiting for a question
 
 
 class TutorLLM:
@@ -193,6 +198,7 @@ class TutorLLM:
         )
         self._serving = False
         self._lock = threading.Lock()
+        self._followed_calls = 0  # the thread's `followed_calls` at the last step
         self.stats = GenerationStats()  # the last finished answer's
 
     def forget(self) -> None:
@@ -237,14 +243,13 @@ class TutorLLM:
         def snapshot() -> Activity:
             scheduler = self._scheduler
             return Activity(
-                answering=sum(
-                    1 for s in scheduler.slots if s.request and not s.request.prefill_only
-                ),
+                answering=sum(1 for s in scheduler.slots if s.request and not s.request.guess),
                 waiting=scheduler.inbox.qsize() + len(scheduler.waiting),
                 saved_conversations=len(scheduler.store),
                 saved_bytes=scheduler.store.nbytes,
                 ended=dict(scheduler.ended),
                 prefills_ended=dict(scheduler.prefills_ended),
+                early_answers_ready=scheduler.early_answers_ready(),
             )
 
         return self.thread.run(snapshot)
@@ -303,7 +308,15 @@ class TutorLLM:
             stats,
         )
         request.stats.prompt = prompt
-        self._submit(request)  # on the first next(): an iterator never read submits nothing
+        # On the first next(): an iterator never read submits nothing. An answer begun early
+        # for this very prompt (a hands-free question, during its trailing silence) is taken
+        # over instead, its first tokens there already.
+        early = self._scheduler.claim(request)
+        if early is not None:
+            request = early
+            self._kick()
+        else:
+            self._submit(request)
         try:
             while (piece := request.pieces.get()) is not DONE:
                 if isinstance(piece, Exception):
@@ -312,21 +325,37 @@ class TutorLLM:
                     yield piece
         finally:
             consumer_gone.set()
-            self.stats = request.stats
+            if request.stats is not stats:
+                vars(stats).update(vars(request.stats))
+            self.stats = stats
 
-    def prefill(self, messages: list[Message], cancel: threading.Event | None = None) -> None:
+    def prefill(
+        self,
+        messages: list[Message],
+        cancel: threading.Event | None = None,
+        answer: Generation | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
         """Evaluate MESSAGES' prompt (all but its last token) into a free slot, ahead of a
         request likely to follow; returns at once. Skipped when no slot is free or someone waits;
-        a real request takes the slot back at once (tutor.batching)."""
+        a real request takes the slot back at once (tutor.batching).
+
+        With ANSWER (the settings the request will have, and its MAX_TOKENS), the answer itself
+        is begun: its first tokens wait for a `stream` of the same messages and settings, which
+        takes them over (an early answer, tutor.batching). CANCEL ends it while unclaimed."""
         request = Request(
             self.render(messages).encode(),
-            Generation(),  # never sampled
-            0,
+            answer or Generation(),  # a prefill is never sampled
+            (max_tokens or answer.max_tokens) if answer else 0,
             None,
             [cancel] if cancel is not None else [],
             GenerationStats(),
-            prefill_only=True,
+            prefill_only=answer is None,
+            early=answer is not None,
         )
+        if answer is not None:
+            request.stats.prompt = request.prompt.decode()
+            self._scheduler.offer(request)
         self._submit(request)
 
     def answer(self, messages: list[Message], generation: Generation, **kwargs) -> str:
@@ -335,6 +364,10 @@ class TutorLLM:
 
     def _submit(self, request: Request) -> None:
         self._scheduler.inbox.put(request)
+        self._kick()
+
+    def _kick(self) -> None:
+        """Make sure the step loop runs (it stops while there is nothing to do)."""
         with self._lock:
             if not self._serving:
                 self._serving = True
@@ -344,6 +377,9 @@ class TutorLLM:
         """One decode step, on the native thread; the next step queues behind other jobs there
         (a transcription), so they take turns a step at a time."""
         try:
+            if self.thread.followed_calls != self._followed_calls:  # a transcription just ran
+                self._followed_calls = self.thread.followed_calls
+                self._scheduler.await_request(FOLLOW_UP_WAIT_S)
             self._scheduler.step()
         except Exception as e:  # every waiting caller must hear of it
             log.exception("the decode loop failed; ending the answers in flight")

@@ -502,8 +502,11 @@ def add_page(
         try:
             mine = listeners.of(session, language_code)
             # The words heard so far, asked in this mode after this conversation, are likely the
-            # question: the model evaluates its prompt while the student finishes.
-            mine.on_words = lambda words, outdated: tutor.prefill(words, mode_name, kept, outdated)
+            # question: the model evaluates its prompt while the student finishes, and at a
+            # pause begins the answer, which the question takes over when the silence sends it.
+            mine.on_words = lambda words, outdated, complete: tutor.prefill(
+                words, mode_name, kept, outdated, begin_answer=complete
+            )
             if chunk is None:
                 return nothing
             if running.is_running(session):  # the answer is streaming: not a question

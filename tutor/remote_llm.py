@@ -217,7 +217,13 @@ class RemoteLLM:
     def forget(self) -> None:
         """Nothing is cached on this side."""
 
-    def prefill(self, messages: list[Message], cancel: threading.Event | None = None) -> None:
+    def prefill(
+        self,
+        messages: list[Message],
+        cancel: threading.Event | None = None,
+        answer: Generation | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
         """Nothing to do ahead: an OpenAI-compatible server evaluates a prompt when asked."""
 
     def activity(self) -> Activity:

@@ -23,6 +23,7 @@ from tutor.modes import Generation, TutorMode, get_mode
 
 MAX_QUESTION_CHARS = 20000
 log = logging.getLogger(__name__)
+BEGUN_EARLY = " (begun before it was asked)"  # in the answer's log line: an early answer
 
 
 # Control characters other than newline and tab (a model may sample any byte): nothing a page
@@ -43,7 +44,13 @@ class LanguageModel(Protocol):
 
     def pin(self, messages: list[Message]) -> int: ...
 
-    def prefill(self, messages: list[Message], cancel: threading.Event | None = None) -> None: ...
+    def prefill(
+        self,
+        messages: list[Message],
+        cancel: threading.Event | None = None,
+        answer: Generation | None = None,
+        max_tokens: int | None = None,
+    ) -> None: ...
 
     def count_tokens(self, messages: list[Message]) -> int: ...
 
@@ -137,15 +144,23 @@ class Tutor:
         mode: str,
         history: Sequence[dict] | None = None,
         cancel: threading.Event | None = None,
+        begin_answer: bool = False,
     ) -> None:
         """Evaluate the prompt that asking QUESTION in MODE after HISTORY would send, ahead of
         the question (a hands-free question whose trailing silence is still running), when the
-        model has a slot free; returns at once. A bad question is simply not prefilled."""
+        model has a slot free; returns at once. A bad question is simply not prefilled.
+
+        BEGIN_ANSWER: the words may be the whole question (they end at a pause): begin its
+        answer too, for `ask` to take over with its first tokens ready (tutor.batching)."""
         try:
-            messages, _ = self._prompt(question, get_mode(self.modes, mode), history)
+            tutor_mode = get_mode(self.modes, mode)
+            messages, budget = self._prompt(question, tutor_mode, history)
         except TutorError:
             return
-        self.llm.prefill(messages, cancel)
+        if begin_answer:
+            self.llm.prefill(messages, cancel, tutor_mode.generation, budget)
+        else:
+            self.llm.prefill(messages, cancel)
 
     def _prompt(
         self, question: object, tutor_mode: TutorMode, history: Sequence[dict] | None
@@ -186,7 +201,7 @@ class Tutor:
                 yield shown
         log.info(
             "answer: %d prompt tokens (%d reused from %s, %d evaluated), %d generated, "
-            "waited %.2f s, first token %.2f s, %.1f tokens/s, stopped: %s",
+            "waited %.2f s, first token %.2f s%s, %.1f tokens/s, stopped: %s",
             s.prompt_tokens,
             s.reused_tokens,
             s.reused_from or "nothing",
@@ -194,6 +209,7 @@ class Tutor:
             s.generated_tokens,
             s.queued_s,
             s.time_to_first_token_s,
+            BEGUN_EARLY if s.begun_early else "",
             s.tokens_per_s,
             s.stopped,
         )

@@ -24,10 +24,24 @@ class DedicatedThread:
 
     def __init__(self, name: str) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        # Calls run so far whose callers usually queue more work at once (`run_followed`).
+        self.followed_calls = 0
 
     def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """FN(*ARGS, **KWARGS) on the dedicated thread; waits for it and returns its result."""
         return self._executor.submit(fn, *args, **kwargs).result()
+
+    def run_followed(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """`run`, for a call whose result usually brings more work within milliseconds (a
+        transcription: its words' prompt); the job after it may wait that long for it."""
+
+        def counted() -> T:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.followed_calls += 1
+
+        return self._executor.submit(counted).result()
 
     def submit(self, fn: Callable[..., T], *args, **kwargs):
         """Queue FN on the dedicated thread; returns a Future."""

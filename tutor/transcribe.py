@@ -267,7 +267,7 @@ class Transcriber:
             language = "en"
         if self.detector is not None:
             self.detector.require_speech(audio)
-        result = self.thread.run(self._transcribe, audio, language, draft, decode_options)
+        result = self.thread.run_followed(self._transcribe, audio, language, draft, decode_options)
         text = result["text"].strip()
         if not text:
             raise AudioError(
