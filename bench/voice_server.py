@@ -8,10 +8,11 @@ Whisper's windows (tutor.transcribe: `full`, `fit`).
 
 No browser and no HTTP: both paths start where the server has the audio (one-shot: the student
 presses Stop as the speech ends; hands-free: chunks of LISTEN_CHUNK_S arrive as they are
-spoken) and end at the first answer token. What the page adds to each path is measured by
-bench.voice, where Chromium shares these 2 cores; here the cores are the server's, as on a
-Space, where each student's browser runs on their own device. Whisper base's and Llama 3.2 1B
-Q4_K_M's shapes with synthetic weights (bench.models); every transcription decodes as many
+spoken; each follow-up's speech ends at another point of a chunk, since when the pause is
+heard depends on it) and end at the first answer token. What the page adds to each path is
+measured by bench.voice, where Chromium shares these 2 cores; here the cores are the server's,
+as on a Space, where each student's browser runs on their own device. Whisper base's and Llama
+3.2 1B Q4_K_M's shapes with synthetic weights (bench.models); every transcription decodes as many
 tokens as real Whisper (tiny.en, bench.real_whisper) writes for that much audio on the shared
 clips; the measured student's answers are 16 tokens, the others' 600 (bench.voice.prompts).
 """

@@ -30,7 +30,9 @@ apart per student, each the speech so far in a window fitted to it (~0.1 s of en
 of speech, plus its words' decoding). A prefill is prompt evaluation in the engine's steps: it
 takes a slot only while one is free and no one waits, gives it up to any real question at the
 next step, and is cancelled once its words are outdated, so it delays other students' tokens by
-at most its share of the steps it runs in, as a newcomer's prompt does (chunked prefill).
+at most its share of the steps it runs in, as a newcomer's prompt does (chunked prefill). An
+early answer adds, on the same terms, at most EARLY_TOKENS (8) tokens of one more sequence to
+the steps per pause; it is cancelled as soon as the student speaks again.
 """
 
 from __future__ import annotations
