@@ -371,6 +371,18 @@ def test_an_early_answer_no_question_claims_is_dropped(tiny_gguf, monkeypatch):
     assert llm.activity().prefills_ended == {"expired": 1}  # its slot went back first
 
 
+def test_forgetting_the_cache_ends_an_early_answer(tiny_gguf):
+    llm = TutorLLM(tiny_gguf, n_ctx=1024, n_threads=2, parallel=1)
+    question = _conversation("You are a tutor.", "What is 7 times 8?")
+    expected = llm.answer(question, GREEDY)
+    llm.prefill(question, answer=GREEDY)
+    _until(lambda: llm.activity().early_answers_ready == 1, "the early answer's tokens")
+    llm.forget()  # its cache is gone: it must not go on from it
+    assert llm.answer(question, GREEDY) == expected
+    assert not llm.stats.begun_early
+    assert llm.activity().prefills_ended == {"cancelled": 1}
+
+
 def test_a_spoken_question_asked_as_it_was_guessed_takes_over_its_early_answer(tutor):
     """The app's way: words heard up to a pause begin their answer (Tutor.prefill), and the
     question the trailing silence sends, in the same mode after the same conversation, gets it."""

@@ -250,7 +250,11 @@ class Scheduler:
             return True
 
     def reset(self) -> None:
-        """Forget every cached prefix and saved state (only while no request is served)."""
+        """Forget every cached prefix and saved state (only while no question is answered;
+        guesses in slots end: their cache goes too)."""
+        for slot in self.slots:
+            if slot.request and slot.request.guess and self._let_go(slot.request):
+                self._finish(slot, "cancelled")
         self.context.clear()
         for slot in self.slots:
             slot.context, slot.shared = Context(), 0
