@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 from bench import hardware, models, real_whisper, speech, voice
-from tutor.service import BEGUN_EARLY
 from tutor.settings import Settings
 
 BROWSER_RATE = 48000  # Hz: what the page's microphone streams, and its recordings hold
@@ -50,14 +49,17 @@ class AnswerLog(logging.Handler):
     asked, an early answer), from tutor.service's log line."""
 
     def __init__(self) -> None:
+        from tutor.service import BEGUN_EARLY  # here: --help stays light (tests/test_layers.py)
+
         super().__init__(logging.INFO)
+        self.begun_early_note = BEGUN_EARLY
         self.evaluated: list[int] = []
         self.begun_early: list[bool] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if m := EVALUATED.search(message):
-            early = BEGUN_EARLY in message
+            early = self.begun_early_note in message
             self.evaluated.append(0 if early else int(m.group(1)))
             self.begun_early.append(early)
 
