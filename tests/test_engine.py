@@ -203,12 +203,17 @@ def test_answers_keep_no_control_characters_and_end_lines_with_newlines():
     assert updates == ["Step 1", "Step 1\n", "Step 1\nStep 2"]  # each shows something new
 
 
+def _until(condition, what: str) -> None:
+    """Poll CONDITION (an engine event) until it holds."""
+    deadline = time.monotonic() + 300  # only a hang reaches it
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
 def _wait_for_prefills(llm: TutorLLM, reason: str, count: int = 1) -> None:
     """Until COUNT prefills have ended for REASON (a prefill returns before it is done)."""
-    deadline = time.monotonic() + 300  # only a hang reaches it
-    while llm.activity().prefills_ended.get(reason, 0) < count:
-        assert time.monotonic() < deadline, llm.activity()
-        time.sleep(0.01)
+    _until(lambda: llm.activity().prefills_ended.get(reason, 0) >= count, f"{count} {reason}")
 
 
 def test_a_prefilled_question_is_answered_after_evaluating_only_its_last_token(tiny_gguf):
@@ -296,13 +301,6 @@ def test_a_prefill_never_waits_in_line(tiny_gguf):
     busy.close()
 
 
-def _until(condition, what: str) -> None:
-    deadline = time.monotonic() + 300  # only a hang reaches it
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 def test_a_question_takes_over_its_early_answer_with_the_first_tokens_ready(tiny_gguf):
     """A hands-free question's answer, begun at the pause that ended it: when the question is
     asked, its first tokens are there without a single decode step."""
@@ -326,6 +324,20 @@ def test_a_question_takes_over_its_early_answer_with_the_first_tokens_ready(tiny
     assert first[0] + "".join(stream) == expected  # the same answer, the rest as it goes on
     assert llm.stats.begun_early and llm.stats.time_to_first_token_s == 0.0
     assert llm.activity().prefills_ended == {"claimed": 1}
+
+
+def test_stop_ends_an_answer_its_question_took_over(tiny_gguf):
+    llm = TutorLLM(tiny_gguf, n_ctx=1024, n_threads=2, parallel=1)
+    question = _conversation("You are a tutor.", "What is 7 times 8?")
+    llm.prefill(question, answer=GREEDY)
+    _until(lambda: llm.activity().early_answers_ready == 1, "the early answer's tokens")
+    stop = threading.Event()
+    stream = llm.stream(question, GREEDY, cancel=stop)
+    next(stream)
+    stop.set()  # the student pressed Stop
+    list(stream)
+    assert llm.stats.begun_early and llm.stats.stopped == "cancelled"
+    assert llm.stats.generated_tokens < GREEDY.max_tokens
 
 
 def test_an_early_answer_gives_its_slot_up_to_another_question(tiny_gguf):

@@ -114,7 +114,7 @@ class Request:
     @property
     def waits_for_its_question(self) -> bool:
         """An early answer with its first tokens sampled, not claimed: it takes no steps."""
-        return self.guess and self.early and self.stats.generated_tokens >= EARLY_TOKENS
+        return self.early and not self.claimed and self.stats.generated_tokens >= EARLY_TOKENS
 
 
 @dataclass
@@ -249,6 +249,11 @@ class Scheduler:
                 del self._early[request.prompt]
             return True
 
+    def _cancelled(self, request: Request) -> bool:
+        """Whether REQUEST is cancelled, and may end for it: an early answer claimed meanwhile is
+        judged by its question's stops (set under the lock before the claim is seen)."""
+        return request.cancelled() and (self._let_go(request) or request.cancelled())
+
     def reset(self) -> None:
         """Forget every cached prefix and saved state (only while no question is answered;
         guesses in slots end: their cache goes too)."""
@@ -303,14 +308,17 @@ class Scheduler:
             request = self.inbox.get(timeout=timeout_s)
         except queue.Empty:
             return
+        self._take(request)
+
+    def _take(self, request: Request) -> None:
+        """A request from the inbox: guesses are admitted in this step or never; questions wait."""
         (self.prefills if request.guess else self.waiting).append(request)
 
     def step(self) -> None:
         """One round: admit, decode one batch, sample. Returns at once when there is nothing to
         do."""
         while not self.inbox.empty():
-            request = self.inbox.get()
-            (self.prefills if request.guess else self.waiting).append(request)
+            self._take(self.inbox.get())
         self._end_cancelled()
         self._admit()
         self._admit_prefills()
@@ -384,9 +392,8 @@ class Scheduler:
             request = slot.request
             if request is None:
                 continue
-            if request.cancelled() or request.withdrawn:
-                if self._let_go(request):
-                    self._finish(slot, "cancelled")
+            if (request.withdrawn and self._let_go(request)) or self._cancelled(request):
+                self._finish(slot, "cancelled")
             elif request.waits_for_its_question and _expired(request) and self._let_go(request):
                 self._finish(slot, "expired")
         for request in [r for r in self.waiting if r.cancelled()]:
@@ -615,7 +622,7 @@ class Scheduler:
         # Spelled as the user saw it (a stray byte of a broken character shows as U+FFFD), so
         # that the next prompt, rendered from that text, still matches the cache.
         slot.pending, slot.pending_text = [token], [text.encode()]
-        if request.cancelled() and self._let_go(request):
+        if self._cancelled(request):
             self._finish(slot, "cancelled")
         elif stats.generated_tokens >= slot.budget:
             self._finish(slot, "max_tokens")
