@@ -8,7 +8,9 @@ batched rows round differently and a rare token differs; see README "Results".)
 
 from __future__ import annotations
 
+import collections
 import threading
+import time
 
 import pytest
 
@@ -181,6 +183,77 @@ def test_stop_ends_one_answer_within_a_step_and_the_others_finish_unchanged(alon
     assert stats.generated_tokens <= generated_when_stopped[0] + 1  # one step at most
     assert together[0] == alone[0] and together[2] == alone[2]
     assert alone[1].startswith(together[1])
+
+
+def _record_batches(llm: TutorLLM) -> list[dict[int, int]]:
+    """Each decode step's tokens by sequence, from now on."""
+    ctx = llm._scheduler.context
+    batches: list[dict[int, int]] = []
+    current: collections.Counter[int] = collections.Counter()
+    add, decode = ctx.add, ctx.decode
+
+    def recording_add(token: int, pos: int, seq: int, logits: bool) -> int:
+        current[seq] += 1
+        return add(token, pos, seq, logits)
+
+    def recording_decode() -> int:
+        batches.append(dict(current))
+        current.clear()
+        return decode()
+
+    ctx.add, ctx.decode = recording_add, recording_decode
+    return batches
+
+
+def _between_steps(llm: TutorLLM) -> tuple[threading.Event, threading.Event]:
+    """(reached, go): the native thread stops after the step in progress until GO is set."""
+    reached, go = threading.Event(), threading.Event()
+    llm.thread.submit(lambda: (reached.set(), go.wait()))
+    return reached, go
+
+
+def _ask_in_background(llm: TutorLLM, question: list[dict], answers: list[str]) -> threading.Thread:
+    """Ask QUESTION on a thread of its own; returns once the request has reached the engine."""
+    inbox = llm._scheduler.inbox
+    asking = threading.Thread(target=lambda: answers.append(llm.answer(question, _greedy(16))))
+    asking.start()
+    while inbox.empty():
+        time.sleep(0.001)
+    return asking
+
+
+def test_a_newcomers_prompt_goes_first_and_the_others_wait_one_step_at_most(slow_gguf, alone_llm):
+    """A step in which a newcomer samples its first token carries no other answer's token (on a
+    CPU they would delay that token by their share of the step); the next step carries them
+    again, even when another newcomer has come meanwhile."""
+    llm = TutorLLM(slow_gguf, n_ctx=1024, n_threads=2, parallel=3, kv_type="f32")
+    streaming = _conversation("You are a tutor.", "Explain idea number 1 at length.")
+    newcomers = [_conversation("You are a tutor.", f"What is {n} times 8?") for n in (7, 9)]
+    expected = [
+        alone_llm.answer(q, _greedy(n))
+        for q, n in [(streaming, 120)] + [(newcomers[0], 16), (newcomers[1], 16)]
+    ]
+    batches = _record_batches(llm)
+    stream = llm.stream(streaming, _greedy(120))
+    pieces = [next(stream)]  # it is generating: one token a step
+    answers: list[str] = []
+    reached, go = _between_steps(llm)
+    reached.wait()
+    first = _ask_in_background(llm, newcomers[0], answers)
+    reached_again, go_again = _between_steps(llm)  # right after the newcomer's first step
+    go.set()
+    reached_again.wait()
+    before = len(batches)
+    second = _ask_in_background(llm, newcomers[1], answers)
+    go_again.set()
+    pieces += list(stream)
+    first.join(JOIN_TIMEOUT_S)
+    second.join(JOIN_TIMEOUT_S)
+    prompt_step, next_step = batches[before - 1], batches[before]
+    assert len(prompt_step) == 1 and list(prompt_step.values())[0] > 1  # the newcomer's prompt
+    assert len(next_step) == 3  # the streaming answer, the newcomer's first answer token, the
+    # second newcomer's prompt: no two steps in a row leave the streaming answer out
+    assert "".join(pieces) == expected[0] and sorted(answers) == sorted(expected[1:])
 
 
 def test_a_closed_stream_frees_its_slot_for_the_next_student(slow_gguf):

@@ -11,7 +11,9 @@ step (`Scheduler.step`, always on the llama.cpp thread):
    by sharing cells), or a saved conversation state;
 3. decodes one token for every generating conversation plus at most `prefill_chunk` prompt
    tokens of newcomers (chunked prefill: a long prompt never freezes the others' streams for
-   more than one chunk; alone, a prompt goes in batches of n_batch);
+   more than one chunk; alone, a prompt goes in batches of n_batch); a step in which a
+   newcomer samples its first token leaves the others' tokens out (prompts first: its wait is
+   the step's cost, which grows with its tokens), never two steps in a row;
 4. samples each sequence's next token with its own llama.cpp sampler chain and streams it.
 
 A prefill request (`Request.prefill_only`) evaluates a prompt that is likely to come, and stops
@@ -181,6 +183,7 @@ class Scheduler:
         self._early: dict[bytes, Request] = {}
         self._early_lock = threading.Lock()
         self.most_sequences_in_a_step = 0  # since start-up: how far batching went
+        self._last_step_prompts_only = False  # the last step left the others' tokens out
         self.ended: collections.Counter[str] = collections.Counter()  # requests, by how
         self.prefills_ended: collections.Counter[str] = collections.Counter()
 
@@ -328,36 +331,31 @@ class Scheduler:
             return
         ctx = self.context
         ctx.clear_batch()
+        generating = [s for s in active if s.generating and not s.request.waits_for_its_question]
+        room = ctx.n_batch - len(generating)
+        if generating:
+            room = min(room, self.prefill_chunk)
+        chunks = self._prompt_chunks([s for s in active if not s.generating], room)
+        prompts_first = self._prompts_first(generating, chunks)
+        if prompts_first:
+            generating = []  # their next tokens come in the next step
+        self._last_step_prompts_only = prompts_first
         outputs: list[tuple[Slot, int]] = []
         taken: list[tuple[Slot, int, bool]] = []  # (slot, tokens in the batch, sampled ones)
-        for slot in active:
-            if slot.generating and not slot.request.waits_for_its_question:
-                outputs.append(
-                    (slot, ctx.add(slot.pending[0], len(slot.context.tokens), slot.seq, True))
-                )
-                taken.append((slot, 1, True))
-        room = ctx.n_batch - ctx.n_batched
-        if outputs:
-            room = min(room, self.prefill_chunk)
-        for slot in sorted(
-            (s for s in active if not s.generating), key=lambda s: s.request.submitted
-        ):
-            if room <= 0:
-                break
-            chunk = slot.pending[:room]
+        for slot in generating:
+            outputs.append(
+                (slot, ctx.add(slot.pending[0], len(slot.context.tokens), slot.seq, True))
+            )
+            taken.append((slot, 1, True))
+        for slot, n in chunks:
             start = len(slot.context.tokens)
-            for k, token in enumerate(chunk):
-                last = (
-                    k == len(chunk) - 1
-                    and len(chunk) == len(slot.pending)
-                    and not slot.request.prefill_only
-                )
+            for k, token in enumerate(slot.pending[:n]):
+                last = k == n - 1 and _samples_after(slot, n)
                 index = ctx.add(token, start + k, slot.seq, last)
                 if last:
                     outputs.append((slot, index))
-            taken.append((slot, len(chunk), False))
-            slot.request.stats.evaluated_tokens += len(chunk)
-            room -= len(chunk)
+            taken.append((slot, n, False))
+            slot.request.stats.evaluated_tokens += n
         if not taken:
             return  # only early answers waiting for their questions
         self.most_sequences_in_a_step = max(self.most_sequences_in_a_step, len(taken))
@@ -375,6 +373,32 @@ class Scheduler:
         for slot, index in outputs:
             slot.generating = True
             self._emit(slot, slot.sampler.sample(ctx, index))
+
+    @staticmethod
+    def _prompt_chunks(newcomers: list[Slot], room: int) -> list[tuple[Slot, int]]:
+        """(slot, prompt tokens) of NEWCOMERS in this step: the earliest asked first, ROOM in
+        all."""
+        chunks = []
+        for slot in sorted(newcomers, key=lambda s: s.request.submitted):
+            if room <= 0:
+                break
+            n = min(room, len(slot.pending))
+            chunks.append((slot, n))
+            room -= n
+        return chunks
+
+    def _prompts_first(self, generating: list[Slot], chunks: list[tuple[Slot, int]]) -> bool:
+        """Whether this step evaluates the newcomers' prompt CHUNKS without the GENERATING
+        answers' tokens: when an answer samples its first token in it. On a CPU a step's cost
+        grows with its tokens, so the others' tokens would delay that first token by their share
+        (a hands-free answer's last words and 4 others' tokens: ~30 %; the others' next tokens
+        come one step later instead). Never two such steps in a row: the others' streams wait at
+        most one step for each."""
+        return (
+            bool(generating)
+            and not self._last_step_prompts_only
+            and any(_samples_after(slot, n) for slot, n in chunks)
+        )
 
     def fail_all(self, error: Exception) -> None:
         """After an unexpected error: end every request with it, and start from a clean cache."""
@@ -651,6 +675,12 @@ class Scheduler:
             request.ready_since = time.perf_counter()
         (self.prefills_ended if request.guess else self.ended)[reason] += 1
         request.pieces.put(last)
+
+
+def _samples_after(slot: Slot, n: int) -> bool:
+    """Whether SLOT's request samples its first token once N more prompt tokens are in (a
+    prefill samples nothing)."""
+    return n == len(slot.pending) and not slot.request.prefill_only
 
 
 def _expired(early: Request) -> bool:

@@ -32,7 +32,9 @@ takes a slot only while one is free and no one waits, gives it up to any real qu
 next step, and is cancelled once its words are outdated, so it delays other students' tokens by
 at most its share of the steps it runs in, as a newcomer's prompt does (chunked prefill). An
 early answer adds, on the same terms, at most EARLY_TOKENS (8) tokens of one more sequence to
-the steps per pause; it is cancelled as soon as the student speaks again.
+the steps per pause, and its prompt step goes first, without the others' tokens (as any answer
+about to sample its first token: tutor.batching), so their next tokens come one step later; it
+is cancelled as soon as the student speaks again.
 """
 
 from __future__ import annotations
