@@ -12,6 +12,43 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 BY = "css selector"
 DESKTOP, PHONE = (1400, 1000), (390, 844)  # window sizes, in CSS pixels
 HANG_S = 300.0  # only a hang reaches it (a busy machine may take minutes for seconds' work)
+TIMES_READ_EVERY_S = 0.1  # how often a bench reads the times the page keeps (PageClock)
+
+# The page notes, on its own clock (epoch milliseconds), when each question appears in the chat,
+# when each answer first shows text of its own (its mode tag aside) and when the hands-free
+# microphone began to listen; and it can
+# press Send itself as soon as a transcript is in the box. A bench reads the times now and then:
+# asking the browser every few milliseconds (WebDriver round trips through chromedriver, each
+# a DOM query) took a share of the very cores the app is measured on.
+PAGE_CLOCK = """
+const stamp = () => performance.timeOrigin + performance.now();
+const times = window.__times = {questions: [], answers: [], listening: null, marks: {}};
+const look = () => {
+  if (times.listening === null && document.querySelector('#live button.stop-button')) {
+    times.listening = stamp();
+  }
+  document.querySelectorAll('#chat [data-testid="user"]').forEach((user, k) => {
+    if (times.questions[k] == null) times.questions[k] = stamp();
+  });
+  document.querySelectorAll('#chat [data-testid="bot"]').forEach((bot, k) => {
+    if (times.answers[k] != null) return;
+    const tag = bot.querySelector('.mode-tag');
+    if (bot.innerText.trim().length > (tag ? tag.innerText.trim().length : 0)) {
+      times.answers[k] = stamp();
+    }
+  });
+};
+new MutationObserver(look).observe(document.body, {childList: true, subtree: true,
+                                                    characterData: true});
+look();
+window.__mark = (name) => { times.marks[name] = stamp(); };
+window.__sendWhenTranscribed = () => {
+  const timer = setInterval(() => {
+    const box = document.querySelector('#question textarea');
+    if (box && box.value) { clearInterval(timer); document.querySelector('#send').click(); }
+  }, 5);
+};
+"""
 
 
 def chromium(size: tuple[int, int], microphone: Path, downloads: Path | None = None):
@@ -125,3 +162,42 @@ class Page:
 
     def screenshot(self, path: Path) -> None:
         self.driver.save_screenshot(str(path))
+
+
+class PageClock:
+    """Times the page itself notes (PAGE_CLOCK), in seconds on its clock."""
+
+    def __init__(self, driver) -> None:
+        self.driver = driver
+        driver.execute_script(PAGE_CLOCK)
+
+    def _times(self) -> dict:
+        return self.driver.execute_script("return window.__times")
+
+    def listening(self) -> float:
+        """When the hands-free microphone began to listen (waits for it)."""
+        return wait(lambda: self._times()["listening"], every=TIMES_READ_EVERY_S) / 1000
+
+    def question(self, k: int) -> float:
+        """When question K (from 0) appeared in the chat (waits for it)."""
+        return self._noted("questions", k)
+
+    def answer(self, k: int) -> float:
+        """When answer K (from 0) first showed text of its own (waits for it)."""
+        return self._noted("answers", k)
+
+    def _noted(self, kind: str, k: int) -> float:
+        def noted() -> float | None:
+            times = self._times()[kind]
+            return times[k] if len(times) > k else None
+
+        return wait(noted, every=TIMES_READ_EVERY_S) / 1000
+
+    def mark(self, name: str) -> float:
+        """Note NAME's time now, on the page's clock; returns it."""
+        self.driver.execute_script("window.__mark(arguments[0])", name)
+        return self._times()["marks"][name] / 1000
+
+    def send_when_transcribed(self) -> None:
+        """Press Send as soon as a transcript is in the question box (a student at once)."""
+        self.driver.execute_script("window.__sendWhenTranscribed()")

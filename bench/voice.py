@@ -33,7 +33,7 @@ import soundfile
 import yaml
 
 from bench import app, hardware, models, speech
-from bench.browser import BY, DESKTOP, Page, chromium, wait
+from bench.browser import BY, DESKTOP, Page, PageClock, chromium, wait
 from bench.harness import running_app
 from bench.llm import QUESTIONS
 from tutor.live import END_OF_QUESTION_S
@@ -94,18 +94,12 @@ def streaming(
     driver = chromium(DESKTOP, wav)
     try:
         driver.get(url)
+        clock = PageClock(driver)
         wait(lambda: driver.find_elements(BY, "#hands-free input"))[0].click()
-        wait(lambda: driver.find_elements(BY, "#live button.stop-button"), every=0.005)
-        listening_since = time.monotonic()
+        listening_since = clock.listening()
         latencies, loops = [], []
         for k in range(repeats + 1):
-
-            def answered(k=k) -> bool:
-                bots = driver.find_elements(BY, "#chat [data-testid='bot']")
-                return len(bots) > k and len(bots[k].text.strip()) > len(_mode_tag(bots[k]))
-
-            wait(answered, every=0.01)
-            since_first_speech_end = time.monotonic() - listening_since - speech_end_s
+            since_first_speech_end = clock.answer(k) - listening_since - speech_end_s
             loops.append(int(since_first_speech_end // length_s))
             if k:  # the first answer is a first question: the others follow up
                 latencies.append(since_first_speech_end - loops[-1] * length_s)
@@ -145,27 +139,22 @@ def one_shot_in_page(url: str, clip: Path, folder: Path, repeats: int) -> list[f
     driver = chromium(DESKTOP, clip)
     try:
         page = Page(driver, url).open()
+        clock = PageClock(driver)
         latencies = []
         for k in range(repeats + 1):
             recording = folder / f"follow-up-{k}{clip.suffix}"  # a new file: a new upload
             recording.write_bytes(clip.read_bytes())
             asked = len(page.bots())
-            start = time.monotonic()
+            clock.send_when_transcribed()
+            start = clock.mark(f"upload {k}")
             page.upload(recording)
-            wait(lambda: page.question.get_attribute("value"), every=0.005)
-            page.find("#send").click()
-            wait(lambda: len(page.bots()) > asked and page.answer_text(), every=0.01)
+            first_text = clock.answer(asked)
             if k:
-                latencies.append(time.monotonic() - start)
+                latencies.append(first_text - start)
             wait(page.idle)
         return latencies
     finally:
         driver.quit()
-
-
-def _mode_tag(bot) -> str:
-    tags = bot.find_elements(BY, ".mode-tag")
-    return tags[0].text if tags else ""
 
 
 class OtherStudents:
