@@ -16,10 +16,10 @@ TIMES_READ_EVERY_S = 0.1  # how often a bench reads the times the page keeps (Pa
 
 # The page notes, on its own clock (epoch milliseconds), when each question appears in the chat,
 # when each answer first shows text of its own (its mode tag aside) and when the hands-free
-# microphone began to listen; and it can
-# press Send itself as soon as a transcript is in the box. A bench reads the times now and then:
-# asking the browser every few milliseconds (WebDriver round trips through chromedriver, each
-# a DOM query) took a share of the very cores the app is measured on.
+# microphone began to listen; and it can press Send itself as soon as a transcript is in the box.
+# A bench reads the times now and then: asking the browser every few milliseconds (WebDriver
+# round trips through chromedriver, each a DOM query) took a share of the very cores the app is
+# measured on.
 PAGE_CLOCK = """
 const stamp = () => performance.timeOrigin + performance.now();
 const times = window.__times = {questions: [], answers: [], listening: null, marks: {}};
