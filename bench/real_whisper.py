@@ -203,8 +203,9 @@ class DecodesLikeRealWhisper:
         language: str | None = None,
         max_tokens: int | None = None,
         draft: str | None = None,
+        urgent: bool = True,
     ):
         real = max(1, round(self.tokens_per_s * len(samples) / SAMPLE_RATE))
         return self.transcriber.transcribe(
-            samples, language, min(max_tokens or real, real), draft=draft
+            samples, language, min(max_tokens or real, real), draft=draft, urgent=urgent
         )

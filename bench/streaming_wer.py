@@ -70,7 +70,12 @@ class PocketSphinx:
         self.decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
 
     def __call__(
-        self, samples: np.ndarray, language: str | None = None, _tokens: int = 0, draft=None
+        self,
+        samples: np.ndarray,
+        language: str | None = None,
+        _tokens: int = 0,
+        draft=None,
+        urgent=True,
     ) -> str:
         pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes()
         self.decoder.start_utt()

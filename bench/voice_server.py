@@ -142,8 +142,8 @@ def listener_for(tutor, settings: Settings, drafts: bool = True):
     every piece decoded from scratch."""
     from tutor.page import Listeners
 
-    def from_scratch(audio, language, max_tokens, draft=None) -> str:
-        return tutor.transcriber.transcribe(audio, language, max_tokens)
+    def from_scratch(audio, language, max_tokens, draft=None, urgent=True) -> str:
+        return tutor.transcriber.transcribe(audio, language, max_tokens, urgent=urgent)
 
     return Listeners(tutor, settings, None if drafts else from_scratch).of("bench", "en")
 

@@ -9,11 +9,14 @@ batched rows round differently and a rare token differs; see README "Results".)
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 
+import numpy as np
 import pytest
 
+from tutor.audio import AudioError
 from tutor.batching import InLine
 from tutor.errors import BusyError
 from tutor.llm import GenerationStats, TutorLLM
@@ -23,6 +26,9 @@ from tutor.transcribe import Transcriber, load_whisper
 
 N_CONVERSATIONS = 8
 JOIN_TIMEOUT_S = 600  # generous: only a hang would reach it
+# Transcriptions tried while two answers stream, until one lands in a step (not between two):
+# nearly every one does, as a step lasts ~100 times longer than the gap between steps.
+TRANSCRIPTIONS_TRIED = 20
 
 
 def _conversation(system: str, *turns: str) -> list[dict]:
@@ -196,10 +202,10 @@ def _record_batches(llm: TutorLLM) -> list[dict[int, int]]:
         current[seq] += 1
         return add(token, pos, seq, logits)
 
-    def recording_decode() -> int:
+    def recording_decode(**kwargs) -> int:
         batches.append(dict(current))
         current.clear()
-        return decode()
+        return decode(**kwargs)
 
     ctx.add, ctx.decode = recording_add, recording_decode
     return batches
@@ -254,6 +260,75 @@ def test_a_newcomers_prompt_goes_first_and_the_others_wait_one_step_at_most(slow
     assert len(next_step) == 3  # the streaming answer, the newcomer's first answer token, the
     # second newcomer's prompt: no two steps in a row leave the streaming answer out
     assert "".join(pieces) == expected[0] and sorted(answers) == sorted(expected[1:])
+
+
+def test_steps_cut_short_keep_nothing_and_every_answer_stays_as_alone(slow_gguf, alone_llm):
+    """A step interrupted (for a transcription someone waits for) is redone whole: prompt
+    chunks and generated tokens alike, and no answer changes by a token."""
+    llm = TutorLLM(slow_gguf, n_ctx=1024, n_threads=2, parallel=3, kv_type="f32")
+    questions = [
+        _conversation("You are a tutor.", f"Explain idea number {i} at length.") for i in range(3)
+    ]
+    expected = [alone_llm.answer(q, _greedy(40)) for q in questions]
+    ctx = llm._scheduler.context
+    decode, steps = ctx.decode, []
+
+    def cut_short_now_and_then(**kwargs) -> int:
+        steps.append(kwargs)
+        if len(steps) in (1, 2, 9, 10, 25):  # the prompts' step, its redo, generating steps
+            ctx.interrupt.set()
+        return decode(**kwargs)
+
+    ctx.decode = cut_short_now_and_then
+    answers = _run_together(lambda i: llm.answer(questions[i], _greedy(40)), 3)
+    assert [answers[i] for i in range(3)] == expected
+    assert llm._scheduler.steps_cut_short == 5
+    assert not ctx.interrupt.is_set()
+    assert all(step == {"interruptible": True} for step in steps)
+
+
+def test_a_transcription_someone_waits_for_cuts_the_answer_step_short_a_partial_never(
+    slow_gguf, tiny_whisper_path, alone_llm
+):
+    """On the native thread they share, a transcription marked urgent (a piece at a pause, a
+    recording) interrupts the answer step in progress instead of waiting for its end; a partial
+    transcription (urgent=False) waits. The answers are unchanged either way."""
+    llm = TutorLLM(slow_gguf, n_ctx=1024, n_threads=2, parallel=2, kv_type="f32")
+    transcriber = Transcriber(load_whisper(str(tiny_whisper_path)), thread=llm.thread)
+    audio = np.zeros(16000, np.float32)
+    questions = [
+        _conversation("You are a tutor.", f"Explain idea number {i} at length.") for i in range(2)
+    ]
+    expected = [alone_llm.answer(q, _greedy(200)) for q in questions]
+
+    def transcribe_while_answering(urgent: bool) -> list[str]:
+        answering = threading.Event()
+
+        def answer(i: int) -> str:
+            pieces = []
+            for piece in llm.stream(questions[i], _greedy(200)):
+                pieces.append(piece)
+                answering.set()
+            return "".join(pieces)
+
+        def transcribe_meanwhile() -> None:
+            answering.wait()
+            for _ in range(TRANSCRIPTIONS_TRIED):
+                with contextlib.suppress(AudioError):  # silence: no words, as expected
+                    transcriber.transcribe(audio, "en", 4, urgent=urgent)
+                if urgent and llm._scheduler.steps_cut_short:
+                    return
+
+        meanwhile = threading.Thread(target=transcribe_meanwhile)
+        meanwhile.start()
+        answers = _run_together(answer, 2)
+        meanwhile.join(JOIN_TIMEOUT_S)
+        return [answers[i] for i in range(2)]
+
+    assert transcribe_while_answering(urgent=False) == expected
+    assert llm._scheduler.steps_cut_short == 0
+    assert transcribe_while_answering(urgent=True) == expected
+    assert llm._scheduler.steps_cut_short >= 1
 
 
 def test_a_closed_stream_frees_its_slot_for_the_next_student(slow_gguf):

@@ -60,11 +60,18 @@ class Recorder:
         self.handover = Handover(1)
 
     def __call__(
-        self, audio: np.ndarray, language: str | None, max_tokens: int, draft: str | None = None
+        self,
+        audio: np.ndarray,
+        language: str | None,
+        max_tokens: int,
+        draft: str | None = None,
+        urgent: bool = True,
     ) -> str:
         self.lengths_s.append(len(audio) / SAMPLE_RATE)
         self.drafts.append(draft)
-        self.texts.append(self.transcriber.transcribe(audio, language, max_tokens, draft=draft))
+        self.texts.append(
+            self.transcriber.transcribe(audio, language, max_tokens, draft=draft, urgent=urgent)
+        )
         return self.texts[-1]
 
 
@@ -178,7 +185,7 @@ def _covered(recording: np.ndarray, pieces: list[np.ndarray]) -> np.ndarray:
 def test_every_loud_sample_of_the_speech_reaches_the_transcriber(assets, clips, gap_s, chunk_s):
     pieces: list[np.ndarray] = []
 
-    def keep(audio: np.ndarray, language: str | None, max_tokens: int, draft=None) -> str:
+    def keep(audio: np.ndarray, language: str | None, max_tokens: int, draft=None, urgent=True):
         pieces.append(audio.copy())
         return "words"
 
@@ -253,10 +260,10 @@ def test_words_transcribed_after_the_trailing_silence_are_still_handed_on(transc
     question_end_s = 0.5 + len(speech[1]) / BROWSER_RATE + END_OF_QUESTION_S
     slow = recorder.__call__
 
-    def after_the_silence(audio, language, max_tokens, draft=None):
+    def after_the_silence(audio, language, max_tokens, draft=None, urgent=True):
         while recorder.fed_s < question_end_s:  # the feed that ends the question has begun
             time.sleep(0.005)
-        return slow(audio, language, max_tokens, draft)
+        return slow(audio, language, max_tokens, draft, urgent)
 
     listener = Listener(after_the_silence, recorder.handover, "en", END_OF_QUESTION_S)
     heard: list[str] = []

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 from tutor.context_cache import Context, ContextStore
 from tutor.errors import BusyError, TutorError
-from tutor.llama_runtime import LlamaContext, LlamaError, LlamaModel, Sampler
+from tutor.llama_runtime import DECODE_ABORTED, LlamaContext, LlamaError, LlamaModel, Sampler
 from tutor.modes import Generation
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,7 @@ class Scheduler:
         self._early_lock = threading.Lock()
         self.most_sequences_in_a_step = 0  # since start-up: how far batching went
         self._last_step_prompts_only = False  # the last step left the others' tokens out
+        self.steps_cut_short = 0  # decode steps interrupted for a transcription (redone after)
         self.ended: collections.Counter[str] = collections.Counter()  # requests, by how
         self.prefills_ended: collections.Counter[str] = collections.Counter()
 
@@ -339,7 +340,6 @@ class Scheduler:
         prompts_first = self._prompts_first(generating, chunks)
         if prompts_first:
             generating = []  # their next tokens come in the next step
-        self._last_step_prompts_only = prompts_first
         outputs: list[tuple[Slot, int]] = []
         taken: list[tuple[Slot, int, bool]] = []  # (slot, tokens in the batch, sampled ones)
         for slot in generating:
@@ -355,17 +355,24 @@ class Scheduler:
                 if last:
                     outputs.append((slot, index))
             taken.append((slot, n, False))
-            slot.request.stats.evaluated_tokens += n
         if not taken:
             return  # only early answers waiting for their questions
         self.most_sequences_in_a_step = max(self.most_sequences_in_a_step, len(taken))
-        status = ctx.decode()
+        status = ctx.decode(interruptible=True)
+        if status == DECODE_ABORTED:
+            # Cut short for a transcription a student waits for (tutor.threads): nothing of the
+            # step is kept, and the next step plans afresh (with the words it brings).
+            self.steps_cut_short += 1
+            return
         if status != 0:
             raise LlamaError(
                 f"llama_decode failed with status {status} "
                 f"({ctx.n_batched} tokens, {len(active)} sequences)"
             )
+        self._last_step_prompts_only = prompts_first
         for slot, n, generated in taken:
+            if not generated:
+                slot.request.stats.evaluated_tokens += n
             slot.context.extend(slot.pending[:n], slot.pending_text[:n], generated)
             del slot.pending[:n], slot.pending_text[:n]
             if slot.request.prefill_only and not slot.pending:

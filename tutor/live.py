@@ -111,7 +111,7 @@ class Listener:
         margins_s: tuple[float, float] = (PIECE_LEAD_S, PIECE_TAIL_S),
     ) -> None:
         """TRANSCRIBE(audio at 16 kHz, language, max_tokens, draft=text of the audio's beginning
-        or None) → text runs on EXECUTOR.
+        or None, urgent=False for a partial) → text runs on EXECUTOR.
         PARTIALS, when given (one semaphore for all listeners: partial transcriptions in flight
         app-wide), turns on partial transcriptions while the student speaks (PARTIAL_EVERY_S).
         MARGINS_S: audio kept before a question's first speech and after each piece's speech
@@ -280,7 +280,10 @@ class Listener:
             return  # another student's partial is in flight: this one is skipped, not queued
         self._partial_end = end
         future = self.executor.submit(
-            self._transcribe_quietly, self._audio[self._cut : end].copy(), list(self._drafts)
+            self._transcribe_quietly,
+            self._audio[self._cut : end].copy(),
+            list(self._drafts),
+            urgent=False,  # for the prefill only: it cuts no one's answer step short
         )
         self._drafts.append(future)
         future.add_done_callback(lambda _: self.partials.release())
@@ -345,13 +348,15 @@ class Listener:
             self._dropped += 1
             self._words_outdated()
 
-    def _transcribe_quietly(self, audio: np.ndarray, drafts: list[Future]) -> str:
+    def _transcribe_quietly(
+        self, audio: np.ndarray, drafts: list[Future], urgent: bool = True
+    ) -> str:
         """AUDIO's text ("" if none), decoded from the latest of DRAFTS (transcriptions of its
-        beginning, oldest first) that has words."""
+        beginning, oldest first) that has words. URGENT: see `Transcriber.transcribe`."""
         draft = next((t for t in map(_text_or_none, reversed(drafts)) if t), None)
         try:
             max_tokens = MIN_TOKENS + int(TOKENS_PER_S * len(audio) / SAMPLE_RATE)
-            return self.transcribe(audio, self.language, max_tokens, draft=draft)
+            return self.transcribe(audio, self.language, max_tokens, draft=draft, urgent=urgent)
         except AudioError:  # a cough, a breath: nothing was said in this piece
             return ""
 

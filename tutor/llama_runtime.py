@@ -12,12 +12,14 @@ Not thread-safe: every call except tokenization and token text goes through one 
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
 
+from tutor import llama_log
 from tutor.modes import Generation
 
 PIECE_BUFFER_BYTES = 256  # enough for any single token's text; longer ones are retried
@@ -27,10 +29,9 @@ KV_TYPES = {
     "f32": llama_cpp.GGML_TYPE_F32,
 }
 PENALTY_LAST_N = 64  # tokens the repetition penalty looks back over (llama.cpp's default)
+DECODE_ABORTED = 2  # llama_decode's status for a step cut short (its batch left out of the cache)
 
-# llama-cpp-python routes llama.cpp's log through this logger; at its default level every line
-# of model loading reaches stderr.
-logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+llama_log.install()
 
 
 class LlamaError(RuntimeError):
@@ -52,6 +53,47 @@ def _set(params: ctypes.Structure, **fields) -> None:
         )
     for name, value in fields.items():
         setattr(params, name, value)
+
+
+def _strlen() -> ctypes._CFuncPtr | None:
+    """libc's strlen, or None where there is no libc to load."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or None).strlen
+    except (OSError, AttributeError):
+        return None
+
+
+class DecodeInterrupt:
+    """A flag that cuts the decode step in progress short: llama.cpp's abort callback, for a job
+    on the same thread that should not wait for the step to end (the step is redone after it).
+
+    Set from any thread. llama.cpp's first compute thread asks the callback after each of a
+    step's graph operations (~500 for a 16-layer model). A Python callback would take the GIL
+    every time, and wait for it whenever a web thread holds it; this one is C code reading a
+    byte: libc's strlen over the 2-byte buffer b"\\0\\0" (0: go on) or b"\\1\\0" (1: stop),
+    returned in the register where a C caller reads the callback's bool (x86-64, arm64).
+    Where libc cannot be loaded, nothing is ever cut short.
+    """
+
+    def __init__(self) -> None:
+        self._flag = (ctypes.c_uint8 * 2)()  # [stop?, the string's end]
+        strlen = _strlen()
+        self.callback = (
+            llama_cpp.ggml_abort_callback(ctypes.cast(strlen, ctypes.c_void_p).value)
+            if strlen is not None
+            else None
+        )
+        self.data = ctypes.cast(self._flag, ctypes.c_void_p)
+
+    def set(self) -> None:
+        """Cut the step in progress (or the next one, if none is) short."""
+        self._flag[0] = 1
+
+    def clear(self) -> None:
+        self._flag[0] = 0
+
+    def is_set(self) -> bool:
+        return bool(self._flag[0])
 
 
 @dataclass(frozen=True)
@@ -156,6 +198,11 @@ class LlamaContext:
         self.n_batch = llama_cpp.llama_n_batch(self.pointer)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.n_batched = 0
+        self.interrupt = DecodeInterrupt()
+        if self.interrupt.callback is not None:
+            llama_cpp.llama_set_abort_callback(
+                self.pointer, self.interrupt.callback, self.interrupt.data
+            )
 
     def close(self) -> None:
         if self.pointer:
@@ -179,10 +226,22 @@ class LlamaContext:
         self.n_batched += 1
         return i
 
-    def decode(self) -> int:
-        """Evaluate the batch; llama.cpp's status (0: done, 1: no room in the KV cache)."""
+    def decode(self, interruptible: bool = False) -> int:
+        """Evaluate the batch; llama.cpp's status (0: done, 1: no room in the KV cache,
+        DECODE_ABORTED: cut short by `interrupt`, only if INTERRUPTIBLE; else it is redone)."""
         self.batch.n_tokens = self.n_batched
-        return llama_cpp.llama_decode(self.pointer, self.batch)
+        while True:
+            with llama_log.held_back() as lines:
+                status = llama_cpp.llama_decode(self.pointer, self.batch)
+            # A step cut short on purpose is no error, though llama.cpp logs one.
+            llama_log.emit(lines, logging.DEBUG if status == DECODE_ABORTED else None)
+            if status != DECODE_ABORTED:
+                return status
+            # llama.cpp has taken the batch's cells back out of the cache; the interruption is
+            # spent (the job it made way for runs next).
+            self.interrupt.clear()
+            if interruptible:
+                return status
 
     # -- sequences --------------------------------------------------------------------------
     def remove(self, seq: int, start: int = -1, end: int = -1) -> None:

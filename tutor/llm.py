@@ -169,6 +169,9 @@ class TutorLLM:
                 self.context = context(kv_type)
         except LlamaError as e:
             raise ModelLoadError(str(e)) from None
+        # A transcription a student waits for cuts the answer step in progress short (it is
+        # redone after): its wait drops from up to a step to one operation of it.
+        self.thread.interrupt = self.context.interrupt
         self.kv_type = kv_type
         self.parallel, self.n_threads = parallel, threads
         self.n_ctx = min(n_ctx, self.context.kv_tokens)

@@ -45,10 +45,11 @@ class RemoteTranscriber:
         language: str | None = None,
         max_tokens: int | None = None,
         draft: str | None = None,
+        urgent: bool = True,
     ) -> str:
         """Text of AUDIO (float32, 16 kHz, mono), or AudioError if the server heard no speech.
-        (MAX_TOKENS, DRAFT: OpenAI's transcription API has no such fields; the server decodes
-        afresh, as it decides.)"""
+        (MAX_TOKENS, DRAFT, URGENT: OpenAI's transcription API has no such fields; the server
+        decodes afresh, as it decides.)"""
         language = language or self.language
         try:
             result = self.client.audio.transcriptions.create(

@@ -78,6 +78,7 @@ class SpeechToText(Protocol):
         language: str | None = None,
         max_tokens: int | None = None,
         draft: str | None = None,
+        urgent: bool = True,
     ) -> str: ...
 
 

@@ -251,13 +251,16 @@ class Transcriber:
         language: str | None = None,
         max_tokens: int | None = None,
         draft: str | None = None,
+        urgent: bool = True,
         **decode_options,
     ) -> str:
         """Text of AUDIO (float32, 16 kHz, mono), or AudioError if Whisper heard no speech.
 
         MAX_TOKENS caps the text decoded (a short piece of speech has few words). DRAFT: the
         text of the same audio's beginning, as this transcriber wrote it (a partial transcript):
-        a fitted window decodes from the tokens it has right (tutor.draft_decoding). DECODE_OPTIONS
+        a fitted window decodes from the tokens it has right (tutor.draft_decoding). URGENT (a
+        student waits for these words): on a shared native thread, an answer step in progress
+        is cut short for it (tutor.threads); a partial transcription is not. DECODE_OPTIONS
         go to whisper's transcribe (benchmarks fix the decoded length with them).
         """
         if max_tokens is not None:
@@ -267,7 +270,9 @@ class Transcriber:
             language = "en"
         if self.detector is not None:
             self.detector.require_speech(audio)
-        result = self.thread.run_followed(self._transcribe, audio, language, draft, decode_options)
+        result = self.thread.run_followed(
+            self._transcribe, audio, language, draft, decode_options, urgent=urgent
+        )
         text = result["text"].strip()
         if not text:
             raise AudioError(
