@@ -41,6 +41,10 @@ BROWSER_RATE = 48000  # Hz: what the page's microphone streams, and its recordin
 LEAD_S, TRAIL_S = 0.5, 3.0  # silence before the question and after it (hands-free)
 MODE = "hint"  # the measured student's mode (16-token answers)
 WINDOWS = ("full", "fit")
+# The app's way (the fit window, each transcription a student waits for cutting the answer step
+# in progress short: tutor.threads) against the same with every transcription waiting for that
+# step to end, side by side: "fit-waits".
+WAITS = "fit-waits"
 EVALUATED = re.compile(r"answer: \d+ prompt tokens \(.*?(\d+) evaluated\)")
 
 
@@ -191,15 +195,19 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict
         whisper = tutor.transcriber
         result["tokens_per_s"] = real_whisper.tokens_per_second()
         tutor.transcriber = real_whisper.DecodesLikeRealWhisper(whisper, result["tokens_per_s"])
+        native, interrupt = tutor.llm.thread, tutor.llm.thread.interrupt
         for load in ("alone", f"{others} others"):
             others_now = others if load != "alone" else 0
             with voice.OtherStudents(others_now, functools.partial(ask_the_tutor, tutor)):
-                for window in WINDOWS:
-                    print(f"voice on the server, {load}, Whisper window {window} …", flush=True)
+                for variant in (*WINDOWS, WAITS):
+                    print(f"voice on the server, {load}, {variant} …", flush=True)
+                    window = "fit" if variant == WAITS else variant
                     whisper.window = window
+                    native.interrupt = None if variant == WAITS else interrupt
                     # As the app would listen with this window (partials with `fit`).
                     listener = listener_for(tutor, replace(settings, whisper_window=window))
                     drafted = (whisper.draft_right_tokens, whisper.drafted_tokens)
+                    cut_short = tutor.llm.steps_cut_short()
                     figures = _paths(
                         tutor, listener, question_pcm, repeats, answers, end_of_speech_s
                     )
@@ -207,16 +215,22 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict
                         "right": whisper.draft_right_tokens - drafted[0],
                         "written": whisper.drafted_tokens - drafted[1],
                     }
-                    result.setdefault(load, {})[window] = figures
+                    figures["steps_cut_short"] = tutor.llm.steps_cut_short() - cut_short
+                    result.setdefault(load, {})[variant] = figures
+        native.interrupt = interrupt
     logging.getLogger("tutor.service").removeHandler(answers)
-    for window in WINDOWS:
-        alone, busy = result["alone"][window], result[f"{others} others"][window]
-        result[f"{window}_streaming_vs_one_shot"] = (
+    for variant in (*WINDOWS, WAITS):
+        alone, busy = result["alone"][variant], result[f"{others} others"][variant]
+        result[f"{variant}_streaming_vs_one_shot"] = (
             alone["after_silence_median_s"] / alone["one_shot_median_s"]
         )
-        result[f"{window}_streaming_busy_vs_alone"] = (
+        result[f"{variant}_streaming_busy_vs_alone"] = (
             busy["after_silence_median_s"] / alone["after_silence_median_s"]
         )
+    busy = result[f"{others} others"]
+    result["fit_busy_waits_vs_cuts_short"] = (
+        busy[WAITS]["after_silence_median_s"] / busy["fit"]["after_silence_median_s"]
+    )
     result["fit_streaming_vs_full_one_shot"] = (
         result["alone"]["fit"]["after_silence_median_s"]
         / result["alone"]["full"]["one_shot_median_s"]
@@ -332,6 +346,18 @@ def markdown(r: dict) -> str:
                 for w in WINDOWS
             )
             + ".",
+            "",
+            "When each transcription waits for the answer step in progress instead of cutting "
+            f"it short (fit window, `{WAITS}`), hands-free: "
+            f"{r['alone'][WAITS]['after_silence_median_s']:.2f} s alone, "
+            f"{r[others][WAITS]['after_silence_median_s']:.2f} s with {others} "
+            f"(**{r[f'{WAITS}_streaming_busy_vs_alone']:.2f}×** alone), against the app's way "
+            "above; with "
+            f"{others}, waiting / cutting short: **{r['fit_busy_waits_vs_cuts_short']:.2f}×**. "
+            "Answer steps cut short for a transcription, both paths, fit: "
+            f"{r['alone']['fit']['steps_cut_short']} alone, "
+            f"{r[others]['fit']['steps_cut_short']} with {others} (of {2 * r['repeats']} "
+            "follow-ups).",
             "",
             "Tokens of hands-free pieces decoded from a draft (fit, alone): "
             f"{r['alone']['fit']['draft_tokens']['right']} of "

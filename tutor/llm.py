@@ -236,6 +236,10 @@ class TutorLLM:
         """Every token llama.cpp has evaluated so far, by its own counters."""
         return self.thread.run(self.context.evaluated_tokens)
 
+    def steps_cut_short(self) -> int:
+        """Decode steps interrupted for a transcription since start-up (each redone after it)."""
+        return self._scheduler.steps_cut_short
+
     def most_sequences_in_a_step(self) -> int:
         """The most conversations one decode step has served since start-up."""
         return self._scheduler.most_sequences_in_a_step
