@@ -22,7 +22,10 @@ decoding step each.
 How they share the cores: the VAD (Silero's ONNX model, ~6 ms of one core per second of audio)
 runs on the thread that receives the chunk; Whisper runs one piece at a time, on the one native
 thread that llama.cpp's answer steps also use (tutor.threads), so a piece's transcription holds
-the other students' answers for its duration, as an uploaded recording's does, and no more.
+the other students' answers for its duration, as an uploaded recording's does, and no more. A
+piece cut at a pause (or a guess) does not wait for the answer step in progress: it cuts it
+short, and the step is redone after it, which costs the others at most one step per piece (a
+partial waits for the step to end: it costs them nothing more).
 A guess dropped before it starts never runs (one already running finishes, unused), so each
 pause costs at most one transcription. Partials are bounded app-wide: one in flight at a time
 (a student whose turn it would be skips it rather than queue), each at most PARTIAL_EVERY_S
