@@ -263,8 +263,8 @@ def test_a_newcomers_prompt_goes_first_and_the_others_wait_one_step_at_most(slow
 
 
 def test_steps_cut_short_keep_nothing_and_every_answer_stays_as_alone(slow_gguf, alone_llm):
-    """A step interrupted (for a transcription someone waits for) is redone whole: prompt
-    chunks and generated tokens alike, and no answer changes by a token."""
+    """A step interrupted (for a transcription someone waits for) is redone whole, to its end
+    this time: prompt chunks and generated tokens alike, and no answer changes by a token."""
     llm = TutorLLM(slow_gguf, n_ctx=1024, n_threads=2, parallel=3, kv_type="f32")
     questions = [
         _conversation("You are a tutor.", f"Explain idea number {i} at length.") for i in range(3)
@@ -282,9 +282,11 @@ def test_steps_cut_short_keep_nothing_and_every_answer_stays_as_alone(slow_gguf,
     ctx.decode = cut_short_now_and_then
     answers = _run_together(lambda i: llm.answer(questions[i], _greedy(40)), 3)
     assert [answers[i] for i in range(3)] == expected
-    assert llm._scheduler.steps_cut_short == 5
+    assert llm._scheduler.steps_cut_short == 3  # each redo went to its end
     assert not ctx.interrupt.is_set()
-    assert all(step == {"interruptible": True} for step in steps)
+    interruptible = [step["interruptible"] for step in steps]
+    assert interruptible[:3] == [True, False, True] and interruptible[8:11] == [True, False, True]
+    assert interruptible.count(False) == 3
 
 
 def test_a_transcription_someone_waits_for_cuts_the_answer_step_short_a_partial_never(

@@ -13,7 +13,9 @@ step (`Scheduler.step`, always on the llama.cpp thread):
    tokens of newcomers (chunked prefill: a long prompt never freezes the others' streams for
    more than one chunk; alone, a prompt goes in batches of n_batch); a step in which a
    newcomer samples its first token leaves the others' tokens out (prompts first: its wait is
-   the step's cost, which grows with its tokens), never two steps in a row;
+   the step's cost, which grows with its tokens), never two steps in a row; a step may be cut
+   short for a transcription someone waits for (tutor.threads), and is then redone whole, to
+   the end this time;
 4. samples each sequence's next token with its own llama.cpp sampler chain and streams it.
 
 A prefill request (`Request.prefill_only`) evaluates a prompt that is likely to come, and stops
@@ -185,6 +187,7 @@ class Scheduler:
         self.most_sequences_in_a_step = 0  # since start-up: how far batching went
         self._last_step_prompts_only = False  # the last step left the others' tokens out
         self.steps_cut_short = 0  # decode steps interrupted for a transcription (redone after)
+        self._last_step_cut_short = False
         self.ended: collections.Counter[str] = collections.Counter()  # requests, by how
         self.prefills_ended: collections.Counter[str] = collections.Counter()
 
@@ -358,10 +361,12 @@ class Scheduler:
         if not taken:
             return  # only early answers waiting for their questions
         self.most_sequences_in_a_step = max(self.most_sequences_in_a_step, len(taken))
-        status = ctx.decode(interruptible=True)
+        # Cut short for a transcription a student waits for (tutor.threads), a step keeps
+        # nothing, and the next plans afresh (with the words it brings); never two in a row, so
+        # the answers go on at least a step per transcription, however many students speak.
+        status = ctx.decode(interruptible=not self._last_step_cut_short)
+        self._last_step_cut_short = status == DECODE_ABORTED
         if status == DECODE_ABORTED:
-            # Cut short for a transcription a student waits for (tutor.threads): nothing of the
-            # step is kept, and the next step plans afresh (with the words it brings).
             self.steps_cut_short += 1
             return
         if status != 0:
