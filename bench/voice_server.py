@@ -156,11 +156,25 @@ def _silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * BROWSER_RATE), np.int16)
 
 
-def ask_the_tutor(tutor, i: int, stopping: threading.Event) -> None:
-    """Student I asks TUTOR until STOPPING (the answer in flight stops at its next token)."""
+class Pieces:
+    """Pieces of text streamed to the other students so far (about a token each)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self.count += 1
+
+
+def ask_the_tutor(tutor, pieces: Pieces, i: int, stopping: threading.Event) -> None:
+    """Student I asks TUTOR until STOPPING (the answer in flight stops at its next token); each
+    piece of text streamed is counted in PIECES."""
     while not stopping.is_set():
-        for _ in tutor.ask(voice.other_question(i), "explain", [], cancel=stopping):
-            pass
+        for piece in tutor.ask(voice.other_question(i), "explain", [], cancel=stopping):
+            if isinstance(piece, str) and piece:
+                pieces.add()
 
 
 def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict:
@@ -196,9 +210,10 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict
         result["tokens_per_s"] = real_whisper.tokens_per_second()
         tutor.transcriber = real_whisper.DecodesLikeRealWhisper(whisper, result["tokens_per_s"])
         native, interrupt = tutor.llm.thread, tutor.llm.thread.interrupt
+        pieces = Pieces()
         for load in ("alone", f"{others} others"):
             others_now = others if load != "alone" else 0
-            with voice.OtherStudents(others_now, functools.partial(ask_the_tutor, tutor)):
+            with voice.OtherStudents(others_now, functools.partial(ask_the_tutor, tutor, pieces)):
                 for variant in (*WINDOWS, WAITS):
                     print(f"voice on the server, {load}, {variant} …", flush=True)
                     window = "fit" if variant == WAITS else variant
@@ -208,8 +223,14 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict
                     listener = listener_for(tutor, replace(settings, whisper_window=window))
                     drafted = (whisper.draft_right_tokens, whisper.drafted_tokens)
                     cut_short = tutor.llm.steps_cut_short()
+                    pieces_before, start = pieces.count, time.perf_counter()
                     figures = _paths(
                         tutor, listener, question_pcm, repeats, answers, end_of_speech_s
+                    )
+                    # What the other students' answers got meanwhile (the cost of cutting
+                    # their steps short, fit against fit-waits).
+                    figures["others_pieces_per_s"] = (pieces.count - pieces_before) / (
+                        time.perf_counter() - start
                     )
                     figures["draft_tokens"] = {
                         "right": whisper.draft_right_tokens - drafted[0],
@@ -230,6 +251,9 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict
     busy = result[f"{others} others"]
     result["fit_busy_waits_vs_cuts_short"] = (
         busy[WAITS]["after_silence_median_s"] / busy["fit"]["after_silence_median_s"]
+    )
+    result["others_fit_vs_waits"] = (
+        busy["fit"]["others_pieces_per_s"] / busy[WAITS]["others_pieces_per_s"]
     )
     result["fit_streaming_vs_full_one_shot"] = (
         result["alone"]["fit"]["after_silence_median_s"]
@@ -354,6 +378,10 @@ def markdown(r: dict) -> str:
             f"(**{r[f'{WAITS}_streaming_busy_vs_alone']:.2f}×** alone), against the app's way "
             "above; with "
             f"{others}, waiting / cutting short: **{r['fit_busy_waits_vs_cuts_short']:.2f}×**. "
+            f"The {others} others' answers meanwhile (pieces of text a second, all paths of the "
+            f"variant): fit {r[others]['fit']['others_pieces_per_s']:.1f}, {WAITS} "
+            f"{r[others][WAITS]['others_pieces_per_s']:.1f} "
+            f"(**{r['others_fit_vs_waits']:.2f}×**). "
             "Answer steps cut short for a transcription, both paths, fit: "
             f"{r['alone']['fit']['steps_cut_short']} alone, "
             f"{r[others]['fit']['steps_cut_short']} with {others} (of {2 * r['repeats']} "
