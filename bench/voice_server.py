@@ -378,7 +378,7 @@ def markdown(r: dict) -> str:
             f"(**{r[f'{WAITS}_streaming_busy_vs_alone']:.2f}×** alone), against the app's way "
             "above; with "
             f"{others}, waiting / cutting short: **{r['fit_busy_waits_vs_cuts_short']:.2f}×**. "
-            f"The {others} others' answers meanwhile (pieces of text a second, all paths of the "
+            f"The {others}' answers meanwhile (pieces of text a second, all paths of the "
             f"variant): fit {r[others]['fit']['others_pieces_per_s']:.1f}, {WAITS} "
             f"{r[others][WAITS]['others_pieces_per_s']:.1f} "
             f"(**{r['others_fit_vs_waits']:.2f}×**). "

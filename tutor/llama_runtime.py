@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def _set(params: ctypes.Structure, **fields) -> None:
         setattr(params, name, value)
 
 
-def _strlen() -> ctypes._CFuncPtr | None:
+def _strlen() -> Callable[..., int] | None:
     """libc's strlen, or None where there is no libc to load."""
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or None).strlen
@@ -68,7 +69,7 @@ class DecodeInterrupt:
     on the same thread that should not wait for the step to end (the step is redone after it).
 
     Set from any thread. llama.cpp's first compute thread asks the callback after each of a
-    step's graph operations (~500 for a 16-layer model). A Python callback would take the GIL
+    step's graph operations (hundreds of them). A Python callback would take the GIL
     every time, and wait for it whenever a web thread holds it; this one is C code reading a
     byte: libc's strlen over the 2-byte buffer b"\\0\\0" (0: go on) or b"\\1\\0" (1: stop),
     returned in the register where a C caller reads the callback's bool (x86-64, arm64).
