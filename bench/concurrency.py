@@ -377,3 +377,48 @@ def goals(results: dict) -> dict:
         "app_peak_rss_gb": results["app_peak_rss_gb"],
         "stall_beyond_transcription_s": stall["longest_stall_s"] - stall["transcription_s"],
     }
+
+
+def transcription_stalls(model: Path, whisper: Path, threads: int, repeats: int) -> dict:
+    """`transcription_stall` alone, REPEATS times, against one app (the default --parallel):
+    its row of the goals without the rest of the benchmark (a few minutes instead of 33)."""
+    from bench import speech  # here: --help stays light
+
+    clip = speech.clip_near(5.0)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts = greedy_prompts(Path(tmp) / "prompts", ANSWER_TOKENS)
+        with running_app(
+            model=model,
+            whisper=whisper,
+            threads=threads,
+            prompts=prompts,
+            log=Path(tmp) / "app.log",
+        ) as app:
+            runs = [transcription_stall(app.url, clip) for _ in range(repeats)]
+    beyond = [r["longest_stall_s"] - r["transcription_s"] for r in runs]
+    return {"runs": runs, "median_stall_beyond_transcription_s": statistics.median(beyond)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.concurrency",
+        description="Only the transcription stall (the whole benchmark: python -m bench --parts "
+        "concurrency): while an answer streams, one /transcribe of a 5 s clip; the longest pause "
+        "in the stream beyond the transcription's length, REPEATS times.",
+    )
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    from bench import hardware, models
+
+    llama = models.llama_1b_q4()
+    result = transcription_stalls(llama, models.whisper_base(), args.threads, args.repeats)
+    result["read_bandwidth_gb_s"] = hardware.ceiling(llama, args.threads)["read_bandwidth_gb_s"]
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
