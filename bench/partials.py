@@ -58,9 +58,7 @@ def run(repeats: int, others: int, threads: int) -> dict:
         tutor.transcriber = real_whisper.DecodesLikeRealWhisper(tutor.transcriber, rate)
         result: dict = {"repeats": repeats, "others": others, "tokens_per_s": rate}
         for load in (0, others):
-            with voice.OtherStudents(
-                load, functools.partial(server.ask_the_tutor, tutor, server.Pieces())
-            ):
+            with voice.OtherStudents(load, functools.partial(server.ask_the_tutor, tutor)):
                 listeners = {
                     path: server.listener_for(
                         tutor, replace(settings, whisper_window=window), drafts=drafts

@@ -168,12 +168,12 @@ class Pieces:
             self.count += 1
 
 
-def ask_the_tutor(tutor, pieces: Pieces, i: int, stopping: threading.Event) -> None:
+def ask_the_tutor(tutor, i: int, stopping: threading.Event, pieces: Pieces | None = None) -> None:
     """Student I asks TUTOR until STOPPING (the answer in flight stops at its next token); each
-    piece of text streamed is counted in PIECES."""
+    piece of text streamed is counted in PIECES, if given."""
     while not stopping.is_set():
         for piece in tutor.ask(voice.other_question(i), "explain", [], cancel=stopping):
-            if isinstance(piece, str) and piece:
+            if pieces is not None and isinstance(piece, str) and piece:
                 pieces.add()
 
 
@@ -213,7 +213,9 @@ def run(repeats: int, others: int, threads: int, end_of_speech_s: float) -> dict
         pieces = Pieces()
         for load in ("alone", f"{others} others"):
             others_now = others if load != "alone" else 0
-            with voice.OtherStudents(others_now, functools.partial(ask_the_tutor, tutor, pieces)):
+            with voice.OtherStudents(
+                others_now, functools.partial(ask_the_tutor, tutor, pieces=pieces)
+            ):
                 for variant in (*WINDOWS, WAITS):
                     print(f"voice on the server, {load}, {variant} …", flush=True)
                     window = "fit" if variant == WAITS else variant

@@ -35,8 +35,8 @@ def _log_line(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     held = getattr(_state, "held", None)
     if held is not None:
         held.append((_state.level, message))
-    elif message and log.isEnabledFor(_state.level):
-        log.log(_state.level, "%s", message)
+    else:
+        emit([(_state.level, message)])
 
 
 def install() -> None:
