@@ -17,8 +17,21 @@ $(PY):
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
+# llama.cpp: pip builds llama-cpp-python from source (PyPI has no wheels of it), here with a fix
+# for GCC 12's AMX intrinsic force-included, without which its AMX kernels crash on CPUs that
+# have AMX (native/amx-tilecfg-fix.h, docs/amx.md). --no-cache-dir: a wheel that pip built and
+# cached earlier without the fix must not be reused. Other installs (a Space's) get no fix, and
+# the app then keeps llama.cpp off its AMX kernels (tutor/cpu_kernels.py).
+LLAMA_CPP_STAMP := $(VENV)/.llama-cpp-built
+AMX_FIX := $(CURDIR)/native/amx-tilecfg-fix.h
+$(LLAMA_CPP_STAMP): requirements.txt native/amx-tilecfg-fix.h | $(PY)
+	CMAKE_ARGS="-DCMAKE_C_FLAGS=-include$(AMX_FIX) -DCMAKE_CXX_FLAGS=-include$(AMX_FIX)" \
+	  $(PY) -m pip install --no-cache-dir --force-reinstall --no-deps \
+	  "$$(grep -m1 '^llama-cpp-python==' requirements.txt)"
+	@touch $@
+
 # The runtime (requirements.txt, what the Space installs) and the project, editable.
-$(RUNTIME_STAMP): requirements.txt pyproject.toml | $(PY)
+$(RUNTIME_STAMP): requirements.txt pyproject.toml $(LLAMA_CPP_STAMP) | $(PY)
 	$(PY) -m pip install -e .
 	@touch $@
 

@@ -24,6 +24,8 @@ from pathlib import Path
 from bench.harness import free_port, stop
 from synth.standin import CACHE_DIR
 
+# GCC 12's AMX intrinsic fixed (docs/amx.md): force-included, as `make` builds llama-cpp-python
+AMX_FIX = Path(__file__).resolve().parents[1] / "native" / "amx-tilecfg-fix.h"
 SDIST_DIR = CACHE_DIR / "sdist"  # once per machine, for every clone (TUTOR_CACHE)
 
 
@@ -32,7 +34,7 @@ def _version() -> str:
 
 
 def binary_path() -> Path:
-    return CACHE_DIR / f"llama-server-{_version()}" / "llama-server"
+    return CACHE_DIR / f"llama-server-{_version()}-amx-fix" / "llama-server"
 
 
 def source_release() -> Path:
@@ -102,6 +104,8 @@ def build() -> Path:
                     "-DCMAKE_BUILD_TYPE=Release",
                     "-DBUILD_SHARED_LIBS=OFF",
                     "-DLLAMA_BUILD_TESTS=OFF",
+                    f"-DCMAKE_C_FLAGS=-include{AMX_FIX}",
+                    f"-DCMAKE_CXX_FLAGS=-include{AMX_FIX}",
                 ],
                 [
                     "cmake",

@@ -89,3 +89,32 @@ def test_decoding_from_a_partial_transcript_gives_the_same_words(real_whisper_pa
     references = [c["text"] for c in clips]
     assert wer(references, drafted) <= wer(references, scratch) + 0.02
     assert transcriber.draft_right_tokens > transcriber.drafted_tokens / 2
+
+
+@pytest.mark.parametrize("window", ["full", "fit"])
+def test_nan_activations_in_int8_whisper_are_redone_in_fp32_not_shown_as_an_error(
+    real_whisper_path, assets, window, caplog
+):
+    """NaNs reaching an int8 layer (torch refuses them: "min should be less than or equal to
+    max") once under load on a CPU with AMX: the recording is transcribed again in fp32."""
+    transcriber = Transcriber(load_whisper(str(real_whisper_path)), threads=2, window=window)
+    clip = speech.clips()[0]
+    recording = audio.load(clip["audio"])
+    expected = transcriber.transcribe(recording)
+    poisoned = []
+
+    def nan_once(module, inputs, output):
+        if not poisoned:  # the first pass only: the fp32 copy shares this hook
+            poisoned.append(module)
+            return output * float("nan")
+
+    hook = transcriber.model.encoder.blocks[0].register_forward_hook(nan_once)
+    try:
+        heard = transcriber.transcribe(recording)
+    finally:
+        hook.remove()
+    assert poisoned and transcriber.nan_fallbacks == 1
+    assert wer([expected], [heard]) < 0.1, (expected, heard)
+    assert "fp32" in caplog.text
+    assert transcriber.transcribe(recording) == expected  # int8 again for the next one
+    assert transcriber.nan_fallbacks == 1

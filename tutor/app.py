@@ -20,6 +20,7 @@ import gradio as gr
 from tutor.audio import AudioLimits
 from tutor.errors import TranscriberLoadError, TutorError, first_line
 from tutor.fairness import BoundedLine, InFlightLimits
+from tutor.cpu_kernels import choose
 from tutor.llama_runtime import KV_TYPES
 from tutor.defaults import DEFAULT_MODEL, DEFAULT_WHISPER
 from tutor.llm import ModelLoadError, TutorLLM, resolve_model
@@ -44,6 +45,7 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 class LoadedModels:
     tutor: Tutor
     notice: str | None  # shown on the page when stand-ins replace the real models
+    cpu_kernels: str = "remote"  # llama.cpp's CPU kernels (tutor.cpu_kernels), for /health
 
 
 def load(settings: Settings, build_standin: StandinBuilder | None = None) -> LoadedModels:
@@ -85,7 +87,8 @@ def load(settings: Settings, build_standin: StandinBuilder | None = None) -> Loa
         else _local_llm(settings, native, threads, missing, build_standin)
     )
     tutor = Tutor(llm, transcriber, modes, AudioLimits(max_seconds=settings.max_audio_seconds))
-    return LoadedModels(tutor, standin_notice(missing))
+    kernels = llm.kernels.kernels.value if isinstance(llm, TutorLLM) else "remote"
+    return LoadedModels(tutor, standin_notice(missing), kernels)
 
 
 def standin_notice(missing: list[str]) -> str | None:
@@ -187,6 +190,11 @@ def _local_llm(
         missing,
         build_standin,
     )
+    try:
+        kernels = choose(settings.cpu_kernels)
+    except ValueError as e:
+        raise TutorError(str(e)) from None
+    log.info("%s", kernels.describe())
     return TutorLLM(
         model_path,
         n_ctx=settings.n_ctx,
@@ -197,6 +205,7 @@ def _local_llm(
         kv_type=settings.kv_type,
         max_waiting=settings.queue_size,
         thread=native,
+        kernels=kernels,
     )
 
 
@@ -317,6 +326,7 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
                 "answers_ended": activity.ended,
                 "prefills_ended": activity.prefills_ended,
                 "threads": threading.active_count(),
+                "cpu_kernels": models.cpu_kernels,
             }
 
         gr.api(health, api_name="health", concurrency_limit=None)

@@ -111,13 +111,15 @@ class ContextOptions:
 class LlamaModel:
     """A GGUF loaded by llama.cpp: vocabulary, tokenization, metadata."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, extra_buffers: bool = True) -> None:
+        """EXTRA_BUFFERS: let llama.cpp move weights into AMX tiles or repacked layouts (see
+        `tutor.cpu_kernels`, which says when that crashes); False keeps them as stored."""
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         # No mmap: llama.cpp repacks most weights into a faster layout in its own memory, and
         # with mmap the file's pages of those tensors would stay resident too (+0.45 GB for a
         # 1B Q4_K_M model).
-        _set(params, load_mode=llama_cpp.LLAMA_LOAD_MODE_NONE)
+        _set(params, load_mode=llama_cpp.LLAMA_LOAD_MODE_NONE, use_extra_bufts=extra_buffers)
         self.pointer = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.pointer:
             raise LlamaError(f"llama.cpp cannot load {path}")

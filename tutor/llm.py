@@ -23,6 +23,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from tutor.batching import DONE, GenerationStats, InLine, Request, Scheduler
 from tutor.chat_format import LLAMA3_CHAT_TEMPLATE
 from tutor.context_cache import ContextStore
+from tutor.cpu_kernels import KernelChoice, choose
 from tutor.defaults import DEFAULT_KV_TOKENS, DEFAULT_KV_TYPE, DEFAULT_MAX_WAITING, DEFAULT_PARALLEL
 from tutor.conversation import Message
 from tutor.llama_runtime import ContextOptions, LlamaContext, LlamaError, LlamaModel
@@ -127,13 +128,15 @@ class TutorLLM:
         kv_type: str = DEFAULT_KV_TYPE,
         max_waiting: int = DEFAULT_MAX_WAITING,
         thread: DedicatedThread | None = None,
+        kernels: KernelChoice | None = None,
     ) -> None:
         """N_CTX is one conversation's window; KV_TOKENS the cache shared by all of them.
         PARALLEL answers are generated at once; MAX_WAITING more may wait for a slot, and
         answers beyond those are refused with a BusyError.
 
         THREAD runs every llama.cpp call (give the transcriber's, so that both share one
-        OpenMP team; see `tutor.threads`).
+        OpenMP team; see `tutor.threads`). KERNELS: llama.cpp's CPU kernels (default:
+        `tutor.cpu_kernels.choose()`, which probes AMX once per build).
         """
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
@@ -155,8 +158,11 @@ class TutorLLM:
                 ),
             )
 
+        self.kernels = kernels or choose()
         try:
-            self.model = self.thread.run(LlamaModel, self.model_path)
+            self.model = self.thread.run(
+                LlamaModel, self.model_path, self.kernels.kernels.extra_buffers
+            )
             try:
                 self.context = context(kv_type)
             except LlamaError:

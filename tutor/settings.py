@@ -114,6 +114,13 @@ class Settings:
         "TUTOR_KV_TYPE",
         DEFAULT_KV_TYPE,
     )
+    cpu_kernels: str = _setting(
+        "llama.cpp's CPU kernels: auto (AMX tiles or repacked weights, unless they crash in this "
+        "llama.cpp build: checked once in a child process), extra (the same, unchecked) or plain "
+        "(weights as the file stores them)",
+        "TUTOR_CPU_KERNELS",
+        "auto",
+    )
     cache_mb: int = _setting(
         "memory for saved conversation KV caches, in MB", "TUTOR_CACHE_MB", 128, int
     )

@@ -21,13 +21,16 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 import math
+import warnings
 from collections import OrderedDict
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
 import torch
 import whisper
 from torch import Tensor, nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 from whisper.audio import N_FRAMES, N_SAMPLES
 from whisper.model import AudioEncoder, TextDecoder, Whisper
 
@@ -58,6 +61,8 @@ TRANSCRIBE_OPTIONS = {
     "without_timestamps": True,
     "verbose": None,
 }
+# torch's ChooseQuantizationParams, refusing an int8 layer's input that holds NaN
+QUANTIZED_NAN = "min should be less than or equal to max"
 TEXTS_REMEMBERED = 64  # recent transcripts whose tokens are kept for drafts (a few per student)
 
 __all__ = [
@@ -122,9 +127,30 @@ def quantize_int8(model: whisper.Whisper) -> whisper.Whisper:
     n_vocab, n_state = decoder.token_embedding.weight.shape
     decoder.vocab_proj = nn.Linear(n_state, n_vocab, bias=False)
     decoder.vocab_proj.weight = decoder.token_embedding.weight
-    return torch.ao.quantization.quantize_dynamic(
-        model, {nn.Linear}, dtype=torch.qint8, inplace=True
-    )
+    # torch 2.13 marks its eager quantization deprecated (for torchao) and says so at every
+    # start; it still works, and the start-up log's first lines are for the app's own words.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated")
+        warnings.filterwarnings("ignore", "torch.quantize_per_tensor")
+        return torch.ao.quantization.quantize_dynamic(
+            model, {nn.Linear}, dtype=torch.qint8, inplace=True
+        )
+
+
+def dequantized_copy(model: Whisper) -> Whisper:
+    """An fp32 copy of an int8 Whisper (`quantize_int8`'s): every dynamic int8 Linear becomes an
+    nn.Linear of its weights dequantized. MODEL is left as it is."""
+    copy = deepcopy(model)
+    for parent in list(copy.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, DynamicInt8Linear):
+                bias = child.bias()
+                plain = nn.Linear(child.in_features, child.out_features, bias=bias is not None)
+                plain.weight = nn.Parameter(child.weight().dequantize(), requires_grad=False)
+                if bias is not None:
+                    plain.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+                setattr(parent, name, plain)
+    return copy
 
 
 class FittedEncoder(AudioEncoder):
@@ -240,6 +266,7 @@ class Transcriber:
         self.window = window
         self._fitted: dict[int, FittedWhisper] = {}  # by positions: at most 5 (FIT_STEP_S)
         self.fallbacks = 0  # fitted windows that failed and were decoded again in full
+        self.nan_fallbacks = 0  # int8 transcriptions that met NaNs and were redone in fp32
         # Recent texts' tokens, as written: a draft is one of them (text re-encoded may split
         # differently). Transcriptions given a draft: tokens written, how many the draft had right.
         self._written: OrderedDict[str, list[int]] = OrderedDict()
@@ -284,6 +311,30 @@ class Transcriber:
     def _transcribe(
         self, audio: np.ndarray, language: str, draft: str | None, decode_options: dict
     ) -> dict:
+        try:
+            return self._transcribe_with(
+                self.model, self._fitted, audio, language, draft, decode_options
+            )
+        except RuntimeError as e:
+            if QUANTIZED_NAN not in str(e):
+                raise
+        # NaN activations reached an int8 layer (seen once under heavy load on a CPU with AMX):
+        # this recording again in fp32, from the int8 weights dequantized, then dropped.
+        self.nan_fallbacks += 1
+        log.warning("int8 Whisper met NaN activations: transcribing this recording in fp32")
+        fp32 = dequantized_copy(self.model)
+        return self._transcribe_with(fp32, {}, audio, language, draft, decode_options)
+
+    def _transcribe_with(
+        self,
+        whisper_model: Whisper,
+        fitted: dict[int, FittedWhisper],
+        audio: np.ndarray,
+        language: str,
+        draft: str | None,
+        decode_options: dict,
+    ) -> dict:
+        """WHISPER_MODEL's transcript of AUDIO (its fitted windows cached in FITTED)."""
         audio = audio.astype(np.float32, copy=False)
         options = {
             "language": None if language == "auto" else language,
@@ -293,10 +344,10 @@ class Transcriber:
         n_ctx = fitted_positions(len(audio)) if self.window == "fit" else None
         with torch.inference_mode():
             if n_ctx is None:
-                return self.model.transcribe(audio, **options)
-            model = self._fitted.get(n_ctx)
+                return whisper_model.transcribe(audio, **options)
+            model = fitted.get(n_ctx)
             if model is None:
-                model = self._fitted[n_ctx] = FittedWhisper(self.model, n_ctx)
+                model = fitted[n_ctx] = FittedWhisper(whisper_model, n_ctx)
             draft_tokens = self._tokens_of(draft, options["language"]) if draft else None
             window = transcribe_window(model, audio, options, draft_tokens)
             if draft_tokens:
@@ -308,7 +359,7 @@ class Transcriber:
                     self._written.popitem(last=False)
             if window.text is None:  # a short window's repetition loop: the 30 s window instead
                 self.fallbacks += 1
-                return self.model.transcribe(audio, **options)
+                return whisper_model.transcribe(audio, **options)
             return {"text": window.text}
 
     def _tokens_of(self, text: str, language: str | None) -> list[int]:
