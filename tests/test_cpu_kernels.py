@@ -77,3 +77,33 @@ def test_amx_kernels_run_in_this_build(tmp_path, tiny_gguf, caplog):
     llm.answer([{"role": "user", "content": "Hello"}], GREEDY)
     assert llm.stats.evaluated_tokens > 0 and llm.stats.generated_tokens > 0
     assert "AMX" in _buffers_logged(caplog)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["plain", "auto"])
+def test_the_app_says_which_kernels_run_and_answers_on_them(
+    setting, tiny_gguf, tiny_whisper_path, tmp_path
+):
+    from gradio_client import Client
+
+    from bench.harness import running_app
+
+    log = tmp_path / "app.log"
+    with running_app(
+        model=tiny_gguf,
+        whisper=tiny_whisper_path,
+        n_ctx=512,
+        threads=2,
+        cpu_kernels=setting,
+        env={"TUTOR_CACHE": str(tmp_path / "cache")},
+        log=log,
+    ) as app:
+        client = Client(app.url, verbose=False)
+        job = client.submit("What is 2 + 3?", "hint", [], api_name="/ask")
+        list(job)
+        assert isinstance(job.result(), str)
+        health = client.predict(api_name="/health")
+    expected = "plain" if setting == "plain" else choose("auto", tmp_path / "cache").kernels.value
+    assert health["cpu_kernels"] == expected
+    lines = [line for line in log.read_text().splitlines() if "llama.cpp CPU kernels:" in line]
+    assert len(lines) == 1 and f"kernels: {expected} (" in lines[0], lines
