@@ -7,11 +7,10 @@ exporter) and a tiny random Whisper. They are built once into a cache folder.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
-CACHE_DIR = Path(os.environ.get("TUTOR_CACHE", Path.home() / ".cache" / "voice-tutor"))
+from tutor.defaults import CACHE_DIR
 
 
 def standin_llm(cache_dir: Path = CACHE_DIR) -> Path:

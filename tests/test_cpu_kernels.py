@@ -107,3 +107,15 @@ def test_the_app_says_which_kernels_run_and_answers_on_them(
     assert health["cpu_kernels"] == expected
     lines = [line for line in log.read_text().splitlines() if "llama.cpp CPU kernels:" in line]
     assert len(lines) == 1 and f"kernels: {expected} (" in lines[0], lines
+
+
+def test_a_probe_that_could_not_run_is_not_cached(monkeypatch, tmp_path):
+    """A timeout or a probe failing for another reason says plain for now, and asks again."""
+    monkeypatch.setattr(cpu_kernels, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(cpu_kernels, "library_has_amx", lambda: True)
+    monkeypatch.setattr(cpu_kernels, "PROBE_ARGV", (sys.executable, "-c", "raise SystemExit(3)"))
+    assert choose("auto", cache_dir=tmp_path).kernels is Kernels.PLAIN
+    assert not list(tmp_path.glob("amx-probe-*.json"))
+    monkeypatch.setattr(cpu_kernels, "PROBE_ARGV", (sys.executable, "-c", "pass"))
+    assert choose("auto", cache_dir=tmp_path).kernels is Kernels.AMX
+    assert list(tmp_path.glob("amx-probe-*.json"))

@@ -9,7 +9,8 @@ import pytest
 import whisper
 
 from bench import speech
-from bench.real_whisper import DecodesLikeRealWhisper, read_ctranslate2
+from bench.real_whisper import DecodesLikeRealWhisper
+from tutor.ctranslate2_whisper import read_ctranslate2
 from bench.streaming_wer import wer
 from tutor import audio
 from tutor.audio import SAMPLE_RATE

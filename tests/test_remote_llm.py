@@ -46,15 +46,9 @@ def _ask(client: Client, question: str, mode: str, history=None) -> list[str]:
     return updates
 
 
-def _app_on(
-    url: str, kind: str, tiny_llama_dir: Path, whisper: Path, prompts: Path, log: Path, **options
-):
-    """The app answering through the server at URL (of KIND) with the tiny Whisper in-process.
-
-    llama-cpp-python's server has no tokenizer endpoint: the app is given the tokenizer.
-    """
-    if kind == "llama_cpp":
-        options["tokenizer"] = tiny_llama_dir / "tokenizer.json"
+def _app_on(url: str, whisper: Path, prompts: Path, log: Path, **options):
+    """The app answering through the server at URL with the tiny Whisper in-process, counting
+    tokens with the server's own endpoints (no --tokenizer)."""
     return running_app(llm_url=f"{url}/v1", whisper=whisper, prompts=prompts, log=log, **options)
 
 
@@ -83,7 +77,7 @@ def exact_gguf(tiny_llama_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module", params=["llama_cpp", "llama-server"])
-def remote(request, exact_gguf, tiny_llama_dir, tiny_whisper_path, prompts, tmp_path_factory):
+def remote(request, exact_gguf, tiny_whisper_path, prompts, tmp_path_factory):
     """(app URL, server) for the app with --llm-url on each kind of server."""
     kind = request.param
     logs = tmp_path_factory.mktemp(f"logs-{kind}")
@@ -91,8 +85,6 @@ def remote(request, exact_gguf, tiny_llama_dir, tiny_whisper_path, prompts, tmp_
         _server(kind, exact_gguf, logs / "server.log", *EXACT[kind]) as server,
         _app_on(
             server.url,
-            kind,
-            tiny_llama_dir,
             tiny_whisper_path,
             prompts,
             logs / "app.log",
@@ -113,6 +105,44 @@ def embedded(exact_gguf, prompts) -> Tutor:
 def _embedded_answer(tutor: Tutor, question: str, mode: str, history=None) -> str:
     *_, answer = tutor.ask(question, mode, history)
     return answer
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 2 + 3?"}],
+    [
+        {"role": "system", "content": "You are a patient tutor.\n\n1. Ask.\n2. Wait."},
+        {"role": "user", "content": "How do I solve 3x + 5 = 20?"},
+        {"role": "assistant", "content": "Subtract 5 from both sides:\n\n3x = 15"},
+        {"role": "user", "content": "And then? Ünïcödé, émoji 🙂, <b>tags</b>"},
+    ],
+]
+
+
+@pytest.mark.parametrize("model", ["tiny Llama 3 template", "SmolLM2-135M-Instruct (ChatML)"])
+def test_llama_cpp_pythons_server_counts_prompts_as_it_evaluates_them(
+    model, exact_gguf, real_wheel_models_cache, tmp_path
+):
+    """`--llm-url` on `python -m llama_cpp.server` needs no --tokenizer: its prompt lengths (the
+    chat template included) equal what the server reports evaluating."""
+    import openai
+
+    from tutor.remote import ServerOptions
+    from tutor.remote_llm import RemoteLLM
+
+    path = (
+        exact_gguf
+        if model.startswith("tiny")
+        else (real_wheel_models_cache / "wheels" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    )
+    with servers.llama_cpp_server(path, tmp_path / "server.log") as server:
+        llm = RemoteLLM(ServerOptions(f"{server.url}/v1"))
+        assert "llama-cpp-python" in llm.count_tokens.source
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none")
+        for messages in CONVERSATIONS:
+            done = client.chat.completions.create(
+                model=llm.model, messages=messages, max_tokens=1, temperature=0.0
+            )
+            assert llm.count_tokens(messages) == done.usage.prompt_tokens, messages
 
 
 def test_ask_streams_in_every_mode(remote, embedded):
@@ -141,7 +171,7 @@ def test_a_follow_up_keeps_the_history(remote, embedded):
 
 
 @pytest.fixture(params=["llama_cpp", "llama-server"])
-def slow_remote(request, slow_gguf, tiny_llama_dir, tiny_whisper_path, tmp_path):
+def slow_remote(request, slow_gguf, tiny_whisper_path, tmp_path):
     """The app on a server of the slow, never-ending model, with long answers."""
     kind = request.param
     prompts = greedy_prompts(tmp_path / "prompts", LONG_ANSWER_TOKENS)
@@ -149,8 +179,6 @@ def slow_remote(request, slow_gguf, tiny_llama_dir, tiny_whisper_path, tmp_path)
         _server(kind, slow_gguf, tmp_path / "server.log") as server,
         _app_on(
             server.url,
-            kind,
-            tiny_llama_dir,
             tiny_whisper_path,
             prompts,
             tmp_path / "app.log",
@@ -219,14 +247,12 @@ def test_a_server_killed_mid_answer_leaves_the_partial_answer_marked_as_cut(
 
 
 def test_a_frozen_server_times_out_with_a_message_then_recovers(
-    tiny_gguf, tiny_llama_dir, tiny_whisper_path, prompts, tmp_path
+    tiny_gguf, tiny_whisper_path, prompts, tmp_path
 ):
     with (
         servers.llama_cpp_server(tiny_gguf, tmp_path / "server.log") as server,
         _app_on(
             server.url,
-            "llama_cpp",
-            tiny_llama_dir,
             tiny_whisper_path,
             prompts,
             tmp_path / "app.log",
@@ -245,15 +271,13 @@ def test_a_frozen_server_times_out_with_a_message_then_recovers(
 
 @pytest.mark.parametrize("status", [429, 503])
 def test_a_server_at_capacity_gets_a_busy_message_after_retries(
-    status, tiny_gguf, tiny_llama_dir, tiny_whisper_path, prompts, tmp_path
+    status, tiny_gguf, tiny_whisper_path, prompts, tmp_path
 ):
     with (
         servers.llama_cpp_server(tiny_gguf, tmp_path / "server.log") as server,
         servers.rate_limiter(server, tmp_path, status=status) as balancer,
         _app_on(
             balancer.url,
-            "llama_cpp",
-            tiny_llama_dir,
             tiny_whisper_path,
             prompts,
             tmp_path / "app.log",

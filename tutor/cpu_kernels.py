@@ -31,6 +31,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tutor.defaults import CACHE_DIR
 from tutor.files import atomic_output
 
 log = logging.getLogger("voice-tutor")
@@ -38,7 +39,7 @@ log = logging.getLogger("voice-tutor")
 PROBE_TIMEOUT_S = 300.0  # a tiny model per type: ~1 s quiet, far more on a loaded machine
 PROBE_TYPES = ("Q4_0", "Q4_1", "Q8_0", "Q4_K_M")  # the quantizations with AMX kernels
 PROBE_BATCHES = (1, 32)  # tokens in one decode: AMX tiles serve batches, VNNI single tokens
-CACHE_DIR = Path(os.environ.get("TUTOR_CACHE", Path.home() / ".cache" / "voice-tutor"))
+SIGNAL_DEATH = "died of signal"  # how a verdict worth caching reads
 PROBE_ARGV = (sys.executable, "-m", "tutor.cpu_kernels")  # the child: `_probe_main` below
 
 
@@ -110,13 +111,16 @@ def _build_key() -> str:
 
 
 def _cached_probe(cache_dir: Path) -> str:
-    """'' if the AMX kernels ran in a child process, else why not (cached per build and CPU)."""
+    """'' if the AMX kernels ran in a child process, else why not. Cached per build and CPU
+    when the child decoded or died; any other failure is asked again at the next start."""
     path = cache_dir / f"amx-probe-{_build_key()}.json"
     try:
         return json.loads(path.read_text())["crash"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
     crash = probe(PROBE_ARGV)
+    if crash and SIGNAL_DEATH not in crash:
+        return crash  # a timeout on a loaded machine, a probe that could not run: ask again
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with atomic_output(path) as tmp:
@@ -142,7 +146,7 @@ def probe(argv: tuple[str, ...] = PROBE_ARGV, timeout_s: float = PROBE_TIMEOUT_S
     if done.returncode == 0:
         return ""
     if done.returncode < 0:
-        return f"a child process decoding with them died of signal {-done.returncode}"
+        return f"a child process decoding with them {SIGNAL_DEATH} {-done.returncode}"
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     return f"the probe failed: {lines[-1] if lines else f'exit {done.returncode}'}"
 

@@ -1,10 +1,14 @@
 """Defaults shared by the engine and the app's settings, importing nothing heavy: `--help`
 reads them without loading llama.cpp, torch or Gradio."""
 
+import os
 from pathlib import Path
 
 DEFAULT_MODEL = "bartowski/Llama-3.2-1B-Instruct-GGUF/Llama-3.2-1B-Instruct-Q4_K_M.gguf"
 DEFAULT_WHISPER = "base.en"
+# Where models built or fetched locally are kept: stand-ins, real models from PyPI wheels, the
+# AMX probe's verdict.
+CACHE_DIR = Path(os.environ.get("TUTOR_CACHE", Path.home() / ".cache" / "voice-tutor"))
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
 DEFAULT_PARALLEL = 8  # answers at once in the app: chosen by `python -m bench` (README "Results")
 DEFAULT_KV_TOKENS = 6144  # KV cache cells shared by all conversations

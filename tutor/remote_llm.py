@@ -2,8 +2,9 @@
 
 `RemoteLLM` streams answers from `/v1/chat/completions` through the official `openai` client.
 Context fitting needs prompt lengths in the server's tokens; they come from the server's own
-endpoints where it has them (llama.cpp's `/apply-template` + `/tokenize`, vLLM's `/tokenize`),
-else from a local tokenizer (`tokenizer.json` through `tokenizers`, or a Hub id).
+endpoints where it has them (llama.cpp's `/apply-template` + `/tokenize`, vLLM's `/tokenize`,
+llama-cpp-python's `/extras/tokenize/count`), else from a local tokenizer (`tokenizer.json`
+through `tokenizers`, or a Hub id).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ CUT_NOTE = (
 )
 COUNT_CACHE_ENTRIES = 256  # prompt lengths remembered (a follow-up counts the same list twice)
 FINISH_REASONS = {"stop": "eot", "length": "max_tokens"}  # OpenAI's names → the engine's
-PROBE = [{"role": "user", "content": "Hello"}]
+PROBE_TEXT = "Hello"
+PROBE = [{"role": "user", "content": PROBE_TEXT}]
 
 
 class StreamEnded(ConnectionError):
@@ -92,6 +94,55 @@ def vllm_counter(client: openai.OpenAI, root: str, model: str) -> TokenCounter |
         )["count"]
 
     return _probed(count, "the server's /tokenize (vLLM)")
+
+
+def llama_cpp_python_counter(client: openai.OpenAI, root: str, model: str) -> TokenCounter | None:
+    """llama-cpp-python's server (`python -m llama_cpp.server`): `/extras/tokenize/count` counts
+    a text's tokens but applies no chat template. The template's own tokens are measured once,
+    from the prompt sizes (`usage.prompt_tokens`) of four one-token completions: a fixed part
+    (with the generation prompt) and one part per message of each role, so that a list's count
+    is fixed + Σ (role part + content tokens)."""
+
+    def text_tokens(text: str) -> int:
+        return client.post(
+            f"{root}/extras/tokenize/count", cast_to=object, body={"input": text, "model": model}
+        )["count"]
+
+    def prompt_tokens(*roles: str) -> int:
+        done = client.chat.completions.create(
+            model=model,
+            messages=[{"role": role, "content": PROBE_TEXT} for role in roles],
+            max_tokens=1,
+            temperature=0.0,
+        )
+        return done.usage.prompt_tokens
+
+    try:
+        bos = text_tokens("")  # the BOS a text is counted with, if the model adds one
+        probe = text_tokens(PROBE_TEXT) - bos
+        user = prompt_tokens("user")
+        per_user = prompt_tokens("user", "user") - user - probe
+        fixed = user - per_user - probe
+        per_role = {
+            "user": per_user,
+            "assistant": prompt_tokens("user", "assistant", "user")
+            - fixed
+            - 2 * per_user
+            - 3 * probe,
+            "system": prompt_tokens("system", "user") - fixed - per_user - 2 * probe,
+        }
+    except (openai.APIStatusError, openai.APIConnectionError, KeyError, TypeError, AttributeError):
+        return None
+    content_tokens = lru_cache(maxsize=COUNT_CACHE_ENTRIES)(lambda text: text_tokens(text) - bos)
+
+    def count(messages_json: str) -> int:
+        messages = json.loads(messages_json)
+        return fixed + sum(per_role[m["role"]] + content_tokens(m["content"]) for m in messages)
+
+    return _probed(
+        count,
+        "the server's /extras/tokenize/count and its template's measured size (llama-cpp-python)",
+    )
 
 
 def _probed(count: Callable[[str], int], source: str) -> TokenCounter | None:
@@ -185,13 +236,15 @@ class RemoteLLM:
         counter = (
             llama_server_counter(self.client, root)
             or vllm_counter(self.client, root, self.model)
+            or llama_cpp_python_counter(self.client, root, self.model)
             or (local_counter(tokenizer) if tokenizer else None)
         )
         if counter is None:
             raise ServerUnavailable(
                 f"the language model server at {options.base_url} has no tokenizer endpoint "
-                "(llama.cpp's /tokenize or vLLM's): give --tokenizer (a tokenizer.json, or a "
-                "Hugging Face Hub id) so that conversations can be fitted to the window"
+                "(llama.cpp's /tokenize, vLLM's or llama-cpp-python's /extras/tokenize): give "
+                "--tokenizer (a tokenizer.json, or a Hugging Face Hub id) so that conversations "
+                "can be fitted to the window"
             )
         self.count_tokens = counter
         window = server_window(self.client, options)
