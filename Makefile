@@ -22,12 +22,13 @@ DEV_STAMP := $(VENV)/.dev-installed
 # have AMX (native/amx-tilecfg-fix.h, docs/amx.md). --no-cache-dir: a wheel that pip built and
 # cached earlier without the fix must not be reused. Other installs (a Space's) get no fix, and
 # the app then keeps llama.cpp off its AMX kernels (tutor/cpu_kernels.py).
-LLAMA_CPP_STAMP := $(VENV)/.llama-cpp-built
+# The stamp names the pinned version: a change of the pin rebuilds it, other requirements do not.
+LLAMA_CPP_PIN := $(shell grep -m1 '^llama-cpp-python==' requirements.txt)
+LLAMA_CPP_STAMP := $(VENV)/.built-$(subst ==,-,$(LLAMA_CPP_PIN))
 AMX_FIX := $(CURDIR)/native/amx-tilecfg-fix.h
-$(LLAMA_CPP_STAMP): requirements.txt native/amx-tilecfg-fix.h | $(PY)
+$(LLAMA_CPP_STAMP): native/amx-tilecfg-fix.h | $(PY)
 	CMAKE_ARGS="-DCMAKE_C_FLAGS=-include$(AMX_FIX) -DCMAKE_CXX_FLAGS=-include$(AMX_FIX)" \
-	  $(PY) -m pip install --no-cache-dir --force-reinstall --no-deps \
-	  "$$(grep -m1 '^llama-cpp-python==' requirements.txt)"
+	  $(PY) -m pip install --no-cache-dir --force-reinstall --no-deps "$(LLAMA_CPP_PIN)"
 	@touch $@
 
 # The runtime (requirements.txt, what the Space installs) and the project, editable.

@@ -24,13 +24,25 @@ SETUP_FILES = [
     "requirements.txt",
     "requirements-train.txt",
     "requirements-dev.txt",
+    "native/amx-tilecfg-fix.h",
 ]
+# llama-cpp-python, built from source before the rest (docs/amx.md)
+LLAMA_CPP_PIN = next(
+    line.strip()
+    for line in (ROOT / "requirements.txt").read_text().splitlines()
+    if line.startswith("llama-cpp-python==")
+)
+LLAMA_CPP_STAMP = ".built-" + LLAMA_CPP_PIN.replace("==", "-")
+LLAMA_CPP_BUILD = (
+    f'.venv/bin/python -m pip install --no-cache-dir --force-reinstall --no-deps "{LLAMA_CPP_PIN}"'
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 
 
 def _checkout(folder: Path) -> Path:
     for name in SETUP_FILES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, folder / name)
     return folder
 
@@ -53,14 +65,15 @@ def _dry_run(folder: Path, *targets: str) -> list[str]:
 def test_a_fresh_checkout_installs_only_into_its_own_virtual_environment(tmp_path):
     commands = _dry_run(_checkout(tmp_path), "app")
     assert commands[0] == "/usr/bin/python3 -m venv .venv"
-    installs = [c for c in commands if " pip " in c]
-    assert installs == [".venv/bin/python -m pip install -e ."]  # the runtime only
+    installs = [c.strip() for c in commands if " pip " in c]
+    assert installs == [LLAMA_CPP_BUILD, ".venv/bin/python -m pip install -e ."]  # the runtime
     assert commands[-1].startswith(".venv/bin/python space_app.py")
 
 
 def test_the_tests_add_the_training_stack_and_test_tools_in_the_same_environment(tmp_path):
-    installs = [c for c in _dry_run(_checkout(tmp_path), "test") if " pip " in c]
+    installs = [c.strip() for c in _dry_run(_checkout(tmp_path), "test") if " pip " in c]
     assert installs == [
+        LLAMA_CPP_BUILD,
         ".venv/bin/python -m pip install -e .",
         '.venv/bin/python -m pip install -e ".[train,dev]"',
     ]
@@ -73,8 +86,29 @@ def test_a_second_make_app_starts_without_reinstalling(tmp_path):
     python.write_text("#!/bin/sh\n")
     python.chmod(0o755)
     later = time.time() + 10  # installed after the set-up files were last changed
-    (folder / ".venv" / ".runtime-installed").touch()
-    os.utime(folder / ".venv" / ".runtime-installed", (later, later))
+    for stamp in (LLAMA_CPP_STAMP, ".runtime-installed"):
+        (folder / ".venv" / stamp).touch()
+        os.utime(folder / ".venv" / stamp, (later, later))
     assert _dry_run(folder, "app") == [".venv/bin/python space_app.py "]
     os.utime(folder / "requirements.txt", (later + 10, later + 10))  # the runtime changed
     assert " pip install" in _dry_run(folder, "app")[0]
+
+
+def test_llama_cpp_is_built_with_the_amx_fix_and_never_from_a_cached_wheel(tmp_path):
+    """GCC 12's AMX intrinsic fixed by a force-included header, for C and C++ (docs/amx.md);
+    a wheel pip cached from an earlier build without it is not reused."""
+    folder = _checkout(tmp_path)
+    commands = [c.strip() for c in _dry_run(folder, "app")]
+    fix = folder / "native" / "amx-tilecfg-fix.h"
+    flags = f'CMAKE_ARGS="-DCMAKE_C_FLAGS=-include{fix} -DCMAKE_CXX_FLAGS=-include{fix}" \\'
+    assert commands[commands.index(LLAMA_CPP_BUILD) - 1] == flags
+    # Another requirement changing reinstalls the runtime, not llama.cpp (an 8-minute build).
+    later = time.time() + 10
+    (folder / ".venv").mkdir()
+    (folder / ".venv" / "bin").mkdir()
+    (folder / ".venv" / "bin" / "python").write_text("#!/bin/sh\n")
+    stamp = folder / ".venv" / LLAMA_CPP_STAMP
+    stamp.touch()
+    os.utime(stamp, (later, later))
+    os.utime(folder / "requirements.txt", (later + 10, later + 10))
+    assert LLAMA_CPP_BUILD not in [c.strip() for c in _dry_run(folder, "app")]
