@@ -40,7 +40,7 @@ PROBE_TIMEOUT_S = 300.0  # a tiny model per type: ~1 s quiet, far more on a load
 PROBE_TYPES = ("Q4_0", "Q4_1", "Q8_0", "Q4_K_M")  # the quantizations with AMX kernels
 PROBE_BATCHES = (1, 32)  # tokens in one decode: AMX tiles serve batches, VNNI single tokens
 SIGNAL_DEATH = "died of signal"  # how a verdict worth caching reads
-PROBE_ARGV = (sys.executable, "-m", "tutor.cpu_kernels")  # the child: `_probe_main` below
+PROBE_ARGV = (sys.executable, "-m", "tutor.cpu_kernels", "--child")  # `_probe_child` below
 
 
 class Kernels(enum.Enum):
@@ -211,7 +211,7 @@ def _decode_tiny(path: Path) -> None:
     model.close()
 
 
-def _probe_main() -> None:
+def _probe_child() -> None:
     import llama_cpp
 
     with tempfile.TemporaryDirectory(prefix="amx-probe-") as tmp:
@@ -226,5 +226,21 @@ def _probe_main() -> None:
             _decode_tiny(quantized)
 
 
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Say which of llama.cpp's CPU kernels the app would use here (AMX, "
+        "repacked or plain), probing AMX in a child process if need be."
+    )
+    parser.add_argument("--setting", default="auto", help="auto, extra or plain (--cpu-kernels)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _probe_child()
+    else:
+        print(choose(args.setting).describe())
+
+
 if __name__ == "__main__":
-    _probe_main()
+    main()
