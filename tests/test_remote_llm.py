@@ -271,8 +271,10 @@ def test_a_frozen_server_times_out_with_a_message_then_recovers(
 
 @pytest.mark.parametrize("status", [429, 503])
 def test_a_server_at_capacity_gets_a_busy_message_after_retries(
-    status, tiny_gguf, tiny_whisper_path, prompts, tmp_path
+    status, tiny_gguf, tiny_llama_dir, tiny_whisper_path, prompts, tmp_path
 ):
+    """The balancer lets one completion a minute through: the app counts tokens with the
+    tokenizer it is given (measuring the server's template takes completions)."""
     with (
         servers.llama_cpp_server(tiny_gguf, tmp_path / "server.log") as server,
         servers.rate_limiter(server, tmp_path, status=status) as balancer,
@@ -281,6 +283,7 @@ def test_a_server_at_capacity_gets_a_busy_message_after_retries(
             tiny_whisper_path,
             prompts,
             tmp_path / "app.log",
+            tokenizer=tiny_llama_dir / "tokenizer.json",
         ) as app,
     ):
         client = Client(app.url, verbose=False)

@@ -111,7 +111,7 @@ def _offline_whisper() -> Path:
 # cannot be reached: the name the page gives each, and how to get it.
 OFFLINE_MODELS: dict[str, tuple[str, Callable[[], Path]]] = {
     "language model": ("SmolLM2-135M-Instruct", _offline_llm),
-    "speech model": ("Whisper base (multilingual)", _offline_whisper),
+    "speech model": ("Whisper base", _offline_whisper),
 }
 
 
@@ -129,10 +129,7 @@ def substitute_notice(substitutes: dict[str, str]) -> str | None:
         sentences.append(f"speech is transcribed by {speech}")
     if not sentences:
         return None
-    return (
-        f"⚠️ **Offline:** {'; '.join(sentences)}. Run online once for the full models "
-        "(they are cached)."
-    )
+    return f"⚠️ **Offline:** {'; '.join(sentences)}. Run online once for the full models."
 
 
 def standin_notice(missing: list[str]) -> str:

@@ -233,11 +233,13 @@ class RemoteLLM:
         self.client = client_for(options)
         self.model = check_server(self.client, options, WHAT) or "default"
         root = options.root_url
+        # A tokenizer given is used as given; else the server's own endpoints, probed in turn.
         counter = (
-            llama_server_counter(self.client, root)
+            local_counter(tokenizer)
+            if tokenizer
+            else llama_server_counter(self.client, root)
             or vllm_counter(self.client, root, self.model)
             or llama_cpp_python_counter(self.client, root, self.model)
-            or (local_counter(tokenizer) if tokenizer else None)
         )
         if counter is None:
             raise ServerUnavailable(
