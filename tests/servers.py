@@ -176,21 +176,39 @@ http {{
             proxy_pass http://127.0.0.1:{upstream};
             proxy_buffering off;
         }}
-        location / {{ proxy_pass http://127.0.0.1:{upstream}; }}
+        location /v1/ {{ proxy_pass http://127.0.0.1:{upstream}; }}
+        location / {{ {other_paths} }}
     }}
 }}
 """
+PASS_ON = "proxy_pass http://127.0.0.1:{upstream};"
 
 
-def rate_limiter(upstream: Server, folder: Path, rate: str = "1r/m", status: int = 429):
+def rate_limiter(
+    upstream: Server,
+    folder: Path,
+    rate: str = "1r/m",
+    status: int = 429,
+    openai_api_only: bool = False,
+):
     """nginx in front of UPSTREAM, refusing answers beyond RATE with STATUS (429 or 503), as a
-    load balancer in front of inference servers at capacity does."""
+    load balancer in front of inference servers at capacity does. OPENAI_API_ONLY: paths outside
+    /v1/ (a server's own tokenizer endpoints) answer 404, as many API gateways do."""
     if not Path(NGINX).is_file():
         pytest.skip("nginx is not installed (make system-deps installs nginx-light)")
     port = free_port()
     config = folder / "nginx.conf"
     config.write_text(
-        NGINX_CONFIG.format(dir=folder, port=port, upstream=upstream.port, rate=rate, status=status)
+        NGINX_CONFIG.format(
+            dir=folder,
+            port=port,
+            upstream=upstream.port,
+            rate=rate,
+            status=status,
+            other_paths="return 404;"
+            if openai_api_only
+            else PASS_ON.format(upstream=upstream.port),
+        )
     )
     return serve(
         [NGINX, "-c", str(config), "-p", str(folder), "-e", "stderr"], folder / "nginx.out", port

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import servers
-from bench.harness import ROOT
+from bench.harness import ROOT, free_port
 
 pytestmark = pytest.mark.slow  # starts apps, servers, a browser or training
 
@@ -26,7 +26,7 @@ START_TIMEOUT_S = 600  # only a hang reaches it
 def _start(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the app until it exits (each case must make it exit)."""
     return subprocess.run(
-        [sys.executable, "space_app.py", "--port", "0", *args],
+        [sys.executable, "space_app.py", "--port", str(free_port()), *args],
         cwd=ROOT,
         env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})},
         capture_output=True,
@@ -88,7 +88,12 @@ def test_a_port_already_in_use(models):
         taken.listen()
         port = taken.getsockname()[1]
         result = _start(*models, "--port", str(port))
-    _assert_one_clear_line(result, str(port))
+    _assert_one_clear_line(result, str(port), "--port")
+    assert "CPU kernels" not in result.stderr  # said before the models load, not after
+
+
+def test_a_port_out_of_range(models):
+    _assert_one_clear_line(_start(*models, "--port", "0"), "--port must be between 1 and 65535")
 
 
 def test_no_room_to_build_the_standins(tmp_path):
@@ -147,6 +152,10 @@ def test_a_wrong_api_key(tiny_gguf, tiny_whisper_path, tmp_path):
 def test_a_server_without_a_tokenizer_endpoint_needs_a_tokenizer(
     tiny_gguf, tiny_whisper_path, tmp_path
 ):
-    with servers.llama_cpp_server(tiny_gguf, tmp_path / "server.log") as server:
-        result = _start("--llm-url", f"{server.url}/v1", "--whisper", str(tiny_whisper_path))
+    """A gateway that passes only the OpenAI API (/v1/) hides every tokenizer endpoint."""
+    with (
+        servers.llama_cpp_server(tiny_gguf, tmp_path / "server.log") as server,
+        servers.rate_limiter(server, tmp_path, rate="100r/s", openai_api_only=True) as gateway,
+    ):
+        result = _start("--llm-url", f"{gateway.url}/v1", "--whisper", str(tiny_whisper_path))
     _assert_one_clear_line(result, "--tokenizer")

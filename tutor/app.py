@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -392,10 +393,26 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
     return app
 
 
+def check_address(host: str, port: int) -> None:
+    """SystemExit with one line if the app could not listen on HOST:PORT (taken, or not this
+    machine's), naming the flags that set them."""
+    if not 1 <= port <= 65535:
+        raise SystemExit(f"error: --port must be between 1 and 65535, not {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)
+    except OSError as e:
+        raise SystemExit(
+            f"error: cannot serve on {host}:{port} (--host, --port): {first_line(e)}"
+        ) from None
+
+
 def serve(settings: Settings, build_standin: StandinBuilder | None = None) -> None:
     """Load the models as SETTINGS say and serve the app until stopped (SystemExit with one
     line when it cannot start)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    check_address(settings.host, settings.port)  # before the models take seconds to load
     return_freed_memory_to_the_system()
     try:
         models = load(settings, build_standin)
