@@ -294,7 +294,9 @@ def _listen_with_partials(transcriber, audio, partials):
     listener = Listener(recorder, recorder.handover, "en", END_OF_QUESTION_S, partials)
     heard: list[tuple[str, bool]] = []
     listener.on_words = lambda words, outdated, complete: heard.append((words, complete))
-    questions = _stream(listener, recorder, audio)
+    # Kept up: whether a piece's words came before the student's next words (and so may be the
+    # whole question) must not depend on how busy this machine is.
+    questions = _stream(listener, recorder, audio, keep_up=True)
     recorder.handover.submit(lambda: None).result()  # every callback has run
     speech_end_s = (len(audio) - len(_silence(2.0))) / BROWSER_RATE
     return sum(at < speech_end_s for at in recorder.handed_over_s), heard, questions
