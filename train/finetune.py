@@ -34,6 +34,7 @@ from typing import Any
 
 from train.config import ConfigError, RunConfig, load_config, resolve_path
 from train.data import clean, data_report, mix, split, write_report
+from train.gguf_base import GGUFBaseError, dequantized_from, dequantize, is_gguf
 from train.plots import plot_loss_curve
 from tutor.chat_format import LLAMA3_CHAT_TEMPLATE, PAD
 from tutor.files import atomic_output
@@ -52,9 +53,12 @@ PACKAGES = (
 
 
 def base_model_dir(cfg: RunConfig, out: Path) -> str:
-    """The base model: a Hub id or local path, or a synthetic checkpoint built once into OUT."""
+    """The base model: a Hub id or local path; a GGUF file or a synthetic checkpoint, made once
+    into a plain checkpoint in OUT."""
     if cfg.model.base is not None:
         local = resolve_path(cfg.model.base)
+        if is_gguf(cfg.model.base):
+            return str(dequantize(local, out / "base"))
         return str(local) if local.exists() else cfg.model.base
     from synth import llama as synth_llama
 
@@ -368,6 +372,7 @@ def write_record(
         "config_text": config_text,
         "backend": setup.backend,
         "base_model": setup.base,
+        "base_dequantized_from": dequantized_from(Path(setup.base)),  # None: not a GGUF
         "data_fingerprint": setup.data_fingerprint,
         "train_rows": len(setup.train_rows),
         "validation_rows": len(setup.val_rows),
@@ -414,7 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    record = run(cfg, resume=args.resume, config_text=args.config.read_text())
+    try:
+        record = run(cfg, resume=args.resume, config_text=args.config.read_text())
+    except GGUFBaseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     final = record["final_metrics"]
     print(
         f"validation loss {final['eval_loss_start']:.4f} → {final['eval_loss_final']:.4f} "
