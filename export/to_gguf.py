@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,12 +60,39 @@ class ExportError(Exception):
     """A problem with the user's input, reported as one line."""
 
 
+# Weights per K-quant super-block (llama.cpp's QK_K): a matrix whose rows are not a multiple of
+# it cannot take a K-quant, and llama.cpp quantizes it to a fallback type instead.
+K_QUANT_BLOCK = 256
+
+
 @dataclass(frozen=True)
 class ExportResult:
     path: Path
     qtype: str
     size_bytes: int
     seconds: float
+    fallback: str | None = None  # which matrices llama.cpp could not give QTYPE, and why
+
+
+def k_quant_fallback(path: Path, qtype: str) -> str | None:
+    """A sentence on the weight matrices of the GGUF at PATH that llama.cpp, asked for the
+    K-quant QTYPE, stored in another type since their rows do not fit its block; None if all fit.
+    Read from the file written, not predicted."""
+    if "_K" not in qtype:
+        return None
+    reader = gguf.GGUFReader(path)
+    matrices = [t for t in reader.tensors if len(t.shape) == 2]
+    odd = [t for t in matrices if int(t.shape[0]) % K_QUANT_BLOCK]  # shape[0]: row length
+    if not odd:
+        return None
+    types = Counter(t.tensor_type.name for t in odd)
+    widths = sorted({int(t.shape[0]) for t in odd})
+    return (
+        f"{len(odd)} of {len(matrices)} weight matrices are stored as "
+        + " and ".join(f"{n} {name}" for name, n in types.most_common())
+        + f" rather than {qtype}'s K-quants: their rows ({', '.join(map(str, widths))} wide) "
+        f"are not a multiple of {K_QUANT_BLOCK}, which K-quants need, so llama.cpp fell back"
+    )
 
 
 def quantization_types() -> dict[str, int]:
@@ -339,7 +367,9 @@ def export(
                     quantize(full, tmp_out, qtype, expected)
     except OSError as e:
         raise ExportError(f"cannot write {e.filename or out}: {e.strerror or e}") from None
-    return ExportResult(out, qtype, out.stat().st_size, time.perf_counter() - start)
+    return ExportResult(
+        out, qtype, out.stat().st_size, time.perf_counter() - start, k_quant_fallback(out, qtype)
+    )
 
 
 def push_to_hub(path: Path, repo: str) -> str:
@@ -376,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             f"wrote {result.path} ({result.qtype}, {result.size_bytes / 1e6:.1f} MB) "
             f"in {result.seconds:.1f} s"
         )
+        if result.fallback:
+            print(f"note: {result.fallback}")
         if args.push_to_hub:
             print(f"pushed to {push_to_hub(result.path, args.push_to_hub)}")
     except ExportError as e:

@@ -354,7 +354,14 @@ def export_gguf(cfg: RunConfig, folder: RunFolder, setup: Setup, trained: Traine
         cfg.export.type,
         adapter=trained.adapter,
     )
-    return {"path": str(result.path), "type": result.qtype, "bytes": result.size_bytes}
+    if result.fallback:
+        print(f"export note: {result.fallback}")
+    return {
+        "path": str(result.path),
+        "type": result.qtype,
+        "bytes": result.size_bytes,
+        "fallback": result.fallback,
+    }
 
 
 def write_record(
