@@ -56,8 +56,13 @@ class Turn:
 Student = Callable[[int, threading.Barrier], list[Turn]]
 
 
-def app_student(url: str, answer_tokens: int = ANSWER_TOKENS) -> Student:
-    """A student of the app: ANSWER_TOKENS is the modes' budget, which answers always fill."""
+def app_student(
+    url: str,
+    answer_tokens: int = ANSWER_TOKENS,
+    count_tokens: Callable[[str], int] | None = None,
+) -> Student:
+    """A student of the app: ANSWER_TOKENS is the modes' budget, which the benchmark model's
+    answers always fill; a real model's answers may end sooner, and COUNT_TOKENS counts them."""
 
     def run(i: int, go: threading.Barrier) -> list[Turn]:
         from gradio_client import Client  # here: `--help` need not wait for it
@@ -74,7 +79,8 @@ def app_student(url: str, answer_tokens: int = ANSWER_TOKENS) -> Student:
                     first = time.perf_counter() - start
                 answer = update
             job.result()  # raises the app's error, if any
-            turns.append(Turn(first, time.perf_counter() - start, answer_tokens))
+            tokens = count_tokens(answer) if count_tokens else answer_tokens
+            turns.append(Turn(first, time.perf_counter() - start, tokens))
             history = history + [
                 {"role": "user", "content": text},
                 {"role": "assistant", "content": answer},

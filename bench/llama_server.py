@@ -1,7 +1,8 @@
-"""llama.cpp's own `llama-server`, the anchor of the concurrency benchmark (not an app dependency).
+"""llama.cpp's own tools, the anchors of the concurrency benchmarks (not app dependencies):
+`llama-server` and `llama-batched-bench` (batched decoding with nothing around it: the ceiling).
 
 Built once, cached, with CMake from the llama.cpp source that the llama-cpp-python source
-release vendors (the same llama.cpp the app runs), then started on loopback with
+release vendors (the same llama.cpp the app runs); llama-server is then started on loopback with
 `--parallel N` on the benchmark's GGUF.
 """
 
@@ -33,8 +34,15 @@ def _version() -> str:
     return importlib.metadata.version("llama-cpp-python")
 
 
+TOOLS = ("llama-server", "llama-batched-bench")  # built together: one compile of ggml
+
+
+def tool_path(tool: str) -> Path:
+    return CACHE_DIR / f"llama.cpp-{_version()}-amx-fix" / tool
+
+
 def binary_path() -> Path:
-    return CACHE_DIR / f"llama-server-{_version()}-amx-fix" / "llama-server"
+    return tool_path("llama-server")
 
 
 def source_release() -> Path:
@@ -81,9 +89,10 @@ def extract_llama_cpp(dest: Path, wanted: Callable[[str], bool] = lambda name: T
     return next(dest.glob("*/vendor/llama.cpp"))
 
 
-def build() -> Path:
-    """The cached llama-server binary, built on first use (~10 min on 2 cores)."""
-    target = binary_path()
+def build(tool: str = "llama-server") -> Path:
+    """The cached binary of TOOL (one of TOOLS), all of them built on first use (~12 min on 2
+    cores)."""
+    target = tool_path(tool)
     if target.is_file():
         return target
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +100,7 @@ def build() -> Path:
         build_dir = source / "build"
         target.parent.mkdir(parents=True, exist_ok=True)
         log = target.parent / "build.log"  # the compiler's warnings run to megabytes
-        print(f"building llama-server once (~10 min on 2 cores; log: {log}) …", flush=True)
+        print(f"building {', '.join(TOOLS)} once (~12 min on 2 cores; log: {log}) …", flush=True)
         with open(log, "w") as out:
             for command in (
                 [
@@ -112,16 +121,17 @@ def build() -> Path:
                     "--build",
                     str(build_dir),
                     "--target",
-                    "llama-server",
+                    *TOOLS,
                     "-j",
                     str(os.cpu_count() or 2),
                 ],
             ):
                 if subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode:
-                    raise RuntimeError(f"building llama-server failed; see {log}")
-        tmp_target = target.with_suffix(".tmp")
-        shutil.copy2(build_dir / "bin" / "llama-server", tmp_target)
-        tmp_target.rename(target)
+                    raise RuntimeError(f"building {', '.join(TOOLS)} failed; see {log}")
+        for name in TOOLS:  # each copied whole, then renamed: never half a binary
+            tmp_target = tool_path(name).with_suffix(".tmp")
+            shutil.copy2(build_dir / "bin" / name, tmp_target)
+            tmp_target.rename(tool_path(name))
     return target
 
 
@@ -192,7 +202,8 @@ def running(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.llama_server",
-        description="Build llama.cpp's llama-server once (~10 min on 2 cores) and print its path.",
+        description="Build llama.cpp's llama-server and llama-batched-bench once (~12 min on 2 "
+        "cores) and print their paths.",
     )
     parser.add_argument(
         "--source-only",
@@ -201,7 +212,10 @@ def main(argv: list[str] | None = None) -> None:
         "reference converter is in it) and print its path",
     )
     args = parser.parse_args(argv)
-    print(source_release() if args.source_only else build())
+    if args.source_only:
+        print(source_release())
+    else:
+        print("\n".join(str(build(tool)) for tool in TOOLS))
 
 
 if __name__ == "__main__":

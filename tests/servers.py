@@ -121,7 +121,7 @@ def llama_server_binary() -> Path:
     if not path.is_file():
         pytest.skip(
             f"llama-server is not built ({path}); build it once with "
-            "`python -m bench.llama_server` (~10 min)"
+            "`python -m bench.llama_server` (~12 min)"
         )
     return path
 
