@@ -229,7 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     from tutor.files import atomic_output
     from tutor.wheel_models import SMOLLM2_135M, fetch
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.round_trip", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/results/round-trip"))
     parser.add_argument("--model", type=Path, help="a Llama GGUF (default: SmolLM2-135M's)")
     parser.add_argument("--prompts", type=int, default=20)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 
 from bench.browser import chromium, wait
 from page_driver import needs_chromium
@@ -86,14 +87,23 @@ def test_stop_halts_the_answer_and_the_next_question_is_answered(browser, slow_a
     def bots():
         return browser.find_elements(by, "#chat [data-testid='bot']")
 
+    def last_answer(count: int = 1) -> str:
+        """The last answer's text once COUNT answers are on the page ("" until then, also while
+        the chat is being redrawn)."""
+        try:
+            answers = bots()
+            return answers[-1].text if len(answers) == count else ""
+        except StaleElementReferenceException:
+            return ""
+
     question.send_keys(story)
     browser.find_element(by, "#send").click()
-    wait(lambda: bots() and len(bots()[-1].text) > 0, every=0.02)
+    wait(last_answer, every=0.02)
     browser.find_element(by, "#stop").click()
-    stopped = wait(lambda: _answer_done(browser) and bots()[-1].text)
+    stopped = wait(lambda: _answer_done(browser) and last_answer())
     time.sleep(1.0)
-    assert bots()[-1].text == stopped  # nothing more arrives after Stop
+    assert last_answer() == stopped  # nothing more arrives after Stop
     assert len(stopped) < 0.8 * len(full)
     question.send_keys("And a short one?")
     browser.find_element(by, "#send").click()
-    wait(lambda: len(bots()) == 2 and _answer_done(browser) and bots()[-1].text)
+    wait(lambda: _answer_done(browser) and last_answer(2))

@@ -38,6 +38,15 @@ log = logging.getLogger("voice-tutor")
 MAX_PARALLEL = 64
 MAX_QUEUE_SIZE = 256  # each waiting question holds a Gradio worker thread
 OTHER_WORKER_THREADS = 8  # Gradio worker threads beyond the answers: transcriptions, page events
+ANYIO_WORKER_THREAD_NAME = "AnyIO worker thread"  # the name AnyIO gives its pool's threads
+
+
+def worker_pool_size(settings: Settings) -> int:
+    """Gradio's worker threads: one per answer in flight or waiting, per recording waiting, and
+    OTHER_WORKER_THREADS more."""
+    return settings.parallel + 2 * settings.queue_size + OTHER_WORKER_THREADS
+
+
 JOIN_BURST = 256  # requests arriving at the same instant that Gradio holds before its handlers
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
@@ -379,6 +388,12 @@ def build_app(models: LoadedModels, settings: Settings) -> gr.Blocks:
                 "answers_ended": activity.ended,
                 "prefills_ended": activity.prefills_ended,
                 "threads": threading.active_count(),
+                # Of which Gradio's worker pool (AnyIO's threads, at most max_threads; idle ones
+                # are retired lazily, when the pool is next used, so their count lags).
+                "worker_threads": sum(
+                    t.name == ANYIO_WORKER_THREAD_NAME for t in threading.enumerate()
+                ),
+                "max_worker_threads": worker_pool_size(settings),
                 "cpu_kernels": models.cpu_kernels,
             }
 
@@ -431,8 +446,7 @@ def serve(settings: Settings, build_standin: StandinBuilder | None = None) -> No
             max_file_size=int(settings.max_upload_mb * 2**20),
             css=page.CSS,
             head=page.HEAD,
-            # A worker thread per answer in flight or waiting, per recording waiting, and some more.
-            max_threads=settings.parallel + 2 * settings.queue_size + OTHER_WORKER_THREADS,
+            max_threads=worker_pool_size(settings),
         )
     except OSError as e:  # the port is taken, or the address is not this machine's
         raise SystemExit(
