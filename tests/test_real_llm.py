@@ -72,3 +72,18 @@ def test_no_template_token_leaks_into_an_answer_in_any_mode(smollm2):
             assert text.strip(), (name, question)
             leaked = [t for t in TEMPLATE_TOKENS if t in text]
             assert not leaked, (name, question, text)
+
+
+def test_a_repetition_penalty_does_not_keep_the_model_from_stopping(smollm2):
+    """The prompt's turns end with <|im_end|>: if the penalty counted them, SmolLM2 would be
+    pushed off its end of turn (at 1.05 it ran on to the limit; it now stops after ~90 tokens)."""
+    hint = load_modes()["hint"]
+    messages = [
+        {"role": "system", "content": hint.system_prompt},
+        {"role": "user", "content": "What is 2 + 3?"},
+    ]
+    greedy = hint.generation.model_copy(
+        update={"temperature": 0.0, "max_tokens": 160, "repeat_penalty": 1.05}
+    )
+    answer = smollm2.answer(messages, greedy)
+    assert smollm2.stats.stopped == "eot", (answer, smollm2.stats)

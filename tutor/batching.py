@@ -48,7 +48,14 @@ from dataclasses import dataclass, field
 
 from tutor.context_cache import Context, ContextStore
 from tutor.errors import BusyError, TutorError
-from tutor.llama_runtime import DECODE_ABORTED, LlamaContext, LlamaError, LlamaModel, Sampler
+from tutor.llama_runtime import (
+    DECODE_ABORTED,
+    PENALTY_LAST_N,
+    LlamaContext,
+    LlamaError,
+    LlamaModel,
+    Sampler,
+)
 from tutor.modes import Generation
 
 log = logging.getLogger(__name__)
@@ -622,7 +629,11 @@ class Scheduler:
             return
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.sampler = Sampler(self.model.n_vocab, request.generation, request.seed)
-        slot.sampler.accept(plan.tokens)
+        # The prompt's turns end with the end-of-turn token: counted by the repetition penalty,
+        # it would be penalised, and the model would not stop (SmolLM2 ran hint answers to the
+        # token limit). The penalty sees the prompt without its end-of-generation tokens.
+        tail = plan.tokens[-PENALTY_LAST_N:]
+        slot.sampler.accept([t for t in tail if not self.model.is_end_of_generation(t)])
         if slot.budget <= 0:
             self._finish(slot, "max_tokens")
 

@@ -34,7 +34,7 @@ class Generation(BaseModel):
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     top_k: int = Field(40, ge=0)
     min_p: float = Field(0.05, ge=0.0, le=1.0)
-    repeat_penalty: float = Field(1.0, ge=1.0, le=2.0)  # 1.0 = off; the modes ship 1.1 (~2 % speed)
+    repeat_penalty: float = Field(1.0, ge=1.0, le=2.0)  # 1.0 = off (1.1 costs ~2 % speed)
     max_tokens: int = Field(384, ge=16, le=8192)
     seed: int | None = Field(None, ge=0, lt=2**32 - 1)  # None: a fresh random seed per answer
 
