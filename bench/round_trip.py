@@ -177,10 +177,11 @@ def run(gguf_path: Path, work: Path, n_prompts: int, new_tokens: int, seed: int)
     for qtype in ("F16", *QUANTIZED_TYPES):
         result = export(base, work / f"merged-{qtype}.gguf", qtype, adapter=adapter)
         if qtype == "F16":  # the reference: transformers on exactly the F16 file's weights
-            reference = transformers_greedy(transformers_model(base, adapter), ids, new_tokens, end)
-            base_model = transformers_model(base)
-            base_answers = transformers_greedy(base_model, ids, new_tokens, end)
-            lora_change = max_logit_change(base_model, transformers_model(base, adapter), ids[0])
+            tuned, untuned = transformers_model(base, adapter), transformers_model(base)
+            reference = transformers_greedy(tuned, ids, new_tokens, end)
+            base_answers = transformers_greedy(untuned, ids, new_tokens, end)
+            lora_change = max_logit_change(untuned, tuned, ids[0])
+            del tuned, untuned
         identical, top1, ended = llama_cpp_compare(result.path, ids, reference, new_tokens, end)
         comparisons.append(Comparison(qtype, identical, len(ids), top1, ended, result.fallback))
     return {

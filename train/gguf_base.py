@@ -55,14 +55,17 @@ def gguf_metadata(path: Path) -> dict:
     }
 
 
-def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
-    """The GGUF's tokenizer as transformers builds it, splitting text as llama.cpp does."""
+def load_tokenizer(path: Path, pre_tokenizer: str | None = None) -> PreTrainedTokenizerBase:
+    """The GGUF's tokenizer as transformers builds it, splitting text as llama.cpp does
+    (PRE_TOKENIZER: the GGUF's `tokenizer.ggml.pre`, read from it if not given)."""
     from transformers import AutoTokenizer
 
     from export.vocab import match_llama_cpp_pre_tokenizer
 
+    if pre_tokenizer is None:
+        pre_tokenizer = gguf_metadata(path)["pre_tokenizer"] or ""
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    match_llama_cpp_pre_tokenizer(tokenizer, gguf_metadata(path)["pre_tokenizer"] or "")
+    match_llama_cpp_pre_tokenizer(tokenizer, pre_tokenizer)
     return tokenizer
 
 
@@ -102,7 +105,7 @@ def dequantize(path: Path, out: Path) -> Path:
             f"{path} holds a {metadata['architecture']!r} model: only Llama-architecture GGUFs "
             "can be trained here"
         )
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path, metadata["pre_tokenizer"] or "")
     _, plain = load_plain_model(path)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
